@@ -1,0 +1,172 @@
+"""Crash-safe file primitives: fsynced appends, atomic replacement, session locks.
+
+Blocking by design: callers run them in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create the folder (0700) if needed; an existing folder keeps the mode its owner gave it."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename or a new file in `path` survive a crash (atomicwrites, pip)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows cannot open folders; the rename is still atomic there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: temp file in the same folder, fsync, rename, fsync the folder."""
+    # mkstemp creates the file 0600, so the replacement is private from its first byte.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as tmp_file:
+            tmp_file.write(data)
+            tmp_file.flush()
+            os.fsync(tmp_file.fileno())
+        os.replace(tmp, str(path))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_directory(path.parent)
+
+
+def write_new_file(path: Path, data: bytes) -> bool:
+    """Create `path` with `data` unless it exists (content-addressed files). True if written."""
+    if path.exists():
+        return False
+    atomic_write(path, data)
+    return True
+
+
+class AppendLog:
+    """An append-only file whose writes are all-or-nothing: a failed write is cut back off.
+
+    Each `append` is one `write` on an O_APPEND descriptor followed by `fsync`. If the disk
+    fills mid-write, the partial bytes are truncated away so the next append does not glue
+    a record onto a torn line.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: Optional[int] = None
+        self._size = 0
+
+    def _open(self) -> int:
+        if self._fd is None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+            fd = os.open(str(self.path), flags, FILE_MODE)
+            self._size = os.fstat(fd).st_size
+            self._fd = fd
+        return self._fd
+
+    def append(self, data: bytes) -> None:
+        fd = self._open()
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                if written <= 0:
+                    raise OSError(errno.EIO, "short write")
+                view = view[written:]
+            os.fsync(fd)
+        except OSError:
+            self._cut_back(fd)
+            raise
+        self._size += len(data)
+
+    def _cut_back(self, fd: int) -> None:
+        try:
+            os.ftruncate(fd, self._size)
+        except OSError:
+            # The descriptor may be unusable (device gone); reopen next time and re-read the size.
+            self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class SessionLocked(Exception):
+    """Another live process records into this session."""
+
+
+class SessionLock:
+    """An exclusive advisory lock on `SESSION.lock`, released by the kernel when the holder dies.
+
+    A lock file left by a crashed process is therefore taken over without any guessing about PIDs.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            _lock_fd(fd)
+        except OSError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise SessionLocked(
+                f"session is already being recorded by another chatproxy{who}; "
+                f"stop it or choose another --session (lock: {self.path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
+            os.close(fd)
+
+
+def _lock_fd(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:
+        return ""

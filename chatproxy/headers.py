@@ -1,0 +1,107 @@
+"""Header policy: what crosses the proxy, what is rewritten, what is never shown."""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+Headers = List[Tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the two single-hop auth fields. `Trailer` is not one.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# The proxy answers `Expect: 100-continue` itself; forwarding it would make the upstream wait for a 100 we eat.
+_REQUEST_ONLY_DROPPED = frozenset({b"host", b"expect"})
+CONTROL_PREFIX = b"x-chatproxy-"
+PROXY_KEY_HEADER = b"x-chatproxy-key"
+
+SECRET_HEADERS = frozenset(
+    {
+        b"authorization",
+        b"proxy-authorization",
+        b"x-api-key",
+        b"api-key",
+        b"openai-organization",
+        b"openai-project",
+        b"cookie",
+        b"set-cookie",
+        PROXY_KEY_HEADER,
+    }
+)
+
+
+def get(headers: Iterable[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
+    """First value of `name` (lower-case), case-insensitive."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _connection_tokens(headers: Sequence[Tuple[bytes, bytes]]) -> frozenset:
+    tokens = set()
+    for key, value in headers:
+        if key.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def _end_to_end(headers: Sequence[Tuple[bytes, bytes]], also_drop: frozenset) -> Headers:
+    named = _connection_tokens(headers)
+    kept = []
+    for key, value in headers:
+        low = key.lower()
+        if low in HOP_BY_HOP or low in named or low in also_drop or low.startswith(CONTROL_PREFIX):
+            continue
+        kept.append((key, value))
+    return kept
+
+
+def for_upstream(headers: Sequence[Tuple[bytes, bytes]], authority: str, chunked: bool) -> Headers:
+    """Request headers as sent upstream: end-to-end fields in order and case, Host rewritten.
+
+    h11 frames a message from its headers, so a chunked request (whose Transfer-Encoding is
+    hop-by-hop and was just dropped) gets `Transfer-Encoding: chunked` back.
+    """
+    out = [(b"Host", authority.encode("ascii"))]
+    out.extend(_end_to_end(headers, _REQUEST_ONLY_DROPPED))
+    if chunked:
+        out.append((b"Transfer-Encoding", b"chunked"))
+    return out
+
+
+def for_client(headers: Sequence[Tuple[bytes, bytes]]) -> Headers:
+    """Response headers as sent to the client; h11 re-frames a body without Content-Length."""
+    return _end_to_end(headers, frozenset())
+
+
+def framing_conflict(headers: Sequence[Tuple[bytes, bytes]]) -> bool:
+    """Content-Length together with Transfer-Encoding is a smuggling vector (RFC 9112 §6.3): refuse it."""
+    names = {key.lower() for key, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+def is_chunked(headers: Sequence[Tuple[bytes, bytes]]) -> bool:
+    value = get(headers, b"transfer-encoding")
+    return value is not None and value.strip().lower().endswith(b"chunked")
+
+
+def masked(headers: Iterable[Tuple[bytes, bytes]]) -> List[Tuple[str, str]]:
+    """Headers safe for a log line: secret values hidden, all others decoded."""
+    shown = []
+    for key, value in headers:
+        name = key.decode("latin-1")
+        if key.lower() in SECRET_HEADERS:
+            shown.append((name, "***"))
+        else:
+            shown.append((name, value.decode("latin-1")))
+    return shown

@@ -1,0 +1,196 @@
+"""The recorder: takes finished exchanges from the relay and gets them onto disk, off the event loop.
+
+`submit()` only enqueues. One writer task takes everything queued, does the file work in a worker
+thread, and commits all records of a batch with one fsync per journal (group commit). A failed write
+keeps its records in memory and is retried, loudly, until it succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from chatproxy.capture import Exchange
+from chatproxy.config import ConfigError, RecordOptions, check_session_id
+from chatproxy.extract import NotRecordable, extract
+from chatproxy.store import DatasetStore
+from chatproxy.threads import Node
+
+log = logging.getLogger("chatproxy.recorder")
+
+RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)  # seconds between attempts to write records the disk refused
+CLOSING_ATTEMPTS = 3  # on shutdown, give a failing disk this many more tries, then say what was lost
+
+
+class Recorder:
+    def __init__(self, folder: Path, session: str, options: RecordOptions) -> None:
+        self.folder = folder
+        self.session = session
+        self.options = options
+        self.stores: Dict[str, DatasetStore] = {}
+        self.counts = {"recorded": 0, "skipped": 0, "unrecordable": 0, "write_errors": 0}
+        self.last_error: Optional[str] = None
+        self._queue: "asyncio.Queue[Optional[Exchange]]" = asyncio.Queue()
+        self._task: Optional[asyncio.Task] = None
+        self._failures = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> DatasetStore:
+        """Open the running session (raises SessionLocked or OSError) and start the writer."""
+        store = await asyncio.get_running_loop().run_in_executor(None, self._open_store, self.session)
+        self._task = asyncio.ensure_future(self._run())
+        return store
+
+    def submit(self, exchange: Exchange) -> None:
+        self._queue.put_nowait(exchange)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize() + sum(len(s.pending) for s in self.stores.values())
+
+    async def close(self) -> None:
+        """Write what is queued, the final snapshots, and release the session locks."""
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
+            self._task = None
+        await asyncio.get_running_loop().run_in_executor(None, self._close_stores)
+
+    def status(self) -> Dict[str, Any]:
+        store = self.stores.get(self.session)
+        return {
+            "recorded": self.counts["recorded"],
+            "skipped_housekeeping": self.counts["skipped"],
+            "not_recordable": self.counts["unrecordable"],
+            "write_errors": self.counts["write_errors"],
+            "pending_records": self.pending,
+            "dataset": str(store.snapshot_path) if store else None,
+            "journal": str(store.journal_path) if store else None,
+        }
+
+    # -- the writer task ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        closing = False
+        while True:
+            batch = await self._next_batch(closing)
+            if None in batch:
+                closing = True
+            exchanges = [e for e in batch if e is not None]
+            ok = await loop.run_in_executor(None, self._write_batch, exchanges, closing)
+            if closing and (ok or self._failures >= CLOSING_ATTEMPTS):
+                return
+            if not ok:
+                await asyncio.sleep(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1])
+
+    async def _next_batch(self, closing: bool) -> List[Optional[Exchange]]:
+        if closing:
+            return []
+        timeout = min((s.snapshot_due(time.monotonic(), self.options.snapshot_interval) for s in self.stores.values()), default=None)
+        if self._failures:
+            timeout = 0
+        try:
+            if timeout is None or timeout == float("inf"):
+                first = await self._queue.get()
+            else:
+                first = await asyncio.wait_for(self._queue.get(), max(timeout, 0))
+        except asyncio.TimeoutError:
+            return []
+        batch = [first]
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    # -- in the worker thread ----------------------------------------------------------------
+
+    def _write_batch(self, exchanges: List[Exchange], final: bool) -> bool:
+        """Place, commit and snapshot; False if some write failed (records stay pending)."""
+        placed: List[Node] = []
+        for exchange in exchanges:
+            placed.extend(self._place(exchange))
+        ok = True
+        for store in self.stores.values():
+            ok = self._commit(store) and ok
+        now = time.monotonic()
+        for store in self.stores.values():
+            if store.dirty and (final or store.snapshot_due(now, self.options.snapshot_interval) <= 0):
+                ok = self._snapshot(store) and ok
+        self._failures = 0 if ok else self._failures + 1
+        return ok
+
+    def _place(self, exchange: Exchange) -> List[Node]:
+        try:
+            store = self._store_for(exchange.session)
+            extracted = extract(exchange, store.save_image)
+        except (NotRecordable, ConfigError) as exc:
+            self.counts["unrecordable"] += 1
+            log.warning("not recording %s: %s", exchange.path, exc)
+            return []
+        except OSError as exc:
+            self._fail(f"cannot open dataset for {exchange.session or self.session}: {exc}")
+            return []
+        if extracted.housekeeping and not self.options.record_all:
+            self.counts["skipped"] += 1
+            log.debug("not recording a %s request (frontend housekeeping)", extracted.housekeeping)
+            return []
+        nodes = []
+        for reply in extracted.replies:
+            node = store.place(extracted.history, reply.message, extracted.tools, reply.meta)
+            if node is not None:
+                nodes.append(node)
+        return nodes
+
+    def _commit(self, store: DatasetStore) -> bool:
+        try:
+            records = store.flush()
+        except OSError as exc:
+            self.counts["write_errors"] += 1
+            self._fail(f"could not write {len(store.pending)} record(s) to {store.journal_path}: {exc}; kept in memory, retrying")
+            return False
+        for record in records:
+            self.counts["recorded"] += 1
+            node = store.index.nodes[record["id"]]
+            log.info("%s", _saved_line(store.session, node))
+        return True
+
+    def _snapshot(self, store: DatasetStore) -> bool:
+        try:
+            store.write_snapshot()
+        except OSError as exc:
+            self.counts["write_errors"] += 1
+            self._fail(f"could not write {store.snapshot_path}: {exc}; will retry")
+            return False
+        return True
+
+    def _fail(self, message: str) -> None:
+        self.last_error = message
+        log.error("%s", message)
+
+    def _store_for(self, session: Optional[str]) -> DatasetStore:
+        name = self.session if session is None else check_session_id(session)
+        store = self.stores.get(name)
+        return store if store is not None else self._open_store(name)
+
+    def _open_store(self, name: str) -> DatasetStore:
+        store = DatasetStore(self.folder, name, self.options)
+        store.open()
+        self.stores[name] = store
+        return store
+
+    def _close_stores(self) -> None:
+        for store in self.stores.values():
+            if store.pending:
+                log.error("%s: %d record(s) could not be written before exit", store.journal_path, len(store.pending))
+            store.close()
+
+
+def _saved_line(session: str, node: Node) -> str:
+    chars = sum(len(m.get("content", "")) for m in node.iter_messages())
+    model = node.meta.get("model") or "?"
+    state = "" if node.complete else " (incomplete)"
+    return f"recorded {session}: {model}, {node.length} turns, {chars} chars{state}"

@@ -1,0 +1,180 @@
+"""One exchange: the client's request to the target, the target's response back, a copy to the recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, List, Optional, Tuple
+
+import h11
+
+from chatproxy import headers as hdr
+from chatproxy.capture import Exchange, ExchangeCapture, completion_endpoint
+from chatproxy.config import Config
+from chatproxy.errors import ProxyError, RequestRejected, UpstreamClosed
+from chatproxy.upstream import UpstreamConnection, UpstreamPool
+
+try:
+    from typing import Protocol
+except ImportError:  # pragma: no cover - Python < 3.8 is not supported anyway
+    Protocol = object  # type: ignore
+
+log = logging.getLogger("chatproxy.relay")
+
+# A request body up to this size is kept so that a request that met a stale pooled connection can be
+# sent again on a fresh one; larger bodies stream through without a copy (and without the retry).
+RETRY_COPY_LIMIT = 1024 * 1024
+
+
+class Downstream(Protocol):
+    """The client side of an exchange, as the relay sees it (implemented by server.ClientConnection)."""
+
+    response_started: bool
+
+    async def receive_body(self) -> Optional[bytes]: ...  # None at the end of the body
+
+    async def start_response(self, status: int, headers: List[Tuple[bytes, bytes]], reason: bytes) -> None: ...
+
+    async def send_data(self, data: bytes) -> None: ...
+
+    async def end_response(self) -> None: ...
+
+
+class ClientGone(Exception):
+    """The client stopped reading or closed its connection."""
+
+
+class UpstreamFailedMidResponse(Exception):
+    """The response already started, so the client can only be cut off, not answered."""
+
+
+class Relay:
+    """Shared by every connection: the pool, the recorder hand-off and the options."""
+
+    def __init__(self, config: Config, pool: UpstreamPool, record: Optional[Callable[[Exchange], None]]) -> None:
+        self.config = config
+        self.pool = pool
+        self.record = record  # never blocks: the recorder only enqueues
+
+    async def exchange(self, request: h11.Request, downstream: Downstream) -> None:
+        """Relay one request. Raises ProxyError before the response starts (the caller answers it),
+        UpstreamFailedMidResponse or ClientGone after."""
+        target_path = request.target.decode("latin-1")
+        raw_headers = request.headers.raw_items()
+        capture = self._capture_for(request.method, target_path, raw_headers)
+        upstream_headers = hdr.for_upstream(raw_headers, self.config.target.authority, hdr.is_chunked(raw_headers))
+        upstream_target = self.config.target.url_path(target_path).encode("latin-1")
+        complete = False
+        try:
+            conn, response = await self._open_exchange(request.method, upstream_target, upstream_headers, downstream, capture)
+            complete = await self._relay_response(conn, response, request.method, downstream, capture)
+        finally:
+            if capture is not None and self.record is not None:
+                finished = capture.finish(complete)
+                if finished is not None and (complete or finished.stream):
+                    self.record(finished)
+
+    def _capture_for(self, method: bytes, path: str, raw_headers: List[Tuple[bytes, bytes]]) -> Optional[ExchangeCapture]:
+        if self.record is None:
+            return None
+        endpoint = completion_endpoint(method, path)
+        if endpoint is None:
+            return None
+        if (hdr.get(raw_headers, b"x-chatproxy-record") or b"").strip().lower() in (b"no", b"0", b"false", b"off"):
+            return None
+        return ExchangeCapture(endpoint, path, raw_headers, self.config.max_body)
+
+    async def _open_exchange(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: List[Tuple[bytes, bytes]],
+        downstream: Downstream,
+        capture: Optional[ExchangeCapture],
+    ) -> Tuple[UpstreamConnection, h11.Response]:
+        """Send the request and wait for the response head.
+
+        A pooled connection the server closed while idle fails before any response byte; the
+        request is then sent once more on a new connection, if its body was small enough to keep.
+        """
+        conn = await self.pool.acquire()
+        reused = conn.requests > 0
+        body: Optional[List[bytes]] = None
+        try:
+            body = await self._send_request(conn, method, target, headers, downstream, capture)
+            return conn, await conn.receive_response()
+        except UpstreamClosed:
+            self.pool.release(conn, clean=False)
+            if not reused or body is None or conn.response_bytes:
+                raise
+        except BaseException:
+            self.pool.release(conn, clean=False)
+            raise
+        log.debug("pooled upstream connection was stale; sending the request again on a new one")
+        conn = await self.pool.acquire(fresh=True)
+        try:
+            await conn.send_request(method, target, headers)
+            for chunk in body:
+                await conn.send_body(chunk)
+            await conn.end_request()
+            return conn, await conn.receive_response()
+        except BaseException:
+            self.pool.release(conn, clean=False)
+            raise
+
+    async def _send_request(
+        self,
+        conn: UpstreamConnection,
+        method: bytes,
+        target: bytes,
+        headers: List[Tuple[bytes, bytes]],
+        downstream: Downstream,
+        capture: Optional[ExchangeCapture],
+    ) -> Optional[List[bytes]]:
+        """Forward head and body as the body arrives; returns the body if it was small enough to keep."""
+        copy: Optional[List[bytes]] = []
+        copied = 0
+        await conn.send_request(method, target, headers)
+        while True:
+            chunk = await downstream.receive_body()
+            if chunk is None:
+                break
+            if capture is not None:
+                capture.request_chunk(chunk)
+            if copy is not None:
+                copied += len(chunk)
+                if copied <= RETRY_COPY_LIMIT:
+                    copy.append(chunk)
+                else:
+                    copy = None
+            await conn.send_body(chunk)
+        await conn.end_request()
+        return copy
+
+    async def _relay_response(
+        self,
+        conn: UpstreamConnection,
+        response: h11.Response,
+        method: bytes,
+        downstream: Downstream,
+        capture: Optional[ExchangeCapture],
+    ) -> bool:
+        clean = False
+        try:
+            response_headers = response.headers.raw_items()
+            if capture is not None:
+                capture.response_head(response.status_code, response_headers)
+            await downstream.start_response(response.status_code, hdr.for_client(response_headers), response.reason)
+            try:
+                async for chunk in conn.iter_body():
+                    if method != b"HEAD":
+                        await downstream.send_data(chunk)
+                    if capture is not None:
+                        capture.response_chunk(chunk)
+            except ProxyError as exc:
+                raise UpstreamFailedMidResponse(str(exc)) from None
+            await downstream.end_response()
+            clean = True
+            return True
+        finally:
+            self.pool.release(conn, clean=clean)

@@ -1,0 +1,365 @@
+"""The listening side: one ClientConnection per socket, driving h11 in the server role."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import h11
+
+from chatproxy import __version__
+from chatproxy import headers as hdr
+from chatproxy.capture import completion_endpoint
+from chatproxy.config import Config
+from chatproxy.errors import ProxyError, RequestRejected, openai_error_body
+from chatproxy.relay import ClientGone, Relay, UpstreamFailedMidResponse
+
+log = logging.getLogger("chatproxy.server")
+
+READ_SIZE = 64 * 1024  # matches StreamReader's default limit
+STATUS_PATH = b"/_chatproxy/status"
+
+
+class ClientConnection:
+    """Serves requests on one client connection until it closes, relaying each to the target."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: ProxyServer) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._server = server
+        self._config = server.config
+        self._h11 = h11.Connection(h11.SERVER)
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.label = f"{peer[0]}:{peer[1]}"
+        self.busy = False
+        self.response_started = False
+        self._body_bytes = 0
+        self._watcher: Optional[asyncio.Task] = None
+        self._task: Optional[asyncio.Task] = None
+        self._client_gone = False
+        self._watch_when_body_done = False
+        _, self._high_water = writer.transport.get_write_buffer_limits()
+
+    # -- the request/response cycle ----------------------------------------------------------
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        try:
+            while not self._server.stopping:
+                request = await self._read_request()
+                if request is None:
+                    return
+                self.busy = True
+                await self._handle(request)
+                self.busy = False
+                if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
+                    return  # MUST_CLOSE, an error, or a body the client still owes us
+                if self._server.stopping:
+                    return
+                self._h11.start_next_cycle()
+        finally:
+            await self._close()
+
+    async def _read_request(self) -> Optional[h11.Request]:
+        """The next request head, or None when the client is done or too slow (408 sent)."""
+        deadline = None
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._send_error(exc.error_status_hint, f"malformed HTTP request: {exc}", "bad_request")
+                return None
+            if isinstance(event, h11.Request):
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # ConnectionClosed
+            if deadline is None:
+                timeout = self._config.timeouts.client_idle
+            else:
+                timeout = deadline - time.monotonic()
+            data = await self._read(timeout)
+            if data is None:
+                if deadline is not None:
+                    await self._send_error(408, "request head not received in time", "request_timeout")
+                return None
+            if deadline is None:
+                deadline = time.monotonic() + self._config.timeouts.client_header
+            self._h11.receive_data(data)
+
+    async def _read(self, timeout: float) -> Optional[bytes]:
+        """Bytes from the client; b"" at EOF or reset; None on time-out."""
+        try:
+            return await asyncio.wait_for(self._reader.read(READ_SIZE), max(timeout, 0))
+        except asyncio.TimeoutError:  # before OSError: from 3.11 TimeoutError is an OSError
+            return None
+        except OSError:
+            return b""
+
+    async def _handle(self, request: h11.Request) -> None:
+        self.response_started = False
+        self._body_bytes = 0
+        self._client_gone = False
+        self._server.counts["requests"] += 1
+        try:
+            self._check(request)
+            if request.target.split(b"?", 1)[0] == STATUS_PATH:
+                await self._answer_status()
+                return
+            self._watch_when_body_done = completion_endpoint(request.method, request.target.decode("latin-1")) is not None
+            await self._server.relay.exchange(request, self)
+        except ProxyError as exc:
+            if exc.status >= 500:
+                self._server.note_error(str(exc))
+            log.warning("%s - %s %s -> %d %s", self.label, request.method.decode(), request.target.decode("latin-1"), exc.status, exc)
+            await self._send_error(exc.status, str(exc), exc.code)
+        except UpstreamFailedMidResponse as exc:
+            self._server.note_error(str(exc))
+            log.warning("%s - upstream failed mid-response, cutting the client off: %s", self.label, exc)
+            self._abort()
+        except ClientGone:
+            log.info("%s - client went away before the response was complete", self.label)
+            self._abort()
+        except asyncio.CancelledError:
+            if not self._client_gone:
+                raise
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()  # the cancellation was ours, not a shutdown's
+            log.info("%s - client went away while waiting for the response", self.label)
+            self._abort()
+        finally:
+            self._stop_watching()
+
+    def _check(self, request: h11.Request) -> None:
+        """Refuse what a transparent gateway to one target must not relay."""
+        if not request.target.startswith(b"/"):
+            # Absolute-form targets would make this an open proxy; only --target is ever contacted.
+            raise RequestRejected(400, "request target must be a path; this proxy only forwards to its --target")
+        if request.method == b"CONNECT":
+            raise RequestRejected(405, "CONNECT is not supported")
+        if hdr.framing_conflict(request.headers):
+            raise RequestRejected(400, "request has both Content-Length and Transfer-Encoding")
+        if self._config.proxy_key is not None and not self._has_proxy_key(request):
+            raise RequestRejected(401, "missing or wrong proxy key (X-Chatproxy-Key or Authorization: Bearer)")
+        length = hdr.get(request.headers, b"content-length")
+        if length is not None and int(length) > self._config.max_body:
+            raise RequestRejected(413, f"request body larger than --max-body ({self._config.max_body} bytes)")
+
+    def _has_proxy_key(self, request: h11.Request) -> bool:
+        expected = self._config.proxy_key.encode()
+        given = hdr.get(request.headers, hdr.PROXY_KEY_HEADER)
+        if given is None:
+            auth = hdr.get(request.headers, b"authorization") or b""
+            given = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+        return hmac.compare_digest(given, expected)
+
+    # -- Downstream: what the relay calls ------------------------------------------------------
+
+    async def receive_body(self) -> Optional[bytes]:
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise RequestRejected(exc.error_status_hint, f"malformed request body: {exc}") from None
+            if isinstance(event, h11.Data):
+                self._body_bytes += len(event.data)
+                if self._body_bytes > self._config.max_body:
+                    raise RequestRejected(413, f"request body larger than --max-body ({self._config.max_body} bytes)")
+                return bytes(event.data)
+            if isinstance(event, h11.EndOfMessage):
+                if self._watch_when_body_done:
+                    self._start_watching()
+                return None
+            if event is not h11.NEED_DATA:
+                raise ClientGone()
+            if self._h11.they_are_waiting_for_100_continue:
+                await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            data = await self._read(self._config.timeouts.client_body)
+            if data is None:
+                raise RequestRejected(408, "request body not received in time")
+            self._h11.receive_data(data)
+
+    async def start_response(self, status: int, headers: List[Tuple[bytes, bytes]], reason: bytes) -> None:
+        self.response_started = True
+        if self._server.stopping:
+            headers = headers + [(b"Connection", b"close")]
+        await self._send(h11.Response(status_code=status, headers=headers, reason=reason))
+
+    async def send_data(self, data: bytes) -> None:
+        await self._send(h11.Data(data=data))
+
+    async def end_response(self) -> None:
+        await self._send(h11.EndOfMessage())
+
+    async def _send(self, event: Any) -> None:
+        data = self._h11.send(event)
+        transport = self._writer.transport
+        if transport.is_closing():
+            self._h11.send_failed()
+            raise ClientGone()
+        try:
+            self._writer.write(data)
+            # drain() only waits when the buffer is over its high-water mark; skip the call otherwise.
+            if transport.get_write_buffer_size() > self._high_water:
+                await asyncio.wait_for(self._writer.drain(), self._config.timeouts.client_write)
+        except (OSError, RuntimeError, asyncio.TimeoutError):
+            self._h11.send_failed()
+            raise ClientGone() from None
+        except BaseException:
+            self._h11.send_failed()
+            raise
+
+    async def _send_error(self, status: int, message: str, code: str) -> None:
+        """An OpenAI-style error answer, then the connection closes; only if no response started."""
+        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self.response_started:
+            self._abort()
+            return
+        self._server.counts["errors"] += 1
+        body = openai_error_body(status, message, code)
+        headers = [
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", str(len(body)).encode()),
+            (b"Connection", b"close"),
+        ]
+        try:
+            await self._send(h11.Response(status_code=status, headers=headers))
+            await self._send(h11.Data(data=body))
+            await self._send(h11.EndOfMessage())
+        except (ClientGone, h11.LocalProtocolError):
+            self._abort()
+
+    async def _answer_status(self) -> None:
+        body = json.dumps(self._server.status(), indent=2).encode() + b"\n"
+        headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
+        while await self.receive_body() is not None:
+            pass
+        self.response_started = True
+        await self._send(h11.Response(status_code=200, headers=headers))
+        await self._send(h11.Data(data=body))
+        await self._send(h11.EndOfMessage())
+
+    # -- client-gone detection -----------------------------------------------------------------
+
+    def _start_watching(self) -> None:
+        """While the response is awaited, a read that returns EOF means the client left: cancel."""
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                data = await self._reader.read(READ_SIZE)
+            except OSError:
+                data = b""
+            if not data:
+                self._client_gone = True
+                if self._task is not None:
+                    self._task.cancel()
+                return
+            self._h11.receive_data(data)  # pipelined requests wait inside h11 (PAUSED)
+
+    def _stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def _abort(self) -> None:
+        self._writer.transport.abort()
+
+    async def _close(self) -> None:
+        self._stop_watching()
+        transport = self._writer.transport
+        if not transport.is_closing():
+            try:
+                if self._writer.can_write_eof():
+                    self._writer.write_eof()
+            except (OSError, RuntimeError):
+                pass
+            self._writer.close()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+        except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
+            transport.abort()
+
+
+class ProxyServer:
+    """The listener, its live connections, counters, and a graceful shutdown."""
+
+    def __init__(self, config: Config, relay: Relay, status_extra: Optional[Callable[[], Dict[str, Any]]] = None) -> None:
+        self.config = config
+        self.relay = relay
+        self.stopping = False
+        self.connections: Set[ClientConnection] = set()
+        self.counts: Dict[str, int] = {"requests": 0, "errors": 0}
+        self.last_error: Optional[str] = None
+        self.started = time.time()
+        self._status_extra = status_extra
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._tasks: Set[asyncio.Task] = set()
+
+    async def start(self) -> Tuple[str, int]:
+        self._server = await asyncio.start_server(
+            self._handle_client, self.config.host, self.config.port, limit=READ_SIZE, reuse_address=True
+        )
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def _handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = ClientConnection(reader, writer, self)
+        self.connections.add(conn)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await conn.run()
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # one broken connection must never take the proxy down
+            log.exception("%s - connection handler crashed", conn.label)
+        finally:
+            self.connections.discard(conn)
+            if task is not None:
+                self._tasks.discard(task)
+
+    def note_error(self, message: str) -> None:
+        self.last_error = message
+
+    def status(self) -> Dict[str, Any]:
+        info: Dict[str, Any] = {
+            "version": __version__,
+            "uptime": round(time.time() - self.started, 1),
+            "target": self.config.target.url,
+            "session": self.config.session,
+            "requests": self.counts["requests"],
+            "errors": self.counts["errors"],
+            "open_connections": len(self.connections),
+            "upstream_connections": self.relay.pool.open_count,
+            "last_error": self.last_error,
+        }
+        if self._status_extra is not None:
+            info.update(self._status_extra())
+        return info
+
+    async def shutdown(self) -> None:
+        """Stop listening; idle connections close now, busy ones get a grace period, then are cut."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if not conn.busy and conn._task is not None:
+                conn._task.cancel()
+        deadline = time.monotonic() + self.config.timeouts.shutdown_grace
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.relay.pool.close()

@@ -1,0 +1,154 @@
+"""One session's files: the append-only journal, the live ShareGPT snapshot, images, and the lock.
+
+Blocking by design: only the recorder's worker thread calls into a DatasetStore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from chatproxy import durable
+from chatproxy.config import RecordOptions
+from chatproxy.journal import JOURNAL_VERSION, encode_json, encode_record, read_journal
+from chatproxy.sharegpt import to_sharegpt
+from chatproxy.threads import Node, ThreadIndex
+
+log = logging.getLogger("chatproxy.store")
+
+IMAGE_SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/gif": ".gif", "image/webp": ".webp"}
+
+
+class DatasetStore:
+    def __init__(self, folder: Path, session: str, options: RecordOptions) -> None:
+        self.folder = folder
+        self.session = session
+        self.options = options
+        self.journal_path = folder / f"{session}.jsonl"
+        self.snapshot_path = folder / f"{session}.json"
+        self.index = ThreadIndex()
+        self.pending: List[Tuple[Dict[str, Any], bytes]] = []  # placed, not yet on disk
+        self.saved = 0
+        self.dirty = False
+        self.last_snapshot = 0.0
+        self.snapshot_cost = 0.0
+        self._log = durable.AppendLog(self.journal_path)
+        self._lock = durable.SessionLock(folder / f"{session}.lock")
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Lock the session and read its journal back (repairing a line torn by a crash)."""
+        durable.ensure_private_dir(self.folder)
+        self._lock.acquire()
+        try:
+            contents = read_journal(self.journal_path)
+            for number, reason in contents.bad_lines:
+                log.warning("%s: skipped damaged line %d: %s", self.journal_path, number, reason)
+            if contents.torn_tail:
+                self._set_aside(contents.torn_tail, contents.good_size)
+            for record in contents.records:
+                self.index.add(record, self.options.keep_incomplete)
+            self.saved = len(contents.records)
+            if contents.records or not self.snapshot_path.exists():
+                self.dirty = True
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _set_aside(self, torn: bytes, good_size: int) -> None:
+        aside = self.journal_path.with_name(f"{self.journal_path.name}.torn-{int(time.time())}")
+        durable.atomic_write(aside, torn)
+        with open(self.journal_path, "r+b") as journal:
+            journal.truncate(good_size)
+            journal.flush()
+        log.warning(
+            "%s: the last line was cut short by a crash (%d bytes); set aside in %s", self.journal_path, len(torn), aside.name
+        )
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def save_image(self, data: bytes, mime: str) -> str:
+        """Content-addressed: the same image is stored once. Returns the path relative to the datasets folder."""
+        name = hashlib.sha256(data).hexdigest() + IMAGE_SUFFIXES.get(mime.lower(), ".bin")
+        folder = self.folder / self.session / "images"
+        durable.ensure_private_dir(folder)
+        durable.write_new_file(folder / name, data)
+        return f"{self.session}/images/{name}"
+
+    def place(self, history: List[Dict[str, Any]], reply: Dict[str, Any], tools: Optional[List[Any]], meta: Dict[str, Any]) -> Optional[Node]:
+        """Add one exchange to the session: stored as what it adds to the chat it continues.
+
+        Returns the new node, or None when the exchange repeats a recorded chat exactly.
+        """
+        placement = self.index.place(history, reply)
+        if placement.duplicate:
+            return None
+        record: Dict[str, Any] = {
+            "v": JOURNAL_VERSION,
+            "id": uuid.uuid4().hex[:16],
+            "parent": placement.parent.id if placement.parent else None,
+            "base": placement.base,
+            "messages": placement.new,
+            "meta": meta,
+        }
+        inherited = placement.parent.tools if placement.parent else None
+        if tools != inherited:
+            record["tools"] = tools
+        node = self.index.add(record, self.options.keep_incomplete)
+        self.pending.append((record, encode_record(record)))
+        self.dirty = True
+        return node
+
+    def flush(self) -> List[Dict[str, Any]]:
+        """Write every pending record with one write and one fsync (group commit).
+
+        Returns the records now safely on disk; raises OSError with all of them still pending.
+        """
+        if not self.pending:
+            return []
+        self._log.append(b"".join(line for _, line in self.pending))
+        written = [record for record, _ in self.pending]
+        self.pending = []
+        self.saved += len(written)
+        return written
+
+    # -- the live ShareGPT file ------------------------------------------------------------
+
+    def render(self, node: Node) -> Optional[bytes]:
+        """A leaf's ShareGPT object, encoded once and cached while it stays a leaf."""
+        if node.encoded is None:
+            item = to_sharegpt(list(node.iter_messages()), node.tools, self.options.reasoning)
+            if item is None:
+                node.encoded = b""
+            else:
+                item["meta"] = dict(node.meta, id=node.id)
+                node.encoded = encode_json(item)
+        return node.encoded or None
+
+    def write_snapshot(self) -> None:
+        started = time.monotonic()
+        items = [self.render(node) for node in self.index.current(self.options.branches)]
+        body = b",\n".join(item for item in items if item)
+        durable.atomic_write(self.snapshot_path, b"[\n" + body + b"\n]\n" if body else b"[]\n")
+        self.dirty = False
+        self.last_snapshot = time.monotonic()
+        self.snapshot_cost = self.last_snapshot - started
+
+    def snapshot_due(self, now: float, interval: float) -> float:
+        """Seconds until the snapshot should be written (<= 0: now). Large datasets are rewritten less often."""
+        if not self.dirty:
+            return float("inf")
+        spacing = max(interval, 20 * self.snapshot_cost)
+        return self.last_snapshot + spacing - now
+
+    def close(self) -> None:
+        self._log.close()
+        self._lock.release()
+
+    def conversation_count(self) -> int:
+        return len(self.index.current(self.options.branches))

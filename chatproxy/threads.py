@@ -1,0 +1,207 @@
+"""Threads, not copies: recognise which recorded chat a request continues.
+
+Every request replays its chat's history. Storing each exchange whole would write a 200-turn chat's
+beginning 200 times, so a record stores only what is new relative to a `parent` record:
+
+    full(record) = full(parent)[:base] + record.messages
+
+Matching a request's history to what was recorded uses two indexes, both growing with new messages only:
+
+- prefix: a chained hash of the first k messages -> the newest record holding that prefix. The longest hit
+  tells whether the request extends a record (k == its length: the old record is superseded), branches from
+  it (a regenerated reply or an edited message: both kept), or repeats it exactly (nothing new to store).
+- window: each message's hash -> where it was recorded. Frontends that trim old turns to fit the context
+  (keeping the system prompt) send a window of a recorded chat: when the window after the system prompt
+  matches a recorded chat up to its end, the request continues that chat and the record keeps the full
+  history seen so far.
+
+A shared prefix only makes two requests the same chat if it contains a user message: chats that share
+just a system prompt and a greeting are different chats (they still share storage of that prefix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+Message = Dict[str, Any]
+
+WINDOW_CANDIDATES = 16  # recent places a message was seen, checked for a trimmed-context match
+MIN_WINDOW_OVERLAP = 2
+
+
+def message_key(message: Message) -> bytes:
+    """What makes two messages the same turn when a frontend sends history back.
+
+    Frontends drop reasoning, re-number tool call ids and trim whitespace, so those do not count.
+    """
+    calls = [(c.get("name", ""), c.get("arguments", "").strip()) for c in message.get("tool_calls", ())]
+    material = [message.get("role"), message.get("content", "").strip(), calls, message.get("images", [])]
+    digest = hashlib.blake2b(json.dumps(material, ensure_ascii=False).encode(), digest_size=16)
+    return digest.digest()
+
+
+def _chain(previous: bytes, key: bytes) -> bytes:
+    return hashlib.blake2b(previous + key, digest_size=16).digest()
+
+
+class Node:
+    """One record in memory: its own messages and hashes, and links to what it extends."""
+
+    __slots__ = (
+        "id", "parent", "base", "messages", "keys", "chains", "length", "root", "complete",
+        "tools", "meta", "encoded", "seq",
+    )
+
+    def __init__(self, record: Dict[str, Any], parent: Optional[Node], seq: int) -> None:
+        self.id: str = record["id"]
+        self.parent = parent
+        self.base: int = record.get("base", 0) if parent else 0
+        self.messages: List[Message] = record["messages"]
+        self.length = self.base + len(self.messages)
+        self.meta: Dict[str, Any] = record.get("meta", {})
+        self.complete: bool = bool(self.meta.get("complete", True))
+        self.tools = record["tools"] if "tools" in record else (parent.tools if parent else None)
+        self.keys = [message_key(m) for m in self.messages]
+        previous = parent.chain_at(self.base) if parent and self.base else b""
+        self.chains: List[bytes] = []
+        for key in self.keys:
+            previous = _chain(previous, key)
+            self.chains.append(previous)
+        shares_user_turn = parent is not None and any(
+            m.get("role") == "user" for m in parent.iter_messages(self.base)
+        )
+        self.root: str = parent.root if (parent and shares_user_turn) else self.id
+        self.encoded: Optional[bytes] = None  # the ShareGPT object, cached while this is a leaf
+        self.seq = seq
+
+    def chain_at(self, position: int) -> bytes:
+        """The chained hash of the first `position` (>= 1) messages of the full conversation."""
+        node: Node = self
+        while position <= node.base:
+            assert node.parent is not None
+            node = node.parent
+        return node.chains[position - node.base - 1]
+
+    def _segments(self, upto: int) -> List[Tuple[Node, int]]:
+        segments = []
+        node: Optional[Node] = self
+        while node is not None and upto > 0:
+            if upto > node.base:
+                segments.append((node, upto - node.base))
+                upto = node.base
+            node = node.parent
+        segments.reverse()
+        return segments
+
+    def iter_messages(self, upto: Optional[int] = None) -> Iterator[Message]:
+        for node, count in self._segments(self.length if upto is None else upto):
+            yield from node.messages[:count]
+
+    def full_keys(self) -> List[bytes]:
+        keys: List[bytes] = []
+        for node, count in self._segments(self.length):
+            keys.extend(node.keys[:count])
+        return keys
+
+
+class Placement:
+    """Where a new exchange goes: stored as `parent[:base] + new`, or nothing new at all."""
+
+    def __init__(self, parent: Optional[Node], base: int, new: List[Message], duplicate: bool = False) -> None:
+        self.parent = parent
+        self.base = base
+        self.new = new
+        self.duplicate = duplicate
+
+
+class ThreadIndex:
+    """All records of one session, the indexes that place new ones, and the current leaves."""
+
+    def __init__(self) -> None:
+        self.nodes: Dict[str, Node] = {}
+        self.leaves: Dict[str, Node] = {}  # insertion order = order in the live dataset
+        self._prefix: Dict[bytes, Node] = {}
+        self._seen: Dict[bytes, List[Tuple[Node, int]]] = {}
+        self._seq = 0
+
+    def place(self, history: List[Message], reply: Message) -> Placement:
+        keys = [message_key(m) for m in history]
+        parent, matched = self._extend(None, 0, keys)
+        new_from = matched
+        if parent is None or not any(m.get("role") == "user" for m in history[:matched]):
+            window = self._window(history, keys)
+            if window is not None:
+                parent, matched, new_from = window
+        new_keys = keys[new_from:] + [message_key(reply)]
+        new = history[new_from:] + [reply]
+        if parent is not None and matched + len(new_keys) <= parent.length:
+            if parent.full_keys()[matched : matched + len(new_keys)] == new_keys:
+                return Placement(parent, matched, new, duplicate=True)
+        return Placement(parent, matched, new)
+
+    def _extend(self, node: Optional[Node], position: int, keys: List[bytes]) -> Tuple[Optional[Node], int]:
+        """Follow `keys` on from `node`'s first `position` messages: the newest record holding the
+        longest such prefix, and that prefix's length."""
+        previous = node.chain_at(position) if node is not None and position else b""
+        best: Tuple[Optional[Node], int] = (None, 0)
+        for offset, key in enumerate(keys):
+            previous = _chain(previous, key)
+            hit = self._prefix.get(previous)
+            if hit is None:
+                break
+            best = (hit, position + offset + 1)
+        return best
+
+    def _window(self, history: List[Message], keys: List[bytes]) -> Optional[Tuple[Node, int, int]]:
+        """A trimmed context: history = system prompt(s) + a window from the middle of a recorded chat.
+
+        Returns (record, messages of it matched, index in history where the new messages start).
+        """
+        start = 0
+        while start < len(history) and history[start].get("role") == "system":
+            start += 1
+        window = keys[start:]
+        best: Optional[Tuple[Node, int, int]] = None
+        best_overlap = MIN_WINDOW_OVERLAP - 1
+        for node, position in reversed(self._seen.get(window[0], ()) if window else ()):
+            hit, matched = self._extend(node, position, window)
+            overlap = matched - position
+            if hit is not None and overlap > best_overlap:
+                best, best_overlap = (hit, matched, start + overlap), overlap
+        return best
+
+    def add(self, record: Dict[str, Any], keep_incomplete: bool = False) -> Node:
+        """Insert a record (new, or read back from the journal) and update leaves and indexes."""
+        parent = self.nodes.get(record.get("parent") or "")
+        self._seq += 1
+        node = Node(record, parent, self._seq)
+        self.nodes[node.id] = node
+        if node.complete:
+            self._index(node)
+            if parent is not None and node.base == parent.length and parent.root == node.root:
+                self.leaves.pop(parent.id, None)
+                parent.encoded = None
+        if node.complete or keep_incomplete:
+            self.leaves[node.id] = node
+        return node
+
+    def _index(self, node: Node) -> None:
+        for offset, (key, chain) in enumerate(zip(node.keys, node.chains)):
+            position = node.base + offset
+            self._prefix[chain] = node
+            places = self._seen.setdefault(key, [])
+            places.append((node, position))
+            if len(places) > WINDOW_CANDIDATES:
+                del places[0]
+
+    def current(self, branches: str = "all") -> List[Node]:
+        """The live dataset's conversations: every leaf, or the newest leaf of each chat."""
+        leaves = list(self.leaves.values())
+        if branches != "last":
+            return leaves
+        newest: Dict[str, Node] = {}
+        for node in leaves:
+            newest[node.root] = node
+        return sorted(newest.values(), key=lambda n: n.seq)

@@ -1,0 +1,223 @@
+"""Upstream connections: h11 in the client role over plain or TLS streams, and their keep-alive pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import AsyncIterator, List, Optional, Tuple
+
+import h11
+
+from chatproxy.config import Target, Timeouts
+from chatproxy.errors import UpstreamClosed, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+
+log = logging.getLogger("chatproxy.upstream")
+
+READ_SIZE = 64 * 1024  # matches StreamReader's default limit
+# Real servers send large heads (long cookies, tracing headers); httpcore allows 100 KiB too.
+MAX_RESPONSE_HEAD = 100 * 1024
+MAX_IDLE_CONNECTIONS = 64
+
+
+def make_ssl_context(insecure: bool = False, ca_file: Optional[str] = None) -> ssl.SSLContext:
+    """The system trust store (OpenSSL honours SSL_CERT_FILE / SSL_CERT_DIR), or none with --insecure."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class UpstreamConnection:
+    """One HTTP/1.1 connection to the target; lives in the pool between requests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeouts: Timeouts) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._timeouts = timeouts
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        self.requests = 0
+        self.idle_since = time.monotonic()
+        self.closed = False
+        self.response_bytes = 0  # any response byte seen makes a retry unsafe
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self._h11.our_state}/{self._h11.their_state}"
+        return f"<UpstreamConnection {state} requests={self.requests}>"
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _send(self, event: h11._events.Event) -> None:
+        data = self._h11.send(event)
+        if not data:
+            return
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (OSError, RuntimeError) as exc:
+            self._h11.send_failed()
+            raise UpstreamClosed(f"connection lost while sending the request: {exc}") from None
+        except BaseException:
+            self._h11.send_failed()
+            raise
+
+    async def send_request(self, method: bytes, target: bytes, headers: List[Tuple[bytes, bytes]]) -> None:
+        self.requests += 1
+        self.response_bytes = 0
+        await self._send(h11.Request(method=method, target=target, headers=headers))
+
+    async def send_body(self, data: bytes) -> None:
+        await self._send(h11.Data(data=data))
+
+    async def end_request(self) -> None:
+        await self._send(h11.EndOfMessage())
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _read(self) -> bytes:
+        try:
+            data = await asyncio.wait_for(self._reader.read(READ_SIZE), self._timeouts.upstream_read)
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"no data from upstream for {self._timeouts.upstream_read:g} s") from None
+        except (OSError, ssl.SSLError):
+            data = b""  # a reset is an EOF to h11, which knows whether the message was complete
+        self.response_bytes += len(data)
+        return data
+
+    async def _next_event(self) -> h11._events.Event:
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise UpstreamProtocolError(f"invalid HTTP from upstream: {exc}") from None
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self._read()
+            if not data and self._h11.their_state is h11.SEND_RESPONSE and self.response_bytes == 0:
+                # httpcore's wording: h11's own state-machine message means nothing to users.
+                raise UpstreamClosed("upstream closed the connection without a response")
+            self._h11.receive_data(data)
+
+    async def receive_response(self) -> h11.Response:
+        """Wait for the final response head; 1xx (100 Continue, 103 Early Hints) are skipped."""
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Response):
+                return event
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            raise UpstreamProtocolError(f"unexpected {type(event).__name__} before the response head")
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; everything h11 already has is handed out as one chunk."""
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            elif event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+                raise UpstreamClosed("upstream connection ended in the middle of the response")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def is_reusable(self) -> bool:
+        return not self.closed and self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
+
+    def is_expired(self, now: float) -> bool:
+        """Idle too long, or the server already sent FIN (a stale keep-alive socket)."""
+        return (
+            self.closed
+            or self._reader.at_eof()
+            or self._writer.is_closing()
+            or now - self.idle_since > self._timeouts.pool_idle
+        )
+
+    def recycle(self) -> None:
+        self._h11.start_next_cycle()
+        self.idle_since = time.monotonic()
+
+    def close(self) -> None:
+        """Abort rather than close politely: a half-read response must not be drained."""
+        if not self.closed:
+            self.closed = True
+            self._writer.transport.abort()
+
+
+async def open_connection(target: Target, ssl_context: Optional[ssl.SSLContext], timeouts: Timeouts) -> UpstreamConnection:
+    tls = ssl_context if target.is_tls else None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                target.host,
+                target.port,
+                ssl=tls,
+                server_hostname=target.host if tls else None,
+                limit=READ_SIZE,
+            ),
+            timeouts.connect,
+        )
+    except asyncio.TimeoutError:
+        raise UpstreamTimeout(f"connecting to {target.url} timed out after {timeouts.connect:g} s") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise UpstreamConnectError(
+            f"TLS certificate of {target.url} not trusted ({exc.verify_message}); "
+            "set SSL_CERT_FILE or use --insecure"
+        ) from None
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise UpstreamConnectError(f"cannot connect to {target.url}: {reason}") from None
+    return UpstreamConnection(reader, writer, timeouts)
+
+
+class UpstreamPool:
+    """Keep-alive connections to the one target, reused most-recent first."""
+
+    def __init__(self, target: Target, timeouts: Timeouts, ssl_context: Optional[ssl.SSLContext] = None) -> None:
+        self.target = target
+        self._timeouts = timeouts
+        self._ssl_context = ssl_context if ssl_context is not None else (make_ssl_context() if target.is_tls else None)
+        self._idle: List[UpstreamConnection] = []
+        self._in_use = 0
+
+    @property
+    def open_count(self) -> int:
+        """Connections in use plus idle ones: what the tests watch for leaks."""
+        return self._in_use + len(self._idle)
+
+    async def acquire(self, fresh: bool = False) -> UpstreamConnection:
+        now = time.monotonic()
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if conn.is_expired(now):
+                conn.close()
+                continue
+            self._in_use += 1
+            return conn
+        conn = await open_connection(self.target, self._ssl_context, self._timeouts)
+        self._in_use += 1
+        return conn
+
+    def release(self, conn: UpstreamConnection, clean: bool) -> None:
+        """Back to the pool only after a complete, uneventful exchange; anything else closes it.
+
+        Synchronous on purpose: it cannot be interrupted by a cancellation half-way.
+        """
+        self._in_use -= 1
+        if clean and conn.is_reusable and len(self._idle) < MAX_IDLE_CONNECTIONS:
+            try:
+                conn.recycle()
+            except h11.LocalProtocolError:
+                conn.close()
+                return
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
