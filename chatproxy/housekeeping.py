@@ -18,7 +18,7 @@ typographic quotes straightened, because the templates are filled in with newlin
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Pattern, Tuple
+from typing import List, Tuple
 
 
 def housekeeping_kind(messages: list[dict]) -> str | None:
@@ -56,70 +56,76 @@ def _normalise(content: object) -> str:
     return " ".join(content.translate(_QUOTES).split())
 
 
-def _marker(kind: str, phrase: str) -> Tuple[str, Pattern[str]]:
+def _marker(kind: str, phrase: str) -> Tuple[str, re.Pattern[str]]:
     # Phrases are written with single spaces, matching the normalised text.
     return kind, re.compile(phrase, re.IGNORECASE)
 
 
 # Ordered by frontend; each marker names its source (repository and file) as of the versions read.
 _MARKERS = (
-    # --- Open WebUI: backend/open_webui/config.py (DEFAULT_*_PROMPT_TEMPLATE), older releases where noted.
-    # Title, current: "### Task:\nGenerate a concise title summarizing the chat history."; 0.5-0.6: "...a
+    # --- Open WebUI: backend/open_webui/config.py DEFAULT_*_PROMPT_TEMPLATE, older releases where noted.
+    # Title, current: "### Task:\nGenerate a concise title summarizing the chat history."; 0.5-0.6 "...a
     # concise, 3-5 word title with an emoji summarizing the chat history."; the notes editor
-    # (src/lib/components/notes/NoteEditor.svelte) says "...summarizing the content in the content's...".
-    _marker("title", r"generate a concise(?:, \d-\d word)? title (?:with an emoji )?summarizing the (?:chat history|content)"),
-    # Title, 0.3-0.4: "Create a concise, 3-5 word title with an emoji as a title for the chat history/prompt".
+    # (src/lib/components/notes/NoteEditor.svelte) "...summarizing the content in the content's ...".
+    _marker(
+        "title",
+        r"generate a concise(?:, \d-\d word)? title (?:with an emoji )?summarizing the (?:chat history|content)",
+    ),
+    # 0.3-0.4: "Create a concise, 3-5 word title with an emoji as a title for the chat history" (or "prompt").
     _marker("title", r"create a concise, 3-5 word title with an emoji as a title for the (?:chat history|prompt)"),
-    # Title, ollama-webui era (src/lib/apis/ollama/index.ts generateTitle) and its i18n default.
+    # The ollama-webui era, src/lib/apis/ollama/index.ts generateTitle, and its i18n default.
     _marker("title", r"create a concise, 3-5 word phrase as a header for the following query"),
     _marker("tags", r"generate 1-3 broad tags categorizing the main themes of the chat history"),
-    _marker("follow-ups", r"suggest 3-5 relevant follow-up questions or prompts that the user might naturally ask next"),
-    # Search and retrieval queries, current DEFAULT_QUERY_GENERATION_PROMPT_TEMPLATE.
+    _marker("follow-ups", r"suggest 3-5 relevant follow-up questions or prompts that the user might naturally ask"),
+    # Web search and retrieval queries share DEFAULT_QUERY_GENERATION_PROMPT_TEMPLATE.
     _marker("search-query", r"analyze the chat history to determine the necessity of generating search queries"),
     # 0.3 SEARCH_QUERY_GENERATION_PROMPT_TEMPLATE, as open-webui/docs' environment reference quoted it.
-    _marker("search-query", r"assess the need for a web search based on the current question and prior interactions"),
-    # 0.2 search query prompt; huggingface/chat-ui src/lib/server/websearch/generateQuery.ts uses the same text.
+    _marker("search-query", r"assess the need for a web search based on the current question and prior"),
+    # 0.2; huggingface/chat-ui src/lib/server/websearch/generateQuery.ts sends the same text as its system.
     _marker("search-query", r"you are tasked with generating web search queries\. give me an appropriate query"),
     _marker("autocomplete", r"### task: you are an autocompletion system\."),
     _marker("emoji", r"your task is to reflect the speaker's likely facial expression through a fitting emoji"),
-    # "for am image" is the template's own typo; accept the corrected spelling too.
-    _marker("image-prompt", r"generate a detailed prompt for a[mn] image generation task based on the given language"),
-    # Tool selection (DEFAULT_TOOLS_FUNCTION_CALLING_PROMPT_TEMPLATE, sent as the system message), then 0.3's.
-    _marker("tool-selection", r"your task is to choose and return the correct tool\(s\) from the list of available tools"),
+    # "for am image" is the template's own typo; the corrected spelling is accepted too.
+    _marker("image-prompt", r"generate a detailed prompt for a[mn] image generation task"),
+    # Tool choice: DEFAULT_TOOLS_FUNCTION_CALLING_PROMPT_TEMPLATE (a system message), then 0.3's wording.
+    _marker("tool-selection", r"your task is to choose and return the correct tool\(s\) from the list of available"),
     _marker("tool-selection", r"return an empty string if no tools match the query\. if a function tool matches"),
-    # --- LibreChat. danny-avila/agents src/utils/title.ts: defaultCompletionPrompt ("Provide a concise,
-    # 5-word-or-less title for the conversation, ...") and api/app/clients/prompts/titlePrompts.js
-    # titleInstruction ("Please generate a concise, 5-word-or-less title for the conversation, ...").
+    # --- LibreChat. danny-avila/agents src/utils/title.ts defaultCompletionPrompt ("Provide a concise,
+    # 5-word-or-less title for the conversation, ...") and LibreChat api/app/clients/prompts/titlePrompts.js
+    # titleInstruction, sent as "Please generate a concise, 5-word-or-less title for the conversation, ...".
     _marker("title", r"a concise, 5-word-or-less title for the conversation"),
-    # danny-avila/agents src/utils/title.ts defaultTitlePrompt (structured output with the language).
-    _marker("title", r"analyze this conversation and provide: 1\. the detected language of the conversation 2\. a concise title"),
-    # titlePrompts.js createTitlePrompt, and older agents releases ("...in the detected language...").
-    _marker("title", r"write a concise title for this conversation in the (?:given|detected) language\. title in 5 words or less"),
-    # Pre-2024 api/app/titleConvo.js and OpenAIClient.titleConvo fallback.
-    _marker("title", r"detect user language and write in the same language an extremely concise title for this conversation"),
-    # --- SillyTavern. public/scripts/extensions/memory/index.js defaultPrompt: current "Ignore previous
-    # instructions. Summarize the most important facts and events in the story so far. ...", earlier
-    # "[Pause your roleplay. Summarize the most important facts and events that have happened in the chat so far."
-    _marker("summary", r"summarize the most important facts and events (?:in the story so far|that have happened in the chat so far)"),
+    # danny-avila/agents src/utils/title.ts defaultTitlePrompt (title and language as structured output).
+    _marker("title", r"analyze this conversation and provide: 1\. the detected language of the conversation"),
+    # titlePrompts.js createTitlePrompt ("given language"); older agents releases ("detected language").
+    _marker("title", r"write a concise title for this conversation in the (?:given|detected) language"),
+    # api/app/titleConvo.js, later the fallback in api/app/clients/OpenAIClient.js titleConvo.
+    _marker("title", r"detect user language and write in the same language an extremely concise title"),
+    # --- SillyTavern. public/scripts/extensions/memory/index.js defaultPrompt: "Ignore previous
+    # instructions. Summarize the most important facts and events in the story so far. ...", earlier "[Pause
+    # your roleplay. Summarize the most important facts and events that have happened in the chat so far. ..."
+    _marker("summary", r"summarize the most important facts and events (?:in the story|that have happened)"),
     # public/scripts/extensions/expressions/index.js DEFAULT_LLM_PROMPT.
     _marker("expression", r"classify the emotion of the last message\. output just one word"),
-    # public/scripts/extensions/stable-diffusion/index.js promptTemplates (character, face, scene, ... modes).
-    _marker("image-prompt", r"in the next response i want you to provide only a detailed comma-delimited list of keywords and phrases which describe"),
-    # --- LobeChat: packages/prompts/src/chains/*.ts (lobehub/lobe-chat), system messages.
+    # public/scripts/extensions/stable-diffusion/index.js promptTemplates (character, face, scene... modes).
+    _marker("image-prompt", r"provide only a detailed comma-delimited list of keywords and phrases which describe"),
+    # --- LobeChat (lobehub/lobe-chat): packages/prompts/src/chains/*.ts, mostly system messages.
     _marker("title", r"you are a professional conversation summarizer\. generate a concise title"),  # summaryTitle.ts
-    _marker("title", r"你需要将用户的会话总结为 ?10 ?个字以内的标题"),  # src/prompts/chat.ts promptSummaryTitle, before the chains
+    _marker("title", r"你需要将用户的会话总结为 ?10 ?个字以内的标题"),  # src/prompts/chat.ts, before the chains
     _marker("tags", r"你是一名擅长会话标签总结的助理"),  # summaryTags.ts
-    _marker("emoji", r"you are an emoji expert who selects the most appropriate emoji to represent"),  # pickEmoji.ts
-    # summaryHistory.ts (last user message).
-    _marker("summary", r"please summarize the above conversation and retain key information\. the summarized content will be used as context"),
-    # rewriteQuery.ts DEFAULT_REWRITE_QUERY, itself LangChain's classic condense-question prompt.
-    _marker("search-query", r"given the following conversation and a follow[ -]up question, rephrase the follow[ -]up question to be a standalone question"),
-    # --- NextChat (ChatGPTNextWeb/NextChat app/locales/en.ts, Store.Prompt.Topic and .Summarize).
+    _marker("emoji", r"you are an emoji expert who selects the most appropriate emoji"),  # pickEmoji.ts
+    # summaryHistory.ts, the request after the history.
+    _marker("summary", r"please summarize the above conversation and retain key information\."),
+    # rewriteQuery.ts DEFAULT_REWRITE_QUERY, itself LangChain's condense-question prompt.
+    _marker(
+        "search-query",
+        r"given the following conversation and a follow[ -]up question, rephrase the follow[ -]up question",
+    ),
+    # --- NextChat: ChatGPTNextWeb/NextChat app/locales/en.ts Store.Prompt.Topic and .Summarize.
     _marker("title", r"please generate a four to five word title summarizing our conversation"),
-    _marker("summary", r"summarize the discussion briefly in 200 words or less to use as a prompt for future context"),
-    # --- Chatbox: src/renderer/packages/prompts.ts nameConversation, chatboxai/chatbox then Bin-Huang/chatbox.
+    _marker("summary", r"summarize the discussion briefly in 200 words or less to use as a prompt for future"),
+    # --- Chatbox: src/renderer/packages/prompts.ts nameConversation in chatboxai/chatbox, then Bin-Huang/chatbox.
     _marker("title", r"based on the chat history, give this conversation a name\."),
     _marker("title", r"name the conversation based on the chat records\."),
     # --- HuggingFace chat-ui: src/lib/server/textGeneration/title.ts (system message).
-    _marker("title", r"you are a summarization ai\. you'll never answer a user's question directly, but instead summarize the user's request"),
+    _marker("title", r"you are a summarization ai\. you'll never answer a user's question directly"),
 )

@@ -43,6 +43,18 @@ import logging
 from typing import Any, Callable, Tuple
 from urllib.parse import unquote_to_bytes
 
+__all__ = [
+    "AUDIO",
+    "FILE",
+    "IMAGE",
+    "ImageSink",
+    "StreamAccumulator",
+    "assistant_from_choice",
+    "chat_choices",
+    "completion_choices",
+    "normalize_messages",
+]
+
 log = logging.getLogger("chatproxy.normalize")
 
 # Saves decoded image bytes of the given MIME type and returns the path to list in "images".
@@ -447,16 +459,3 @@ def _index(raw: dict, position: int) -> int:
 def _finish_reason(raw: dict) -> str | None:
     reason = raw.get("finish_reason")
     return reason if isinstance(reason, str) and reason else None
-
-
-__all__ = [
-    "AUDIO",
-    "FILE",
-    "IMAGE",
-    "ImageSink",
-    "StreamAccumulator",
-    "assistant_from_choice",
-    "chat_choices",
-    "completion_choices",
-    "normalize_messages",
-]

@@ -49,6 +49,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator, List, NamedTuple
 
+__all__ = ["DROP", "KEEP", "llamafactory_problems", "to_sharegpt"]
+
 KEEP = "keep"
 DROP = "drop"
 _REASONING_MODES = (KEEP, DROP)
@@ -167,7 +169,7 @@ def _asking_turn(group: list[_Piece]) -> _Turn:
         return _Turn("observation", _results_value(group), images)
     texts: list[str] = []
     for kind, run in _runs(group):
-        texts.append(_results_value(run) if kind == "observation" else "\n\n".join(p.text for p in run))
+        texts.append(_results_value(run) if kind == "observation" else "\n\n".join(p.text for p in run if p.text))
     return _Turn("human", "\n\n".join(text for text in texts if text), images)
 
 
@@ -225,7 +227,7 @@ def _parsed_arguments(raw: Any) -> Any:
         return {}
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
     return parsed if isinstance(parsed, dict) else text
 
@@ -336,7 +338,7 @@ def _order_problems(turns: list[dict]) -> list[str]:
     # "Invalid message count": the non-system turns must pair up; supervised.py then also drops an
     # example without at least one prompt and one response.
     if len(body) % 2 != 0 or not body:
-        problems.append(f"{len(body)} turns after the system turn; it must be a positive even number")
+        problems.append(f"{len(body)} non-system turns; there must be a positive even number")
     return problems
 
 
@@ -349,7 +351,7 @@ def _function_call_problems(turns: list[dict]) -> list[str]:
         # each read as call["name"] and call["arguments"].
         try:
             calls = json.loads(turn["value"])
-        except ValueError:
+        except (ValueError, RecursionError):
             problems.append(f"turn {position}: function_call value is not JSON")
             continue
         calls = calls if isinstance(calls, list) else [calls]
@@ -367,7 +369,7 @@ def _tools_problems(tools: Any) -> list[str]:
         return ["tools is not a JSON string"]
     try:
         parsed = json.loads(tools)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ["tools is not valid JSON"]
     if not isinstance(parsed, list):
         return ["tools is not a JSON list"]
@@ -376,7 +378,9 @@ def _tools_problems(tools: Any) -> list[str]:
         function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else tool
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             problems.append(f"tools[{position}] has no name")
-        elif not isinstance((function.get("parameters") or {}).get("properties"), dict):
+        elif not isinstance(function.get("parameters"), dict) or not isinstance(
+            function["parameters"].get("properties"), dict
+        ):
             problems.append(f"tools[{position}] has no parameters.properties object")
     return problems
 
@@ -399,6 +403,3 @@ def _media_problems(record: dict, turns: list[dict]) -> list[str]:
         if found != expected:
             problems.append(f"{found} {token} placeholders but {expected} {key}")
     return problems
-
-
-__all__ = ["DROP", "KEEP", "llamafactory_problems", "to_sharegpt"]

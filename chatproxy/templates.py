@@ -115,11 +115,12 @@ class _BlockSyntax:
     roles: Dict[str, str]  # lower-cased role header -> canonical role
 
 
-_COMMON_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
-_GEMMA_ROLES = {"system": "system", "user": "user", "model": "assistant"}
+_CHATML_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+_LLAMA3_ROLES = {**_CHATML_ROLES, "ipython": "tool"}
+_GEMMA_ROLES = {"system": "system", "user": "user", "model": "assistant"}  # "system" is SillyTavern's own
 _BLOCK_SYNTAXES = (
-    _BlockSyntax("chatml", "<|im_start|>", "\n", "<|im_end|>", _COMMON_ROLES),
-    _BlockSyntax("llama3", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", {**_COMMON_ROLES, "ipython": "tool"}),
+    _BlockSyntax("chatml", "<|im_start|>", "\n", "<|im_end|>", _CHATML_ROLES),
+    _BlockSyntax("llama3", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", _LLAMA3_ROLES),
     _BlockSyntax("gemma", "<start_of_turn>", "\n", "<end_of_turn>", _GEMMA_ROLES),
     _BlockSyntax("gemma", "<|turn>", "\n", "<turn|>", _GEMMA_ROLES),  # Gemma 4
 )

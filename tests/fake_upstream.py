@@ -478,7 +478,8 @@ def _round_robin(per_choice: list[list[tuple[Any, str | None]]]) -> Iterator[tup
 def _tool_fragments(calls: Iterable[dict], size: int) -> Iterator[dict]:
     per_call = []
     for index, call in enumerate(calls):
-        first = {"index": index, "id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": ""}}
+        function = {"name": call["name"], "arguments": ""}
+        first = {"index": index, "id": call["id"], "type": "function", "function": function}
         rest = [{"index": index, "function": {"arguments": p}} for p in _pieces(call["arguments"], size)]
         per_call.append([first, *rest])
     for step in itertools.zip_longest(*per_call):
@@ -524,7 +525,10 @@ async def _error(ex: Exchange, status: int, message: str) -> None:
 
 
 class FakeUpstream:
-    """The fake backend. Use as a context manager, or ``start()`` / ``stop()``."""
+    """The fake backend. Use as a context manager, or ``start()`` / ``stop()``.
+
+    Leaving the ``with`` block raises if a behaviour crashed (see ``errors``).
+    """
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
@@ -544,8 +548,12 @@ class FakeUpstream:
     def __enter__(self) -> FakeUpstream:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
         self.stop()
+        # A behaviour that crashed (say a LocalProtocolError from headers h11 refuses) is a
+        # broken test, not a client-visible fault: fail loudly unless the test already did.
+        if exc_type is None and self.errors:
+            raise AssertionError(f"fake upstream failed while answering: {self.errors!r}")
 
     def start(self) -> FakeUpstream:
         self._loop = asyncio.new_event_loop()
@@ -627,7 +635,7 @@ class FakeUpstream:
         self._count_connection(+1)
         try:
             await self._serve(reader, writer)
-        except (ConnectionError, h11.ProtocolError) as exc:
+        except (ConnectionError, h11.RemoteProtocolError) as exc:
             log.debug("fake upstream: connection ended: %r", exc)
         except Exception as exc:
             log.exception("fake upstream: answering failed")

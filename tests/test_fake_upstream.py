@@ -12,7 +12,7 @@ import openai
 import pytest
 import trustme
 
-from tests.fake_upstream import SSE, Chat, Close, FakeUpstream, Json, Raw, Reset, Stall
+from fake_upstream import SSE, Chat, Close, FakeUpstream, Json, Raw, Reset, Stall
 
 REQUEST = b"GET /v1/models HTTP/1.1\r\nHost: upstream\r\n\r\n"
 
@@ -118,7 +118,10 @@ def test_default_headers_and_unknown_route(upstream: FakeUpstream) -> None:
 
 def test_keep_alive_then_counters_return_to_zero(upstream: FakeUpstream) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=5)
-    upstream.push(Json({"a": 1}, status=429, headers=[("Retry-After", "1")]), Raw(b"HTTP/1.1 204 No Content\r\n\r\n", close=False))
+    upstream.push(
+        Json({"a": 1}, status=429, headers=[("Retry-After", "1")]),
+        Raw(b"HTTP/1.1 204 No Content\r\n\r\n", close=False),
+    )
     try:
         for expected in (429, 204, 200):
             conn.request("GET", "/v1/models")
@@ -219,3 +222,17 @@ def test_tls() -> None:
         finally:
             conn.close()
         fake.wait_for_open_connections(0)
+
+
+def test_a_crashing_behaviour_fails_the_with_block() -> None:
+    with pytest.raises(AssertionError, match="LocalProtocolError"):
+        with FakeUpstream() as fake:
+            fake.push(Json({"a": 1}, headers=[("Content-Length", "999")]))  # h11 refuses the short body
+            conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+            try:
+                conn.request("GET", "/v1/models")
+                with pytest.raises(http.client.HTTPException):
+                    conn.getresponse().read()
+            finally:
+                conn.close()
+            fake.wait_for_open_connections(0)
