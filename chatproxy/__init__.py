@@ -15,7 +15,6 @@ The names below are imported on first use, so `import chatproxy` stays instant a
 from __future__ import annotations
 
 import importlib
-from typing import Any, List
 
 __version__ = "0.1.0"
 
@@ -34,7 +33,7 @@ _LAZY = {
 __all__ = ["__version__"] + sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:  # PEP 562
+def __getattr__(name: str) -> object:  # PEP 562
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'chatproxy' has no attribute {name!r}")
@@ -43,5 +42,5 @@ def __getattr__(name: str) -> Any:  # PEP 562
     return value
 
 
-def __dir__() -> List[str]:
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))

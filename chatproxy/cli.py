@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import ipaddress
+import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, TextIO
 
 from chatproxy import __version__
 from chatproxy.config import (
@@ -29,6 +31,10 @@ from chatproxy.config import (
 log = logging.getLogger("chatproxy")
 
 SUBCOMMANDS = ("export", "stats", "show")
+ENV_PREFIX = "CHATPROXY_"
+STATUS_INTERVAL = 0.5  # seconds between redraws of the terminal status line
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
 
 DESCRIPTION = """\
 Relay every request from an OpenAI-compatible frontend to an OpenAI-compatible backend, unchanged
@@ -39,7 +45,15 @@ backend. Every method and path is forwarded to --target; POST .../chat/completio
 are also recorded.
 """
 
-EPILOG = """\
+EPILOG = f"""\
+examples:
+  chatproxy --target http://127.0.0.1:8080/v1
+      record chats with a llama.cpp server; frontends use http://127.0.0.1:{DEFAULT_PORT}/v1 as base URL
+  chatproxy --target https://api.openai.com/v1 --session my-chats
+      record into datasets/my-chats.json, resuming it if it exists
+  CHATPROXY_TARGET=http://127.0.0.1:11434/v1 CHATPROXY_LOG_FORMAT=json chatproxy
+      Ollama, configured from the environment, logging JSON lines
+
 target URL:
   The request path is joined to the target's path without doubling a shared part: with
   --target https://api.openai.com/v1, a request for /v1/chat/completions and one for
@@ -56,9 +70,16 @@ frontend control headers (removed before forwarding):
   X-Chatproxy-Tags: a,b       add tags to the record's meta
   X-Chatproxy-Record: no      do not record this request
 
+output:
+  One start-up line, one "recorded ..." line per saved conversation, warnings and errors, on stderr.
+  In a terminal a status line below them shows requests relayed, conversations recorded, errors and
+  the dataset file. --log-format json writes one JSON object per line instead (for services).
+  GET /_chatproxy/status answers the same counters as JSON.
+
 environment:
-  Every option can also be set as CHATPROXY_<OPTION> (e.g. CHATPROXY_TARGET, CHATPROXY_PORT,
-  CHATPROXY_NO_RECORD=1); a command-line option wins over the environment.
+  Every option can also be set as CHATPROXY_<OPTION>, e.g. CHATPROXY_TARGET, CHATPROXY_PORT,
+  CHATPROXY_LOG_FORMAT=json; on/off options take 1/0, true/false, yes/no or on/off
+  (CHATPROXY_NO_RECORD=1). A command-line option wins over the environment.
 
 other commands:
   chatproxy export --help     write a training dataset from recorded sessions
@@ -66,68 +87,117 @@ other commands:
   chatproxy show   --help     print a session's conversations as a transcript
 
 exit status: 0 after a clean stop (SIGINT/SIGTERM), 2 for a bad option or unusable dataset folder,
-1 when the port cannot be opened or the session is locked by another proxy.
+1 when the port cannot be opened, the session is locked by another proxy, or records could not be
+written before exit.
 """
 
 
-class _EnvDefaults:
-    """CHATPROXY_<NAME> environment variables as option defaults."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the reason and where to read more, no usage dump."""
 
-    def __init__(self, environ: "os._Environ[str] | dict") -> None:
-        self.environ = environ
-
-    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        return self.environ.get("CHATPROXY_" + name.upper().replace("-", "_"), default)
-
-    def flag(self, name: str) -> bool:
-        return (self.get(name) or "").strip().lower() in ("1", "true", "yes", "on")
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser(env: _EnvDefaults) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="chatproxy",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--target", metavar="URL", default=env.get("target"),
+    parser.add_argument("--target", metavar="URL",
                         help="backend base URL, http:// or https://, with or without a path (required)")
-    parser.add_argument("--host", default=env.get("host", DEFAULT_HOST),
+    parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default {DEFAULT_HOST}; anything else is reachable by others)")
-    parser.add_argument("--port", type=int, default=int(env.get("port", str(DEFAULT_PORT)) or DEFAULT_PORT),
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
-    parser.add_argument("--session", metavar="ID", default=env.get("session"),
+    parser.add_argument("--session", metavar="ID",
                         help="record into this session, resuming its dataset if it exists (default: a new UUID)")
-    parser.add_argument("--datasets", metavar="DIR", default=env.get("datasets", "datasets"),
+    parser.add_argument("--datasets", metavar="DIR", default="datasets",
                         help="folder for journals and datasets (default ./datasets)")
-    parser.add_argument("--no-record", action="store_true", default=env.flag("no_record"),
+    parser.add_argument("--no-record", action="store_true",
                         help="relay only, record nothing")
-    parser.add_argument("--branches", choices=("all", "last"), default=env.get("branches", "all"),
+    parser.add_argument("--branches", choices=("all", "last"), default="all",
                         help="regenerated replies and edits: keep every branch (default) or only the newest per chat")
-    parser.add_argument("--reasoning", choices=("keep", "drop"), default=env.get("reasoning", "keep"),
+    parser.add_argument("--reasoning", choices=("keep", "drop"), default="keep",
                         help="write model reasoning as <think>...</think> before the answer (default) or drop it")
-    parser.add_argument("--keep-incomplete", action="store_true", default=env.flag("keep_incomplete"),
+    parser.add_argument("--keep-incomplete", action="store_true",
                         help="also put replies cut short (client gone, upstream reset) into the dataset")
-    parser.add_argument("--record-all", action="store_true", default=env.flag("record_all"),
+    parser.add_argument("--record-all", action="store_true",
                         help="also record frontends' housekeeping calls (title, tag, follow-up generation, ...)")
-    parser.add_argument("--proxy-key", metavar="KEY", default=env.get("proxy_key"),
+    parser.add_argument("--proxy-key", metavar="KEY",
                         help="require this key (X-Chatproxy-Key header, or Authorization: Bearer KEY)")
-    parser.add_argument("--max-body", metavar="BYTES", type=int, default=int(env.get("max_body", str(DEFAULT_MAX_BODY)) or 0),
+    parser.add_argument("--max-body", metavar="BYTES", type=int, default=DEFAULT_MAX_BODY,
                         help=f"largest request body accepted (default {DEFAULT_MAX_BODY}); larger gets 413")
-    parser.add_argument("--timeout", metavar="SECONDS", type=float, default=float(env.get("timeout", "600") or 600),
+    parser.add_argument("--timeout", metavar="SECONDS", type=float, default=600.0,
                         help="longest wait for the backend's next byte (default 600)")
-    parser.add_argument("--connect-timeout", metavar="SECONDS", type=float, default=float(env.get("connect_timeout", "10") or 10),
+    parser.add_argument("--connect-timeout", metavar="SECONDS", type=float, default=10.0,
                         help="longest wait to connect to the backend (default 10)")
-    parser.add_argument("--insecure", action="store_true", default=env.flag("insecure"),
+    parser.add_argument("--insecure", action="store_true",
                         help="do not verify the backend's TLS certificate")
-    parser.add_argument("--ca-file", metavar="PEM", default=env.get("ca_file"),
+    parser.add_argument("--ca-file", metavar="PEM",
                         help="trust this CA bundle for the backend instead of the system store")
-    parser.add_argument("--debug", action="store_true", default=env.flag("debug"),
+    parser.add_argument("--debug", action="store_true",
                         help="log every exchange's headers and bodies (secret headers masked)")
-    parser.add_argument("--quiet", action="store_true", default=env.flag("quiet"),
-                        help="log only warnings and errors")
+    parser.add_argument("--quiet", action="store_true",
+                        help="log only warnings and errors (no start-up line, record lines or status line)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text (default): plain lines, with a live status line in a terminal; "
+                             "json: one JSON object per line (time, level, message, fields), for services")
     parser.add_argument("--version", action="version", version=f"chatproxy {__version__}")
     return parser
+
+
+# -- environment variables -------------------------------------------------------------------
+
+
+def env_name(action: argparse.Action) -> str:
+    return ENV_PREFIX + action.dest.upper()
+
+
+def _env_options(parser: argparse.ArgumentParser) -> List[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")]
+
+
+def env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> Dict[str, Any]:
+    """CHATPROXY_<OPTION> values, converted and checked like the option itself (ConfigError if not)."""
+    defaults: Dict[str, Any] = {}
+    for action in _env_options(parser):
+        name = env_name(action)
+        raw = environ.get(name)
+        if raw is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            word = raw.strip().lower()
+            if word not in TRUE_WORDS + FALSE_WORDS:
+                raise ConfigError(f"{name}={raw!r}: use 1/0, true/false, yes/no or on/off")
+            defaults[action.dest] = word in TRUE_WORDS
+            continue
+        value: Any = raw.strip()
+        if action.type is int:
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r}: not a whole number") from None
+        elif action.type is float:
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r}: not a number") from None
+        if action.choices is not None and value not in action.choices:
+            raise ConfigError(f"{name}={raw!r}: use one of {', '.join(map(str, action.choices))}")
+        defaults[action.dest] = value
+    return defaults
+
+
+def unknown_env_names(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> List[str]:
+    """CHATPROXY_* variables that name no option: most likely typos."""
+    known = {env_name(a) for a in _env_options(parser)}
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
+# -- from options to a Config ----------------------------------------------------------------
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -137,6 +207,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise ConfigError(f"--port must be 0-65535 (got {args.port})")
     if args.max_body <= 0:
         raise ConfigError("--max-body must be positive")
+    for option, seconds in (("--timeout", args.timeout), ("--connect-timeout", args.connect_timeout)):
+        if not seconds > 0:  # also refuses nan
+            raise ConfigError(f"{option} must be a positive number of seconds (got {seconds})")
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        raise ConfigError(f"--ca-file {args.ca_file}: no such file")
     session = check_session_id(args.session) if args.session else new_session_id()
     timeouts = Timeouts(connect=args.connect_timeout, upstream_read=args.timeout)
     record = RecordOptions(
@@ -185,13 +260,24 @@ def check_datasets_folder(folder: Path) -> None:
             pass
 
 
+# -- main ------------------------------------------------------------------------------------
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (argparse's exits included)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         return _run_subcommand(argv[0], argv[1:])
-    parser = build_parser(_EnvDefaults(os.environ))
-    args = parser.parse_args(argv)
-    _setup_logging(args.debug, args.quiet)
+    parser = build_parser()
+    try:
+        try:
+            parser.set_defaults(**env_defaults(parser, os.environ))
+        except ConfigError as exc:
+            print(f"chatproxy: error: {exc}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         config = config_from_args(args)
         if config.record.enabled:
@@ -199,11 +285,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"chatproxy: error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve_until_signal(config))
+    status_line = _setup_logging(args.debug, args.quiet, args.log_format)
+    for name in unknown_env_names(parser, os.environ):
+        log.warning("warning: ignoring %s: no such option", name)
+    try:
+        return asyncio.run(_serve_until_signal(config, status_line))
+    except KeyboardInterrupt:  # a Ctrl-C before the signal handlers were in place
+        return 130
 
 
 def _run_subcommand(name: str, argv: List[str]) -> int:
-    _setup_logging(False, False)
+    _setup_logging(False, False, "text")
     if name == "export":
         from chatproxy.export import main as run
     else:
@@ -213,38 +305,58 @@ def _run_subcommand(name: str, argv: List[str]) -> int:
     return run(argv)
 
 
-def _setup_logging(debug: bool, quiet: bool) -> None:
-    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("chatproxy: %(message)s"))
-    root = logging.getLogger("chatproxy")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
-async def _serve_until_signal(config: Config) -> int:
+async def _serve_until_signal(config: Config, status_line: Optional[StatusLine]) -> int:
     from chatproxy.durable import SessionLocked
     from chatproxy.proxy import Proxy
 
-    proxy = Proxy(config)
+    stop = asyncio.Event()
+    _on_signals(stop.set)
+    try:
+        proxy = Proxy(config)
+    except OSError as exc:  # ssl.SSLError included: only the backend's TLS setup can fail here
+        print(f"chatproxy: error: cannot use --ca-file {config.ca_file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         await proxy.start()
     except SessionLocked as exc:
         print(f"chatproxy: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"chatproxy: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        reason = exc.strerror or str(exc)
+        if config.record.enabled and proxy.recorder is None:
+            message = f"cannot open the dataset for session {config.session} in {config.datasets}: {reason}"
+        else:
+            message = f"cannot listen on {config.host}:{config.port}: {reason}"
+        print(f"chatproxy: error: {message}", file=sys.stderr)
         return 1
     _warn_about_exposure(config)
-    dataset = proxy.dataset_path or "not recording (--no-record)"
-    log.info("chatproxy %s listening on %s -> %s, dataset %s", __version__, proxy.url, config.target.url, dataset)
-    stop = asyncio.Event()
-    _on_signals(stop.set)
-    await stop.wait()
-    log.info("stopping: finishing in-flight requests and writing the dataset")
-    await proxy.stop()
-    return 0
+    dataset = str(proxy.dataset_path) if proxy.dataset_path else "not recording (--no-record)"
+    log.info(
+        "chatproxy %s listening on %s -> %s, dataset %s", __version__, proxy.url, config.target.url, dataset,
+        extra={"event": "listening", "url": proxy.url, "target": config.target.url,
+               "session": config.session, "dataset": proxy.dataset_path and str(proxy.dataset_path)},
+    )
+    refresher = None
+    if status_line is not None:
+        refresher = asyncio.ensure_future(status_line.run(proxy))
+    try:
+        await stop.wait()
+        log.info("stopping: finishing in-flight requests and writing the dataset", extra={"event": "stopping"})
+        await proxy.stop()
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+            status_line.detach()
+    status = proxy.status()
+    unwritten = status.get("pending_records", 0)
+    log.info(
+        "stopped: %d requests relayed, %d conversations recorded, %d errors%s",
+        status["requests"], status.get("recorded", 0), status["errors"],
+        f", dataset {proxy.dataset_path}" if proxy.dataset_path else "",
+        extra={"event": "stopped", "requests": status["requests"], "recorded": status.get("recorded", 0),
+               "errors": status["errors"], "unwritten": unwritten},
+    )
+    return 1 if unwritten else 0
 
 
 def _on_signals(callback: Callable[[], None]) -> None:
@@ -268,3 +380,177 @@ def _warn_about_exposure(config: Config) -> None:
             "warning: listening on %s: anyone who can reach this port can use the backend with the key "
             "your frontend sends%s", config.host, "" if config.proxy_key else " (set --proxy-key to require a key)"
         )
+
+
+# -- output: plain lines, JSON lines, or lines above a live status line ----------------------
+
+
+def _setup_logging(debug: bool, quiet: bool, log_format: str, stream: Optional[TextIO] = None) -> Optional[StatusLine]:
+    """Route the "chatproxy" loggers to stderr; returns the status line when one is shown."""
+    stream = sys.stderr if stream is None else stream
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    status_line: Optional[StatusLine] = None
+    handler: logging.Handler
+    if log_format == "json":
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(JsonFormatter())
+    elif not quiet and _is_terminal(stream):
+        handler = status_line = StatusLine(stream)
+        handler.setFormatter(logging.Formatter("chatproxy: %(message)s"))
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("chatproxy: %(message)s"))
+    root = logging.getLogger("chatproxy")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    return status_line
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, and any `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: Dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class StatusLine(logging.Handler):
+    """Log lines scroll up; one status line stays below them, redrawn in place with a carriage return.
+
+    Every write (log line or redraw) happens under the handler's lock, because records are logged
+    from worker threads too: the line is blanked, the log line printed, and the status drawn again.
+    Blanking pads with spaces instead of using an erase escape, so it works on any terminal.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self.text = ""  # the status without width fitting; empty when detached
+        self._drawn = 0  # characters currently on the status line
+        self._wake: Optional[Callable[[], None]] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            self._write(self._blank() + message + "\n" + self._fitted())
+        except Exception:
+            self.handleError(record)
+        wake = self._wake
+        if wake is not None:
+            wake()  # redraw with fresh counts soon: a "recorded" line just changed them
+
+    def show(self, text: str) -> None:
+        self.acquire()
+        try:
+            self.text = text
+            self._write(self._blank() + self._fitted())
+        finally:
+            self.release()
+
+    def detach(self) -> None:
+        """Remove the status line; later log lines are plain."""
+        self.acquire()
+        try:
+            self._wake = None
+            self.text = ""
+            self._write(self._blank())
+        finally:
+            self.release()
+
+    async def run(self, proxy: Any) -> None:
+        """Redraw from `proxy.status()` every STATUS_INTERVAL and shortly after each log line."""
+        loop = asyncio.get_running_loop()
+        poke = asyncio.Event()
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(poke.set)
+            except RuntimeError:  # the loop has closed
+                pass
+
+        self._wake = wake
+        while True:
+            self.show(status_text(proxy.status(), proxy.dataset_path))
+            poke.clear()
+            try:
+                await asyncio.wait_for(poke.wait(), STATUS_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+
+    def _blank(self) -> str:
+        if not self._drawn:
+            return ""
+        # Two more columns for a "^C" the terminal may have echoed after the status.
+        blank = "\r" + " " * min(self._drawn + 2, _columns(self.stream) - 1) + "\r"
+        self._drawn = 0
+        return blank
+
+    def _fitted(self) -> str:
+        if not self.text:
+            return ""
+        # One column short of the width: writing the last column makes some terminals wrap.
+        text = fit(self.text, _columns(self.stream) - 1)
+        self._drawn = len(text)
+        return text
+
+    def _write(self, data: str) -> None:
+        if data:
+            self.stream.write(data)
+            self.stream.flush()
+
+
+def status_text(status: Mapping[str, Any], dataset: Optional[Path]) -> str:
+    errors = status.get("errors", 0) + status.get("write_errors", 0)
+    where = f"-> {dataset}" if dataset is not None else "(not recording)"
+    return (
+        f"[{status.get('requests', 0)} requests | {status.get('recorded', 0)} recorded | "
+        f"{errors} errors] {where}"
+    )
+
+
+def fit(text: str, width: int) -> str:
+    """Shorten to `width`, keeping the counters and the end of the path (the file name)."""
+    if len(text) <= width:
+        return text
+    head, sep, tail = text.partition("] ")
+    room = width - len(head) - len(sep) - 3
+    if sep and room >= 8:
+        return head + sep + "..." + tail[-room:]
+    return text[: max(width - 3, 0)] + "..."
+
+
+def _columns(stream: TextIO) -> int:
+    """The width of the terminal the status line is drawn on (COLUMNS wins, as for shutil)."""
+    columns = 0
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        pass
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return max(columns or 80, 20)

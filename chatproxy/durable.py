@@ -17,7 +17,12 @@ DIR_MODE = 0o700
 
 def ensure_private_dir(path: Path) -> None:
     """Create the folder (0700) if needed; an existing folder keeps the mode its owner gave it."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if path.is_dir():
+        return
+    # Not mkdir(parents=True): like `mkdir -p` it gives missing parents the default mode (0755).
+    if not path.parent.is_dir() and path.parent != path:
+        ensure_private_dir(path.parent)
+    path.mkdir(mode=DIR_MODE, exist_ok=True)
 
 
 def fsync_directory(path: Path) -> None:

@@ -13,6 +13,7 @@ messages appended after the chat), and the system messages (LibreChat, LobeChat,
 tool selection put the instruction there). Earlier turns are never looked at, so a chat that once quoted
 such a prompt is still recorded. Text is compared case-insensitively with its whitespace collapsed and
 typographic quotes straightened, because the templates are filled in with newlines and quotes that vary.
+Of a long message only the head and the tail are searched, where the instructions sit.
 """
 
 from __future__ import annotations
@@ -49,10 +50,18 @@ def _probes(messages: list[dict]) -> List[str]:
 
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
 
+# Frontends put the instruction at the start of the message that carries it (after a tool list at most) or
+# at its end (after the chat it summarises), so only those windows are searched: some thirty patterns over a
+# pasted book would otherwise hold the event loop for a noticeable fraction of a second.
+_HEAD_CHARS = 32 * 1024
+_TAIL_CHARS = 8 * 1024
+
 
 def _normalise(content: object) -> str:
     if not isinstance(content, str):
         return ""
+    if len(content) > _HEAD_CHARS + _TAIL_CHARS:
+        content = content[:_HEAD_CHARS] + "\n" + content[-_TAIL_CHARS:]
     return " ".join(content.translate(_QUOTES).split())
 
 

@@ -36,6 +36,9 @@ class Recorder:
         self._queue: "asyncio.Queue[Optional[Exchange]]" = asyncio.Queue()
         self._task: Optional[asyncio.Task] = None
         self._failures = 0
+        # Exchanges whose session could not be opened (folder read-only, disk full): retried with
+        # the next batch rather than dropped. Only the worker thread touches the list.
+        self._unplaced: List[Exchange] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -50,7 +53,7 @@ class Recorder:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize() + sum(len(s.pending) for s in self.stores.values())
+        return self._queue.qsize() + len(self._unplaced) + sum(len(s.pending) for s in self.stores.values())
 
     async def close(self) -> None:
         """Write what is queued, the final snapshots, and release the session locks."""
@@ -97,8 +100,14 @@ class Recorder:
         try:
             if timeout is None or timeout == float("inf"):
                 first = await self._queue.get()
+            elif timeout <= 0:
+                # Not wait_for(get(), 0): it gives up before get() has run, even with items queued,
+                # so a writer retrying a failed write would never see new exchanges or close().
+                if self._queue.empty():
+                    return []
+                first = self._queue.get_nowait()
             else:
-                first = await asyncio.wait_for(self._queue.get(), max(timeout, 0))
+                first = await asyncio.wait_for(self._queue.get(), timeout)
         except asyncio.TimeoutError:
             return []
         batch = [first]
@@ -111,9 +120,10 @@ class Recorder:
     def _write_batch(self, exchanges: List[Exchange], final: bool) -> bool:
         """Place, commit and snapshot; False if some write failed (records stay pending)."""
         placed: List[Node] = []
-        for exchange in exchanges:
+        retried, self._unplaced = self._unplaced, []
+        for exchange in retried + exchanges:
             placed.extend(self._place(exchange))
-        ok = True
+        ok = not self._unplaced
         for store in self.stores.values():
             ok = self._commit(store) and ok
         now = time.monotonic()
@@ -132,7 +142,8 @@ class Recorder:
             log.warning("not recording %s: %s", exchange.path, exc)
             return []
         except OSError as exc:
-            self._fail(f"cannot open dataset for {exchange.session or self.session}: {exc}")
+            self._fail(f"cannot open dataset for {exchange.session or self.session}: {exc}; kept in memory, retrying")
+            self._unplaced.append(exchange)
             return []
         if extracted.housekeeping and not self.options.record_all:
             self.counts["skipped"] += 1
@@ -183,6 +194,8 @@ class Recorder:
         return store
 
     def _close_stores(self) -> None:
+        if self._unplaced:
+            log.error("%d exchange(s) could not be recorded before exit: their dataset could not be opened", len(self._unplaced))
         for store in self.stores.values():
             if store.pending:
                 log.error("%s: %d record(s) could not be written before exit", store.journal_path, len(store.pending))

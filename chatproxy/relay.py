@@ -11,7 +11,7 @@ import h11
 from chatproxy import headers as hdr
 from chatproxy.capture import Exchange, ExchangeCapture, completion_endpoint
 from chatproxy.config import Config
-from chatproxy.errors import ProxyError, RequestRejected, UpstreamClosed
+from chatproxy.errors import ProxyError, RequestRejected, UpstreamClosed, UpstreamProtocolError
 from chatproxy.upstream import UpstreamConnection, UpstreamPool
 
 try:
@@ -64,6 +64,9 @@ class Relay:
         capture = self._capture_for(request.method, target_path, raw_headers)
         upstream_headers = hdr.for_upstream(raw_headers, self.config.target.authority, hdr.is_chunked(raw_headers))
         upstream_target = self.config.target.url_path(target_path).encode("latin-1")
+        if log.isEnabledFor(logging.DEBUG):
+            # headers.masked() is the only way headers reach a log line: keys and cookies show as ***.
+            log.debug("-> %s %s %s", request.method.decode("latin-1"), target_path, hdr.masked(raw_headers))
         complete = False
         try:
             conn, response = await self._open_exchange(request.method, upstream_target, upstream_headers, downstream, capture)
@@ -162,6 +165,12 @@ class Relay:
         clean = False
         try:
             response_headers = response.headers.raw_items()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("<- %d %s", response.status_code, hdr.masked(response_headers))
+            if hdr.framing_conflict(response_headers):
+                # h11 lets Transfer-Encoding win silently; relaying the Content-Length beside the
+                # de-chunked body would frame the client's response wrongly (h11 refuses mid-send).
+                raise UpstreamProtocolError("upstream response has both Content-Length and Transfer-Encoding")
             if capture is not None:
                 capture.response_head(response.status_code, response_headers)
             await downstream.start_response(response.status_code, hdr.for_client(response_headers), response.reason)

@@ -21,6 +21,9 @@ from chatproxy.relay import ClientGone, Relay, UpstreamFailedMidResponse
 log = logging.getLogger("chatproxy.server")
 
 READ_SIZE = 64 * 1024  # matches StreamReader's default limit
+# h11's default head limit. h11 enforces it only while a head is incomplete, so a head that arrives
+# whole in one 64 KiB read slips past it; _check measures the parsed head against the same limit.
+MAX_REQUEST_HEAD = 16 * 1024
 STATUS_PATH = b"/_chatproxy/status"
 
 
@@ -32,7 +35,7 @@ class ClientConnection:
         self._writer = writer
         self._server = server
         self._config = server.config
-        self._h11 = h11.Connection(h11.SERVER)
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.label = f"{peer[0]}:{peer[1]}"
         self.busy = False
@@ -105,7 +108,7 @@ class ClientConnection:
         self._client_gone = False
         self._server.counts["requests"] += 1
         try:
-            self._check(request)
+            request = self._check(request)
             if request.target.split(b"?", 1)[0] == STATUS_PATH:
                 await self._answer_status()
                 return
@@ -134,8 +137,11 @@ class ClientConnection:
         finally:
             self._stop_watching()
 
-    def _check(self, request: h11.Request) -> None:
-        """Refuse what a transparent gateway to one target must not relay."""
+    def _check(self, request: h11.Request) -> h11.Request:
+        """Refuse what a transparent gateway to one target must not relay; returns what to relay."""
+        head_size = len(request.method) + len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers.raw_items())
+        if head_size > MAX_REQUEST_HEAD:
+            raise RequestRejected(431, f"request head larger than {MAX_REQUEST_HEAD // 1024} KiB")
         if not request.target.startswith(b"/"):
             # Absolute-form targets would make this an open proxy; only --target is ever contacted.
             raise RequestRejected(400, "request target must be a path; this proxy only forwards to its --target")
@@ -143,19 +149,31 @@ class ClientConnection:
             raise RequestRejected(405, "CONNECT is not supported")
         if hdr.framing_conflict(request.headers):
             raise RequestRejected(400, "request has both Content-Length and Transfer-Encoding")
-        if self._config.proxy_key is not None and not self._has_proxy_key(request):
-            raise RequestRejected(401, "missing or wrong proxy key (X-Chatproxy-Key or Authorization: Bearer)")
+        if self._config.proxy_key is not None:
+            request = self._with_proxy_key_checked(request)
         length = hdr.get(request.headers, b"content-length")
         if length is not None and int(length) > self._config.max_body:
             raise RequestRejected(413, f"request body larger than --max-body ({self._config.max_body} bytes)")
+        return request
 
-    def _has_proxy_key(self, request: h11.Request) -> bool:
+    def _with_proxy_key_checked(self, request: h11.Request) -> h11.Request:
+        """401 without the proxy key. Sent as X-Chatproxy-Key (removed before forwarding), the
+        frontend's own Authorization passes through. Sent as `Authorization: Bearer KEY`, that
+        header carried our key, not an upstream one: it is dropped, or the backend would see it."""
+        assert self._config.proxy_key is not None
         expected = self._config.proxy_key.encode()
         given = hdr.get(request.headers, hdr.PROXY_KEY_HEADER)
-        if given is None:
+        if given is not None:
+            if hmac.compare_digest(given.strip(), expected):
+                return request
+        else:
             auth = hdr.get(request.headers, b"authorization") or b""
-            given = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
-        return hmac.compare_digest(given, expected)
+            if auth[:7].lower() == b"bearer " and hmac.compare_digest(auth[7:].strip(), expected):
+                headers = [(k, v) for k, v in request.headers.raw_items() if k.lower() != b"authorization"]
+                return h11.Request(
+                    method=request.method, target=request.target, headers=headers, http_version=request.http_version
+                )
+        raise RequestRejected(401, "missing or wrong proxy key (X-Chatproxy-Key or Authorization: Bearer)")
 
     # -- Downstream: what the relay calls ------------------------------------------------------
 

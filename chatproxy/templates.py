@@ -18,8 +18,10 @@ Templates, tried in this order (most specific markers first):
 * Alpaca (`### Instruction:` / `### Input:` / `### Response:`), Vicuna (`USER: ... ASSISTANT: ...</s>`), and
   the plain "Name: text" transcript; their text before the first turn marker is the system prompt.
 
-The final open assistant turn is not a message: its text is `prefill` ("" for a bare header). BOS/EOS tokens
-and surrounding whitespace are stripped from every text, and empty turns are dropped.
+The final open assistant turn is not a message: its text is `prefill` ("" for a bare header, and always ""
+for a transcript, which ends on the bare "Name:"). BOS/EOS tokens and surrounding whitespace are stripped
+from every text, and empty turns are dropped. Names a frontend writes into the text of a turn (SillyTavern's
+forced "Anon: hi") are kept: to the model they were part of the message.
 
 Anything unrecognised, or recognised and then inconsistent (an unterminated block, stray text between
 blocks, an unmatched [/INST]), is kept whole as one user message with template "none": a wrong split would

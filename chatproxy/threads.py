@@ -22,7 +22,6 @@ just a system prompt and a greeting are different chats (they still share storag
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 Message = Dict[str, Any]
@@ -36,10 +35,12 @@ def message_key(message: Message) -> bytes:
 
     Frontends drop reasoning, re-number tool call ids and trim whitespace, so those do not count.
     """
-    calls = [(c.get("name", ""), c.get("arguments", "").strip()) for c in message.get("tool_calls", ())]
-    material = [message.get("role"), message.get("content", "").strip(), calls, message.get("images", [])]
-    digest = hashlib.blake2b(json.dumps(material, ensure_ascii=False).encode(), digest_size=16)
-    return digest.digest()
+    parts = [str(message.get("role")), message.get("content", "").strip()]
+    for call in message.get("tool_calls", ()):
+        parts.append(f"{call.get('name', '')}\x1f{call.get('arguments', '').strip()}")
+    parts.extend(message.get("images", ()))
+    material = "\x1e".join(parts).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(material, digest_size=16).digest()
 
 
 def _chain(previous: bytes, key: bytes) -> bytes:

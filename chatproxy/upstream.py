@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import time
 from typing import AsyncIterator, List, Optional, Tuple
@@ -126,7 +127,14 @@ class UpstreamConnection:
 
     @property
     def is_reusable(self) -> bool:
-        return not self.closed and self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
+        # A close-delimited response ends at EOF yet h11 leaves both sides DONE: the socket is
+        # dead, so pooling it would only hold a file descriptor until the next acquire drops it.
+        return (
+            not self.closed
+            and not self._reader.at_eof()
+            and self._h11.our_state is h11.DONE
+            and self._h11.their_state is h11.DONE
+        )
 
     def is_expired(self, now: float) -> bool:
         """Idle too long, or the server already sent FIN (a stale keep-alive socket)."""
@@ -169,7 +177,9 @@ async def open_connection(target: Target, ssl_context: Optional[ssl.SSLContext],
             "set SSL_CERT_FILE or use --insecure"
         ) from None
     except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
+        # asyncio's strerror is "Connect call failed (host, port)", which hides the reason (refused,
+        # unreachable, ...); the errno's own text says it.
+        reason = (os.strerror(exc.errno) if exc.errno else exc.strerror) or str(exc) or type(exc).__name__
         raise UpstreamConnectError(f"cannot connect to {target.url}: {reason}") from None
     return UpstreamConnection(reader, writer, timeouts)
 

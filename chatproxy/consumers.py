@@ -1,0 +1,290 @@
+"""The published rules of the trainers that read our exports, as validators.
+
+Each function takes one exported record and returns readable reasons its consumer would reject it, crash
+on it, or silently drop it; an empty list means it loads. The export runs every record through the
+validators of its profile and writes only those with no problem, so these functions are also the
+specification of what each profile must produce. Each check names the code it mirrors:
+
+- LLaMA-Factory: `sharegpt.llamafactory_problems` (src/llamafactory/data/converter.py,
+  SharegptDatasetConverter; formatter.py; mm_plugin.py; processor/supervised.py).
+- FastChat: fastchat/train/train.py `preprocess` and train_with_template.py `apply_prompt_template`.
+- Unsloth: unsloth_zoo/dataset_utils.py `standardize_data_formats` (exported by unsloth.chat_templates as
+  `standardize_sharegpt`) and the templates in unsloth/chat_templates.py.
+- OpenAI: the chat fine-tuning data format (one JSON object per line with "messages" and optional "tools";
+  tool calls as in Chat Completions, arguments a JSON string) and the format checks of the OpenAI
+  cookbook's "Data preparation and analysis for chat model fine-tuning".
+- Axolotl: src/axolotl/prompt_strategies/chat_template.py (ChatTemplatePrompter, ChatTemplateStrategy).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List
+
+from chatproxy.sharegpt import llamafactory_problems
+
+__all__ = [
+    "axolotl_problems",
+    "fastchat_problems",
+    "llamafactory_problems",
+    "openai_problems",
+    "unsloth_dataset_problems",
+    "unsloth_problems",
+]
+
+# ---------------------------------------------------------------------------------------------------------
+# FastChat
+# ---------------------------------------------------------------------------------------------------------
+
+FASTCHAT_ROLES = ("human", "gpt")
+
+
+def fastchat_problems(record: Any) -> List[str]:
+    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+        # SupervisedDataset: sources = [example["conversations"] for example in raw_data]
+        return ["no conversations list"]
+    turns = record["conversations"]
+    if not turns:
+        return ["conversations is empty"]
+    problems = []
+    for position, turn in enumerate(turns):
+        role = turn.get("from") if isinstance(turn, dict) else None
+        if role not in FASTCHAT_ROLES:
+            # roles = {"human": conv.roles[0], "gpt": conv.roles[1]}; roles[sentence["from"]] -> KeyError
+            return [f"turn {position} is from {role!r}; FastChat knows only 'human' and 'gpt'"]
+        if not isinstance(turn.get("value"), str):
+            # conv.append_message(role, sentence["value"]) is joined into one prompt string
+            problems.append(f"turn {position} has no string value")
+        # assert role == conv.roles[j % 2]: strictly human, gpt, human, gpt, ...
+        if role != FASTCHAT_ROLES[position % 2]:
+            # A leading non-human turn is dropped ("Skip the first one if it is not from human"), which
+            # shifts every later turn; the export never relies on that.
+            problems.append(f"turn {position} is {role!r} where {FASTCHAT_ROLES[position % 2]!r} must be")
+            break
+    if turns[-1].get("from") != "gpt":
+        # Targets are masked to the gpt parts; a trailing human turn is trained on nothing.
+        problems.append("the last turn is not from 'gpt'")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unsloth
+# ---------------------------------------------------------------------------------------------------------
+
+# standardize_data_formats' default aliases (aliases_for_system / _user / _assistant).
+UNSLOTH_ALIASES = {"system": "system", "user": "user", "human": "user", "input": "user",
+                   "gpt": "assistant", "assistant": "assistant", "output": "assistant"}
+UNSLOTH_SAMPLE = 10  # it infers the key names from itertools.islice(dataset, 10)
+
+
+def unsloth_problems(record: Any) -> List[str]:
+    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+        # `if "conversations" not in column_names: return dataset` -- nothing is standardised.
+        return ["no conversations list"]
+    turns = record["conversations"]
+    if not turns:
+        return ["conversations is empty"]
+    problems = []
+    for position, turn in enumerate(turns):
+        if not isinstance(turn, dict) or set(turn) != {"from", "value"}:
+            # assert(len(uniques.keys()) == 2): every message has the same two keys.
+            return [f"turn {position} does not have exactly the keys 'from' and 'value'"]
+        if not all(isinstance(value, str) for value in turn.values()):
+            # "Unsloth: Cannot standardize non text datasets!"
+            problems.append(f"turn {position} has a non-string field")
+            continue
+        role = UNSLOTH_ALIASES.get(turn["from"])
+        if role is None:
+            # TypeError("Unsloth: [...] are not in aliases. Please update aliases.")
+            problems.append(f"turn {position} is from {turn['from']!r}, which is not one of Unsloth's aliases")
+        elif role == "system" and position != 0:
+            # Its templates read a system prompt only as messages[0]; elsewhere
+            # raise_exception('Only user and assistant roles are supported!').
+            problems.append(f"turn {position} is a system turn after the start")
+    return problems
+
+
+def unsloth_dataset_problems(records: List[Any]) -> List[str]:
+    """The one rule that spans records: how standardize_data_formats tells the role key from the text key.
+
+    It counts distinct values of each key over the first 10 records and takes the key with fewer distinct
+    values as the role; if the texts are no more varied than the roles it picks the wrong key and fails.
+    """
+    roles, values = set(), set()
+    for record in records[:UNSLOTH_SAMPLE]:
+        for turn in record.get("conversations", ()) if isinstance(record, dict) else ():
+            if isinstance(turn, dict):
+                roles.add(turn.get("from"))
+                values.add(turn.get("value"))
+    if roles and len(values) <= len(roles):
+        return [
+            f"the first {UNSLOTH_SAMPLE} conversations hold only {len(values)} distinct texts for {len(roles)} "
+            "roles; Unsloth's standardize_sharegpt would mistake the text for the role"
+        ]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenAI chat fine-tuning
+# ---------------------------------------------------------------------------------------------------------
+
+OPENAI_ROLES = ("system", "user", "assistant", "tool")
+OPENAI_MESSAGE_KEYS = {
+    # The cookbook allows role, content, name, function_call and weight; tool calling adds tool_calls to
+    # assistant messages and tool_call_id to tool messages.
+    "system": {"role", "content", "name"},
+    "user": {"role", "content", "name"},
+    "assistant": {"role", "content", "name", "weight", "tool_calls", "function_call"},
+    "tool": {"role", "content", "tool_call_id"},
+}
+OPENAI_RECORD_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
+
+
+def openai_problems(record: Any) -> List[str]:
+    if not isinstance(record, dict):
+        return ["record is not a JSON object"]  # cookbook: data_type
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return ["messages is missing or empty"]  # cookbook: missing_messages_list
+    problems = [f"unrecognized key {key!r}" for key in sorted(set(record) - OPENAI_RECORD_KEYS)]
+    for position, message in enumerate(messages):
+        problems += [f"messages[{position}]: {p}" for p in _openai_message_problems(message)]
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        problems.append("no assistant message")  # cookbook: example_missing_assistant_message
+    problems += _openai_tool_flow_problems(messages)
+    problems += _openai_tools_problems(record.get("tools"))
+    return problems
+
+
+def _openai_message_problems(message: Any) -> List[str]:
+    if not isinstance(message, dict):
+        return ["not an object"]
+    role = message.get("role")
+    if role not in OPENAI_ROLES:
+        return [f"unrecognized role {role!r}"]  # cookbook: unrecognized_role
+    problems = [f"unrecognized key {key!r}" for key in sorted(set(message) - OPENAI_MESSAGE_KEYS[role])]
+    content = message.get("content")
+    if role == "assistant" and message.get("tool_calls"):
+        # Chat Completions: content may be omitted on an assistant message that calls tools.
+        if content is not None and not isinstance(content, str):
+            problems.append("content is not a string")
+        problems += _openai_call_problems(message["tool_calls"])
+    elif role == "tool":
+        if not isinstance(content, str):
+            problems.append("tool content is not a string")
+        if not isinstance(message.get("tool_call_id"), str) or not message["tool_call_id"]:
+            problems.append("tool message without tool_call_id")
+    elif not isinstance(content, str) or not content:
+        problems.append("content is missing or empty")  # cookbook: missing_content
+    return problems
+
+
+def _openai_call_problems(calls: Any) -> List[str]:
+    if not isinstance(calls, list):
+        return ["tool_calls is not a list"]
+    problems = []
+    for position, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or call.get("type") != "function" or not _nonempty(call.get("id")):
+            problems.append(f"tool_calls[{position}] needs id, type 'function' and function")
+        elif not _nonempty(function.get("name")):
+            problems.append(f"tool_calls[{position}] has no function name")
+        elif not _json_object_text(function.get("arguments")):
+            problems.append(f"tool_calls[{position}] arguments are not a JSON object in a string")
+    return problems
+
+
+def _openai_tool_flow_problems(messages: List[Any]) -> List[str]:
+    """Chat Completions' ordering rules: a tool message answers a call of the assistant message before
+    it, and every call is answered before the conversation moves on (the last message may call tools)."""
+    open_ids: List[str] = []
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if role == "tool":
+            if message.get("tool_call_id") not in open_ids:
+                return [f"messages[{position}]: tool result for no open tool call"]
+            open_ids.remove(message["tool_call_id"])
+            continue
+        if open_ids:
+            return [f"messages[{position}]: tool call {open_ids[0]!r} has no result before this message"]
+        if role == "assistant" and isinstance(message.get("tool_calls"), list):
+            open_ids = [c["id"] for c in message["tool_calls"] if isinstance(c, dict) and isinstance(c.get("id"), str)]
+    return []
+
+
+def _openai_tools_problems(tools: Any) -> List[str]:
+    if tools is None:
+        return []
+    if not isinstance(tools, list) or not tools:
+        return ["tools is not a non-empty list"]
+    problems = []
+    for position, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or tool.get("type") != "function" or not _nonempty(function.get("name")):
+            problems.append(f"tools[{position}] is not {{'type': 'function', 'function': {{'name': ...}}}}")
+        elif "parameters" in function and not isinstance(function["parameters"], dict):
+            problems.append(f"tools[{position}] parameters is not a JSON schema object")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Axolotl chat_template
+# ---------------------------------------------------------------------------------------------------------
+
+# ChatTemplatePrompter's default roles mapping (used when the dataset config sets no `roles`).
+AXOLOTL_ROLES = {"human", "user", "assistant", "gpt", "system", "tool"}
+
+
+def axolotl_problems(record: Any) -> List[str]:
+    messages = record.get("messages") if isinstance(record, dict) else None
+    if not isinstance(messages, list):
+        # _get_messages: "Messages is null" / "Unknown messages format. Please convert it into a list[dict]."
+        return ["messages (the default field_messages) is not a list"]
+    problems = []
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict):
+            problems.append(f"messages[{position}] is not an object")
+            continue
+        if message.get("role") not in AXOLOTL_ROLES:
+            # Unmapped roles reach the chat template as they are, which most templates reject.
+            problems.append(f"messages[{position}] role {message.get('role')!r} is not in the default roles")
+        for call in message.get("tool_calls") or ():
+            arguments = call.get("function", {}).get("arguments") if isinstance(call, dict) else None
+            # transform_message: json.loads(arguments) for string arguments, re-raising JSONDecodeError --
+            # one bad call aborts the whole dataset's preparation.
+            if isinstance(arguments, str) and not _json_text(arguments):
+                problems.append(f"messages[{position}] has tool call arguments that are not JSON")
+    tools = record.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        # _get_tools: ValueError("Unknown tools format. Please convert it into a list[dict].")
+        problems.append("tools is not a list")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _nonempty(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _json_text(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _json_object_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return isinstance(json.loads(value), dict)
+    except ValueError:
+        return False
+

@@ -1,0 +1,420 @@
+"""`python -m chatproxy export`: recorded sessions -> one deduplicated training dataset, written atomically.
+
+Conversations are rebuilt from the journals (never from the live SESSION.json, whose options were fixed
+when it was recorded), filtered, shaped by a profile (profiles.py) and checked against the rules of its
+consumers. A conversation that cannot be made valid is counted and explained, never written; an exact
+duplicate of one already written (the same chat recorded in two sessions) is dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime
+import fnmatch
+import hashlib
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set, TextIO, Tuple
+
+from chatproxy import durable, sessions
+from chatproxy.config import ConfigError
+from chatproxy.consumers import unsloth_dataset_problems
+from chatproxy.journal import encode_json
+from chatproxy.profiles import PROFILES, Profile, Unusable
+from chatproxy.snippets import dataset_name, snippets
+from chatproxy.subcommand import Parser, UsageError, add_datasets_option, fail, new_parser, parse
+
+PROG = "chatproxy export"
+OUT_SUFFIXES = (".json", ".jsonl")
+EXAMPLES_SHOWN = 3  # skipped conversations named per reason
+PROGRESS_INTERVAL = 0.2  # seconds between progress redraws: often enough to look alive, cheap to draw
+
+DESCRIPTION = """\
+Write one training dataset from recorded sessions: conversations rebuilt from the journals, exact
+duplicates across sessions dropped, every record checked against the rules of the trainer it is for.
+"""
+
+EPILOG = """\
+formats:
+  sharegpt        LLaMA-Factory ShareGPT: optional system turn, human/gpt, function_call/observation for
+                  tool use, "tools" (JSON text) and "images" (absolute paths) columns; strict alternation
+  sharegpt-plain  FastChat and Unsloth: only human/gpt turns with "from" and "value"; the system prompt
+                  starts the first human turn; tool calls and results are written as <tool_call> and
+                  <tool_response> text; images become [image]
+  openai          OpenAI chat fine-tuning JSONL ("messages", "tools", tool calls with JSON-string
+                  arguments), which Axolotl's chat_template datasets read by default; images become [image]
+
+Every format leaves out a conversation whose tool call arguments are not a JSON object (a reply cut off
+mid-call); those, and any other conversation a format cannot hold, are counted and explained.
+
+a conversation's time, model and tags:
+  time and model are those of its last reply; its tags are every tag of every exchange it went through.
+
+examples:
+  chatproxy export --all --format sharegpt --out chats.json
+  chatproxy export my-session --format openai --out chats.jsonl --since 7d --split 0.9
+"""
+
+
+@dataclasses.dataclass
+class Options:
+    folder: Path
+    sessions: List[str]
+    profile: Profile
+    out: Path
+    since: Optional[datetime.datetime] = None
+    until: Optional[datetime.datetime] = None
+    model: Optional[str] = None
+    tags: List[str] = dataclasses.field(default_factory=list)
+    min_turns: int = 0
+    keep_incomplete: bool = False
+    branches: str = "all"
+    reasoning: str = "keep"
+    split: Optional[float] = None
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Tally:
+    sessions: int = 0
+    records: int = 0
+    conversations: int = 0
+    filtered: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    reasons: Dict[str, List[str]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped += 1
+        self.reasons[reason].append(where)
+
+
+@dataclasses.dataclass
+class Collected:
+    records: List[bytes]
+    tally: Tally
+    columns: Set[str]  # optional LLaMA-Factory columns some record has
+
+
+def build_parser() -> Parser:
+    parser = new_parser(PROG, DESCRIPTION, EPILOG)
+    parser.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions to export (names in --datasets)")
+    parser.add_argument("--all", action="store_true", help="export every session in --datasets")
+    add_datasets_option(parser)
+    parser.add_argument("--format", required=True, choices=sorted(PROFILES), help="who the dataset is for (see below)")
+    parser.add_argument("--out", required=True, metavar="PATH",
+                        help="file to write; .json writes a JSON array, .jsonl one record per line")
+    parser.add_argument("--since", metavar="WHEN",
+                        help="only conversations whose last reply is this recent: 2024-05-01, 2024-05-01T14:00, "
+                             "or a duration back from now (30m, 12h, 7d, 2w); dates without a zone are local")
+    parser.add_argument("--until", metavar="WHEN",
+                        help="only conversations whose last reply is older than this; a date alone includes that day")
+    parser.add_argument("--model", metavar="PATTERN",
+                        help="only conversations whose last reply came from a matching model (glob, case-insensitive, "
+                             "e.g. 'gpt-4o*')")
+    parser.add_argument("--tag", action="append", default=[], metavar="TAG",
+                        help="only conversations tagged TAG (X-Chatproxy-Tags); repeat to require several")
+    parser.add_argument("--min-turns", type=int, default=0, metavar="N",
+                        help="only conversations of at least N written turns, the system prompt not counted")
+    parser.add_argument("--keep-incomplete", action="store_true",
+                        help="also export replies that were cut short (client gone, upstream reset)")
+    parser.add_argument("--branches", choices=("all", "last"), default="all",
+                        help="regenerated replies and edited messages: every branch (default) or the newest per chat")
+    parser.add_argument("--reasoning", choices=("keep", "drop"), default="keep",
+                        help="model reasoning as <think>...</think> before the answer (default), or dropped")
+    parser.add_argument("--split", type=float, metavar="FRACTION",
+                        help="write a train and a test file, FRACTION of the conversations in train (e.g. 0.9): "
+                             "OUT.train.jsonl and OUT.test.jsonl")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the shuffle before --split (default 0); the same seed and data give the same split")
+    return parser
+
+
+def main(argv: List[str]) -> int:
+    args = parse(build_parser(), list(argv))
+    if isinstance(args, int):
+        return args
+    try:
+        options = options_from(args)
+    except (UsageError, ConfigError) as exc:
+        return fail(PROG, str(exc))
+    progress = Progress(sys.stderr)
+    collected = collect(options, progress)
+    progress.done()
+    if not collected.records:
+        print(f"chatproxy: nothing to export: {_counts(collected.tally)}", file=sys.stderr)
+        print(_skip_report(collected.tally), file=sys.stderr, end="")
+        return 1
+    try:
+        written = write(options, collected.records)
+    except OSError as exc:
+        print(f"chatproxy: error: cannot write {options.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    _warn_dataset(options, written["train"][1])
+    print(_summary(options, written, collected))
+    files = {name: path for name, (path, _) in written.items()}
+    print(snippets(options.profile.name, files, dataset_name(options.out), sorted(collected.columns), options.reasoning),
+          end="")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------------------
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    folder = Path(args.datasets)
+    out = Path(args.out)
+    options = Options(
+        folder=folder,
+        sessions=sessions.resolve(folder, args.sessions, args.all),
+        profile=PROFILES[args.format],
+        out=out,
+        since=parse_when(args.since, "--since", end=False) if args.since else None,
+        until=parse_when(args.until, "--until", end=True) if args.until else None,
+        model=args.model,
+        tags=args.tag,
+        min_turns=args.min_turns,
+        keep_incomplete=args.keep_incomplete,
+        branches=args.branches,
+        reasoning=args.reasoning,
+        split=args.split,
+        seed=args.seed,
+    )
+    _check_out(options)
+    return options
+
+
+def _check_out(options: Options) -> None:
+    out = options.out
+    if out.suffix.lower() not in OUT_SUFFIXES:
+        raise UsageError(f"--out must end in .json or .jsonl (got {str(out)!r})")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out folder {out.parent} does not exist")
+    if options.split is not None and not 0 < options.split < 1:
+        raise UsageError(f"--split must be a fraction between 0 and 1, e.g. 0.9 (got {options.split})")
+    if options.min_turns < 0:
+        raise UsageError("--min-turns must not be negative")
+    if options.since and options.until and options.since >= options.until:
+        raise UsageError("--since must be before --until")
+    for path in output_paths(options).values():
+        if path.resolve().parent != options.folder.resolve():
+            continue
+        # SESSION.json is the proxy's live dataset and SESSION.jsonl its journal: never replace either.
+        if path.stem in sessions.session_names(options.folder):
+            raise UsageError(f"--out {path} would replace a session's own file; choose another name")
+        if path.suffix.lower() == sessions.JOURNAL_SUFFIX:
+            raise UsageError(f"--out {path}: a .jsonl file in the datasets folder would be read as a session; "
+                             "write it elsewhere")
+
+
+RELATIVE = re.compile(r"(\d+)\s*([mhdw])")
+UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, option: str, end: bool, now: Optional[datetime.datetime] = None) -> datetime.datetime:
+    """A --since/--until value as an aware datetime. A date alone is local midnight; as an --until
+    (end=True) it means the end of that day."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    value = text.strip()
+    relative = RELATIVE.fullmatch(value.lower())
+    if relative:
+        return now - datetime.timedelta(seconds=int(relative.group(1)) * UNIT_SECONDS[relative.group(2)])
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            day = datetime.datetime.strptime(value, "%Y-%m-%d")
+            moment = day + datetime.timedelta(days=1) if end else day
+        else:
+            moment = datetime.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+    except ValueError:
+        raise UsageError(f"{option}: cannot read {text!r} as a date, a date and time, or a duration like 7d") from None
+    return moment if moment.tzinfo else moment.astimezone()  # naive: the user's local time
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading and shaping
+# ---------------------------------------------------------------------------------------------------------
+
+
+def collect(options: Options, progress: "Progress") -> Collected:
+    collected = Collected([], Tally(), set())
+    seen: Set[bytes] = set()
+    for name in options.sessions:
+        progress.update(name, collected, force=True)  # a long journal takes a while to read
+        session = sessions.load(options.folder, name, options.keep_incomplete)
+        for line in session.warnings():
+            progress.note(f"chatproxy: warning: {line}")
+        collected.tally.sessions += 1
+        collected.tally.records += len(session.records)
+        for conversation in session.conversations(options.branches):
+            _take(conversation, options, collected, seen)
+            progress.update(name, collected)
+    return collected
+
+
+def _take(conversation: sessions.Conversation, options: Options, collected: Collected, seen: Set[bytes]) -> None:
+    tally = collected.tally
+    tally.conversations += 1
+    if not selected(conversation, options):
+        tally.filtered += 1
+        return
+    try:
+        record = make_record(conversation, options)
+    except Unusable as exc:
+        tally.skip(str(exc), f"{conversation.session}/{conversation.id}")
+        return
+    if written_turns(record) < options.min_turns:
+        tally.filtered += 1
+        return
+    encoded = encode_json(record)
+    key = hashlib.blake2b(encoded, digest_size=16).digest()
+    if key in seen:
+        tally.duplicates += 1
+        return
+    seen.add(key)
+    collected.records.append(encoded)
+    collected.columns.update(column for column in ("tools", "images") if column in record)
+
+
+def selected(conversation: sessions.Conversation, options: Options) -> bool:
+    if options.since or options.until:
+        when = conversation.time
+        if when is None or (options.since and when < options.since) or (options.until and when >= options.until):
+            return False
+    if options.model and not fnmatch.fnmatchcase(conversation.model.lower(), options.model.lower()):
+        return False
+    return not options.tags or set(options.tags) <= conversation.tags()
+
+
+def make_record(conversation: sessions.Conversation, options: Options) -> Dict[str, Any]:
+    if conversation.damaged:
+        raise Unusable("its beginning was on a damaged journal line")
+    return options.profile.record(conversation.messages, conversation.tools, options.reasoning, options.folder)
+
+
+def written_turns(record: Dict[str, Any]) -> int:
+    turns = record.get("conversations", record.get("messages", []))
+    return sum(1 for turn in turns if turn.get("from", turn.get("role")) != "system")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------------
+
+
+def output_paths(options: Options) -> Dict[str, Path]:
+    out = options.out
+    if options.split is None:
+        return {"train": out}
+    return {split: out.with_name(f"{out.stem}.{split}{out.suffix}") for split in ("train", "test")}
+
+
+def write(options: Options, records: List[bytes]) -> Dict[str, Tuple[Path, List[bytes]]]:
+    """Each file written (temp file, fsync, rename): {"train": (path, its records)[, "test": ...]}."""
+    paths = output_paths(options)
+    parts = {"train": records} if options.split is None else split(records, options.split, options.seed)
+    for name, path in paths.items():
+        durable.atomic_write(path, encode_dataset(parts[name], path.suffix.lower() == ".jsonl"))
+    return {name: (path, parts[name]) for name, path in paths.items()}
+
+
+def split(records: List[bytes], fraction: float, seed: int) -> Dict[str, List[bytes]]:
+    """A seeded shuffle, then the first `fraction` for training.
+
+    Each record's place is a keyed hash of its own bytes, so the order depends on the seed and the data
+    only -- not on the order the sessions were named in.
+    """
+    key = seed.to_bytes(8, "big", signed=True)
+    shuffled = sorted(records, key=lambda record: hashlib.blake2b(record, key=key, digest_size=16).digest())
+    count = round(len(shuffled) * fraction)
+    if len(shuffled) >= 2:
+        count = min(max(count, 1), len(shuffled) - 1)  # neither file empty: an empty JSONL does not load
+    return {"train": shuffled[:count], "test": shuffled[count:]}
+
+
+def encode_dataset(records: List[bytes], jsonl: bool) -> bytes:
+    if jsonl:
+        return b"".join(record + b"\n" for record in records)
+    return b"[\n" + b",\n".join(records) + b"\n]\n" if records else b"[]\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """One self-overwriting status line on a terminal; nothing at all when stderr is piped."""
+
+    def __init__(self, stream: TextIO, interval: Optional[float] = None) -> None:
+        self.stream = stream
+        self.interval = PROGRESS_INTERVAL if interval is None else interval
+        self.enabled = bool(getattr(stream, "isatty", lambda: False)())
+        self.shown = False
+        self.last = 0.0
+
+    def update(self, session: str, collected: Collected, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < self.interval):
+            return
+        self.last = now
+        tally = collected.tally
+        self.stream.write(f"\rreading {session}: {tally.records} records read, {len(collected.records)} written, "
+                          f"{tally.skipped} skipped\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def note(self, line: str) -> None:
+        """A warning line, printed above the status line (or plainly when there is none)."""
+        self.done()
+        print(line, file=self.stream)
+
+    def done(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def _counts(tally: Tally) -> str:
+    parts = [f"{tally.sessions} session{_s(tally.sessions)}", f"{tally.records} record{_s(tally.records)}",
+             f"{tally.conversations} conversation{_s(tally.conversations)}"]
+    dropped = [f"{tally.filtered} filtered out", f"{tally.duplicates} duplicate{_s(tally.duplicates)}",
+               f"{tally.skipped} skipped"]
+    return "read " + ", ".join(parts) + "; " + ", ".join(dropped)
+
+
+def _skip_report(tally: Tally) -> str:
+    if not tally.skipped:
+        return ""
+    lines = [f"{tally.skipped} skipped:"]
+    for reason, where in sorted(tally.reasons.items(), key=lambda item: -len(item[1])):
+        examples = ", ".join(where[:EXAMPLES_SHOWN]) + (", ..." if len(where) > EXAMPLES_SHOWN else "")
+        lines.append(f"  {len(where)} × {reason} ({examples})")
+    return "\n".join(lines) + "\n"
+
+
+def _summary(options: Options, written: Dict[str, Tuple[Path, List[bytes]]], collected: Collected) -> str:
+    wrote = " and ".join(f"{len(records)} to {path}" for path, records in written.values())
+    lines = [f"wrote {len(collected.records)} conversation{_s(len(collected.records))} ({options.profile.name}): {wrote}",
+             _counts(collected.tally)]
+    return "\n".join(lines) + "\n" + _skip_report(collected.tally)
+
+
+def _warn_dataset(options: Options, records: List[bytes]) -> None:
+    if options.profile.name != "sharegpt-plain":
+        return
+    first = [json.loads(record) for record in records[: 10]]
+    for problem in unsloth_dataset_problems(first):
+        print(f"chatproxy: warning: {problem}", file=sys.stderr)
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
+

@@ -1,0 +1,529 @@
+"""Benchmark chatproxy against a direct connection and nginx, on loopback, in one command.
+
+    python scripts/bench.py            # full run, about 7 minutes
+    python scripts/bench.py --quick    # under a minute, one round of short runs
+    python scripts/bench.py --json     # the same, as JSON on stdout (progress stays on stderr)
+    python scripts/bench.py --profile DIR [--quick]   # py-spy profiles of chatproxy under load instead
+
+What runs (all on 127.0.0.1, each in its own process; with `nginx` and `wrk` installed):
+- scripts/bench_upstream.py: a canned OpenAI-compatible backend (asyncio Protocol writing prepared
+  bytes): chat.completion JSON, or SSE with N events G ms apart (one write per event).
+- chatproxy: `python -m chatproxy --target UPSTREAM --port 0 --datasets TMP`, recording on (the
+  default) unless a row says otherwise. A fresh proxy and dataset folder for every measurement.
+- nginx, `worker_processes 1` (one core, like chatproxy; `--nginx-workers auto` to change): a plain
+  reverse proxy with upstream keepalive, proxy_buffering and proxy_request_buffering off.
+- load: wrk with scripts/bench_wrk.lua (every request a distinct chat, so each one is recorded);
+  without wrk, scripts/bench_client.py (asyncio, one process: then the client may be the limit).
+
+Direct, chatproxy and nginx are measured in turn within each round (the order rotates per round);
+the table shows medians over rounds. The figures:
+- requests/s: non-streaming chat completions, closed loop at 1, 32 and 256 keep-alive connections.
+- added latency p50/p99: chatproxy's (or nginx's) latency percentile minus direct's, one request at a
+  time on one keep-alive connection, timed by this script (every sample kept). wrk's own percentiles
+  are not used for this: wrk 4 "corrects" its histogram by adding synthetic samples for every reply
+  slower than the average interval, so one 4 ms stall at 20,000 req/s becomes ~1% of all samples.
+- chunks/s: SSE events delivered per second at 32 connections, 200-event replies sent without pauses.
+- time to first byte added: from sending a streaming request to the first `data:` byte, minus direct's
+  (median, timed like the latency).
+- RSS idle: the proxy just started. RSS with 1,000 streams: peak (VmHWM) while 1,000 connections each
+  receive one SSE event a second.
+- recording cost: requests/s at 32 connections with `--no-record` vs with recording on (and, for
+  information, the added latency and time to first byte of both).
+- growth: time per request at 1 connection (wrk's run time / requests) after resuming a session whose
+  journal already holds 0 / 1,000 / 20,000 conversations (written in the journal format, resumed with
+  `--session`); its start-up time and RSS are shown beside it.
+- journal bytes: the session journal after one 200-turn chat (each request carrying the whole
+  history, as frontends send it) over the UTF-8 bytes of that chat's message texts.
+- start-up: spawn until the port accepts a connection (a fresh, empty dataset folder).
+
+Each figure with a target is printed next to it with met / NOT met. Lines the proxy logged besides
+start-up and per-record lines (warnings, errors) are listed under the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import bench_load as load
+import bench_profile
+from bench_procs import REPO, ChatProxy, Nginx, Upstream, free_port
+
+sys.path.insert(0, str(REPO))
+from chatproxy.journal import JOURNAL_VERSION, encode_record  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    rounds: int
+    seconds: int  # each measured load run
+    warmup: int  # seconds of load before each measured run (opens pools, warms caches)
+    probe_samples: int  # requests timed one at a time, for latency and time to first byte
+    slow_streams: int
+    slow_chunks: int  # events per slow stream, one a second
+    growth_sizes: Tuple[int, ...]
+    growth_seconds: int
+    turns: int
+    startups: int
+
+
+QUICK = Settings(rounds=1, seconds=1, warmup=1, probe_samples=500, slow_streams=1000, slow_chunks=3,
+                 growth_sizes=(0, 1000, 20000), growth_seconds=1, turns=200, startups=3)
+FULL = Settings(rounds=3, seconds=5, warmup=1, probe_samples=3000, slow_streams=1000, slow_chunks=10,
+                growth_sizes=(0, 1000, 20000), growth_seconds=5, turns=200, startups=10)
+LOAD_CELLS = (("c1", 1, False), ("c32", 32, False), ("c256", 256, False), ("stream32", 32, True))
+STREAM_CHUNKS = 200
+REPLY_CHARS = 600
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    """The shared processes and the collected raw results."""
+
+    def __init__(self, settings: Settings, workdir: Path, nginx_workers: str) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.upstream = Upstream(workdir, REPLY_CHARS)
+        self.nginx = Nginx(self.upstream, workdir, nginx_workers) if shutil.which("nginx") else None
+        self.targets = ["direct", "chatproxy"] + (["nginx"] if self.nginx else [])
+        self.raw: Dict[str, Any] = {}
+        self.problems: List[str] = []
+
+    def close(self) -> None:
+        if self.nginx:
+            self.nginx.stop()
+        self.upstream.stop()
+
+    def fresh_proxy(self, extra: Tuple[str, ...] = (), datasets: Optional[Path] = None, port: int = 0) -> ChatProxy:
+        datasets = datasets or Path(tempfile.mkdtemp(prefix="datasets-", dir=self.workdir))
+        return ChatProxy(self.upstream, datasets, self.workdir, extra, port)
+
+    def finish(self, proxy: ChatProxy, what: str) -> None:
+        proxy.stop()
+        self.problems += [f"{what}: {line}" for line in proxy.problems()]
+
+    def with_target(self, target: str, what: str, measure: Callable[[int, Optional[ChatProxy]], Any]) -> Any:
+        """Run `measure(port, proxy)` against direct, nginx, or a fresh chatproxy."""
+        if target == "direct":
+            return measure(self.upstream.port, None)
+        if target == "nginx":
+            assert self.nginx is not None
+            return measure(self.nginx.port, None)
+        proxy = self.fresh_proxy()
+        try:
+            return measure(proxy.port, proxy)
+        finally:
+            self.finish(proxy, what)
+
+    def record(self, key: str, target: str, value: Any) -> None:
+        self.raw.setdefault(key, {}).setdefault(target, []).append(value)
+
+
+# -- the scenarios ---------------------------------------------------------------------------------
+
+
+def measure_load(bench: Bench, connections: int, stream: bool, warm: bool = True) -> Callable[[int, Optional[ChatProxy]], Dict[str, Any]]:
+    """A measured closed-loop run; a fresh chatproxy gets a warm-up run first (direct and nginx stay up)."""
+    def measure(port: int, proxy: Optional[ChatProxy]) -> Dict[str, Any]:
+        options = dict(stream=stream, chunks=STREAM_CHUNKS)
+        if proxy is not None and warm:
+            load.run_load(port, connections, bench.settings.warmup, **options)
+        before = bench.upstream.stats()
+        result = load.run_load(port, connections, bench.settings.seconds, **options)
+        result["upstream_connections"] = bench.upstream.stats()["connections"] - before["connections"]
+        if proxy is not None:
+            result["rss_kb_after"] = proxy.rss_kb()
+        return result
+    return measure
+
+
+def measure_probe(bench: Bench) -> Callable[[int, Optional[ChatProxy]], Dict[str, float]]:
+    """Latency of non-streaming requests and time to the first streamed byte, one request at a time."""
+    def measure(port: int, proxy: Optional[ChatProxy]) -> Dict[str, float]:
+        plain = load.timed_requests(port, bench.settings.probe_samples, stream=False)["total"]
+        first = load.timed_requests(port, bench.settings.probe_samples, stream=True)["first"]
+        return {"latency_p50_us": load.median(plain) * 1e6, "latency_p99_us": load.percentile(plain, 0.99) * 1e6,
+                "ttfb_p50_us": load.median(first) * 1e6, "ttfb_p99_us": load.percentile(first, 0.99) * 1e6}
+    return measure
+
+
+def run_rounds(bench: Bench) -> None:
+    """The direct / chatproxy / nginx comparison: every cell, every target, in rotating order."""
+    for number in range(bench.settings.rounds):
+        order = bench.targets[number % len(bench.targets):] + bench.targets[:number % len(bench.targets)]
+        for cell, connections, stream in LOAD_CELLS:
+            for target in order:
+                progress(f"round {number + 1}: {cell} via {target}")
+                result = bench.with_target(target, cell, measure_load(bench, connections, stream))
+                bench.record(cell, target, result)
+        for target in order:
+            progress(f"round {number + 1}: latency and time to first byte via {target}")
+            bench.record("probe", target, bench.with_target(target, "probe", measure_probe(bench)))
+
+
+def run_recording_cost(bench: Bench) -> None:
+    for number in range(bench.settings.rounds):
+        for label, extra in (("record", ()), ("no-record", ("--no-record",)))[:: 1 if number % 2 == 0 else -1]:
+            progress(f"round {number + 1}: c32, latency, time to first byte; chatproxy {label}")
+            proxy = bench.fresh_proxy(extra)
+            try:
+                bench.record("recording_c32", label, measure_load(bench, 32, False)(proxy.port, proxy))
+                bench.record("recording_probe", label, measure_probe(bench)(proxy.port, proxy))
+            finally:
+                bench.finish(proxy, label)
+
+
+def run_memory(bench: Bench) -> None:
+    settings = bench.settings
+    for target in [t for t in bench.targets if t != "direct"]:
+        progress(f"{settings.slow_streams} slow streams via {target}")
+        proxy = bench.fresh_proxy() if target == "chatproxy" else None
+        rss = proxy.rss_kb if proxy else bench.nginx.rss_kb  # type: ignore[union-attr]
+        port = proxy.port if proxy else bench.nginx.port  # type: ignore[union-attr]
+        try:
+            time.sleep(0.5)
+            idle = rss()
+            samples: List[int] = []
+            held = load.hold_streams(port, settings.slow_streams, settings.slow_chunks, 1000, lambda: samples.append(rss()))
+            time.sleep(1.0)
+            held.update(idle_kb=idle, peak_sampled_kb=max(samples, default=0), after_kb=rss())
+            if proxy:
+                held["peak_hwm_kb"] = proxy.peak_kb()
+            bench.record("memory", target, held)
+        finally:
+            if proxy:
+                bench.finish(proxy, "slow streams")
+
+
+def journal_lines(count: int) -> bytes:
+    """`count` one-exchange chats as resume reads them (see chatproxy/journal.py)."""
+    reply = {"role": "assistant", "content": ("the quick brown fox jumps over a lazy dog " * 15)[:REPLY_CHARS]}
+    lines = []
+    for number in range(count):
+        record = {
+            "v": JOURNAL_VERSION, "id": uuid.uuid4().hex[:16], "parent": None, "base": 0,
+            "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                         {"role": "user", "content": f"Earlier question {number}: " + "Tell me more about benchmarks. " * 5},
+                         reply],
+            "meta": {"time": "2025-01-01T00:00:00.000Z", "model": "bench-model", "endpoint": "/v1/chat/completions",
+                     "stream": False, "finish_reason": "stop", "usage": {"prompt_tokens": 20, "completion_tokens": 150,
+                     "total_tokens": 170}, "tags": [], "complete": True, "choice": 0, "response_id": "chatcmpl-bench"},
+        }
+        lines.append(encode_record(record))
+    return b"".join(lines)
+
+
+def run_growth(bench: Bench) -> None:
+    journals = {size: journal_lines(size) for size in bench.settings.growth_sizes}
+    for number in range(bench.settings.rounds):
+        for size in bench.settings.growth_sizes:
+            progress(f"round {number + 1}: growth, resuming {size} conversations")
+            datasets = Path(tempfile.mkdtemp(prefix=f"growth-{size}-", dir=bench.workdir))
+            (datasets / "bench-growth.jsonl").write_bytes(journals[size])
+            proxy = bench.fresh_proxy(("--session", "bench-growth"), datasets, port=free_port())
+            try:
+                rss_start = proxy.rss_kb()
+                load.run_load(proxy.port, 1, bench.settings.warmup)
+                result = load.run_load(proxy.port, 1, bench.settings.growth_seconds)
+                result.update(startup_s=proxy.startup, rss_kb_start=rss_start, rss_kb_after=proxy.rss_kb())
+            finally:
+                bench.finish(proxy, f"growth {size}")
+            result["conversations_after"] = count_conversations(datasets / "bench-growth.json")
+            bench.record("growth", str(size), result)
+
+
+def count_conversations(snapshot: Path) -> Optional[int]:
+    try:
+        return len(json.loads(snapshot.read_bytes()))
+    except (OSError, ValueError):
+        return None
+
+
+def run_long_chat(bench: Bench) -> None:
+    progress(f"one {bench.settings.turns}-turn chat via chatproxy and direct")
+    datasets = Path(tempfile.mkdtemp(prefix="chat-", dir=bench.workdir))
+    proxy = bench.fresh_proxy(("--session", "bench-chat"), datasets)
+    try:
+        messages, seconds = load.long_chat(proxy.port, bench.settings.turns)
+    finally:
+        bench.finish(proxy, "long chat")
+    _, direct_seconds = load.long_chat(bench.upstream.port, bench.settings.turns)
+    text = sum(len(m.get("content", "").encode()) for m in messages)
+    bench.raw["long_chat"] = {
+        "turns": bench.settings.turns, "text_bytes": text,
+        "journal_bytes": (datasets / "bench-chat.jsonl").stat().st_size,
+        "snapshot_bytes": (datasets / "bench-chat.json").stat().st_size,
+        "last10_ms": {"chatproxy": sum(seconds[-10:]) * 100, "direct": sum(direct_seconds[-10:]) * 100},
+        "first10_ms": {"chatproxy": sum(seconds[:10]) * 100, "direct": sum(direct_seconds[:10]) * 100},
+    }
+
+
+def run_startup(bench: Bench) -> None:
+    progress(f"start-up to listening, {bench.settings.startups} times")
+    for _ in range(bench.settings.startups):
+        proxy = bench.fresh_proxy(port=free_port())
+        bench.record("startup", "chatproxy", proxy.startup)
+        bench.finish(proxy, "start-up")
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+
+def med(bench: Bench, key: str, target: str, pick: Callable[[Any], float]) -> Optional[float]:
+    runs = bench.raw.get(key, {}).get(target)
+    return load.median([pick(run) for run in runs]) if runs else None
+
+
+def verdict(value: Optional[float], ok: Callable[[float], bool]) -> str:
+    return "-" if value is None else ("met" if ok(value) else "NOT met")
+
+
+def fmt(value: Optional[float], unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def throughput_rows(bench: Bench) -> List[List[str]]:
+    rows = []
+    for cell, label in (("c1", "req/s, non-streaming, c=1"), ("c32", "req/s, non-streaming, c=32"),
+                        ("c256", "req/s, non-streaming, c=256"), ("stream32", "chunks/s streamed, c=32, 200-chunk replies")):
+        scale = STREAM_CHUNKS if cell == "stream32" else 1
+        values = {t: med(bench, cell, t, lambda r: r["rps"] * scale) for t in bench.targets}
+        ratio = (values["chatproxy"] / values["nginx"]) if values.get("nginx") and values["chatproxy"] else None
+        target, ok = {"c32": ("≥ 3,000", verdict(values["chatproxy"], lambda v: v >= 3000)),
+                      "stream32": ("≥ 50,000", verdict(values["chatproxy"], lambda v: v >= 50000))}.get(cell, ("", ""))
+        rows.append([label, fmt(values["direct"]), fmt(values["chatproxy"]), fmt(values.get("nginx")),
+                     fmt(ratio and ratio * 100, "% of nginx"), target, ok])
+    opened = {t: med(bench, "c256", t, lambda r: r["upstream_connections"]) for t in bench.targets}
+    rows.append(["  upstream connections opened in the c=256 run", fmt(opened["direct"]), fmt(opened["chatproxy"]),
+                 fmt(opened.get("nginx")), "", "", ""])
+    return rows
+
+
+def added(bench: Bench, key: str, target: str, pick: Callable[[Any], float]) -> Optional[float]:
+    mine, direct = med(bench, key, target, pick), med(bench, key, "direct", pick)
+    return None if mine is None or direct is None else (mine - direct) / 1000
+
+
+def latency_rows(bench: Bench) -> List[List[str]]:
+    rows = []
+    for label, field, limit in (("added latency p50, c=1", "latency_p50_us", 0.5), ("added latency p99, c=1", "latency_p99_us", 2.0),
+                                ("time to first byte added (median)", "ttfb_p50_us", 0.5)):
+        pick = lambda r, f=field: r[f]  # noqa: E731
+        mine = {t: added(bench, "probe", t, pick) for t in bench.targets if t != "direct"}
+        direct = med(bench, "probe", "direct", pick)
+        rows.append([label, fmt(direct and direct / 1000, " ms abs", 3), fmt(mine["chatproxy"], " ms", 3),
+                     fmt(mine.get("nginx"), " ms", 3), "", f"≤ {limit} ms", verdict(mine["chatproxy"], lambda v: v <= limit)])
+    return rows
+
+
+def memory_rows(bench: Bench) -> List[List[str]]:
+    mb = lambda kb: kb / 1024  # noqa: E731
+    idle = {t: med(bench, "memory", t, lambda r: mb(r["idle_kb"])) for t in ("chatproxy", "nginx")}
+    peak = {"chatproxy": med(bench, "memory", "chatproxy", lambda r: mb(max(r["peak_hwm_kb"], r["peak_sampled_kb"]))),
+            "nginx": med(bench, "memory", "nginx", lambda r: mb(r["peak_sampled_kb"]))}
+    runs = bench.raw.get("memory", {}).get("chatproxy", [{}])
+    streams = f"RSS, {bench.settings.slow_streams} slow streams (peak {runs[-1].get('peak_concurrent', '?')} open)"
+    after = med(bench, "c32", "chatproxy", lambda r: mb(r["rss_kb_after"]))
+    recorded = med(bench, "c32", "chatproxy", lambda r: r["requests"])
+    return [
+        ["RSS idle", "", fmt(idle["chatproxy"], " MB", 1), fmt(idle.get("nginx"), " MB", 1), "", "≤ 30 MB",
+         verdict(idle["chatproxy"], lambda v: v <= 30)],
+        [streams, "", fmt(peak["chatproxy"], " MB", 1), fmt(peak.get("nginx"), " MB", 1), "", "≤ 100 MB",
+         verdict(peak["chatproxy"], lambda v: v <= 100)],
+        ["  RSS after the c=32 run", "", fmt(after, " MB", 1), "", f"{fmt(recorded)} chats recorded (+ warm-up)", "", ""],
+    ]
+
+
+def recording_rows(bench: Bench) -> List[List[str]]:
+    rps = lambda label: med(bench, "recording_c32", label, lambda r: r["rps"])  # noqa: E731
+    on, off = rps("record"), rps("no-record")
+    cost = (1 - on / off) * 100 if on and off else None
+    rows = [["req/s c=32 recording on / --no-record", "", f"{fmt(on)} / {fmt(off)}", "", fmt(cost, "% cost", 1),
+             "≤ 10% cost", verdict(cost, lambda v: v <= 10)]]
+    for label, field in (("added latency p50, c=1", "latency_p50_us"), ("added latency p99, c=1", "latency_p99_us"),
+                         ("time to first byte added", "ttfb_p50_us")):
+        pick = lambda r, f=field: r[f]  # noqa: E731
+        direct = med(bench, "probe", "direct", pick)
+        on, off = (med(bench, "recording_probe", which, pick) for which in ("record", "no-record"))
+        show = lambda v: fmt(None if v is None or direct is None else (v - direct) / 1000, " ms", 3)  # noqa: E731
+        rows.append([f"  {label}: recording on / off", "", f"{show(on)} / {show(off)}", "", "", "", ""])
+    return rows
+
+
+def growth_rows(bench: Bench) -> List[List[str]]:
+    sizes = bench.settings.growth_sizes
+    per = {s: med(bench, "growth", str(s), lambda r: 1e6 / r["rps"]) for s in sizes}
+    rows = []
+    for size in sizes:
+        start = med(bench, "growth", str(size), lambda r: r["startup_s"] * 1000)
+        rss = med(bench, "growth", str(size), lambda r: r["rss_kb_after"] / 1024)
+        growth = per[size] / per[sizes[0]] * 100 - 100 if per[size] and per[sizes[0]] else None
+        last = size == sizes[-1]
+        rows.append([f"time/request c=1 after {size:,} conversations", "", fmt(per[size], " µs"),
+                     "", f"{fmt(growth, '%', 1)}; start {fmt(start, ' ms')}; RSS {fmt(rss, ' MB', 1)}",
+                     "≤ +10% vs 0" if last else "", verdict(growth, lambda v: v <= 10) if last else ""])
+    chat = bench.raw.get("long_chat")
+    if chat:
+        ratio = chat["journal_bytes"] / chat["text_bytes"]
+        rows.append([f"journal bytes, one {chat['turns']}-turn chat / its text", "",
+                     f"{chat['journal_bytes']:,} / {chat['text_bytes']:,}", "", f"{ratio:.2f}×", "≤ 2×",
+                     verdict(ratio, lambda v: v <= 2)])
+        rows.append([f"time/turn at turns {chat['turns'] - 9}-{chat['turns']} (whole history each)",
+                     fmt(chat["last10_ms"]["direct"], " ms", 2), fmt(chat["last10_ms"]["chatproxy"], " ms", 2), "",
+                     f"turns 1-10: {chat['first10_ms']['chatproxy']:.2f} ms", "", ""])
+    return rows
+
+
+def startup_rows(bench: Bench) -> List[List[str]]:
+    runs = bench.raw.get("startup", {}).get("chatproxy", [])
+    value = load.median(runs) * 1000 if runs else None
+    worst = max(runs) * 1000 if runs else None
+    return [["start-up to listening (median)", "", fmt(value, " ms"), "", f"max {fmt(worst, ' ms')}", "≤ 300 ms",
+             verdict(value, lambda v: v <= 300)]]
+
+
+def all_rows(bench: Bench) -> List[List[str]]:
+    return (throughput_rows(bench) + latency_rows(bench) + memory_rows(bench) + recording_rows(bench)
+            + growth_rows(bench) + startup_rows(bench))
+
+
+HEADER = ["figure", "direct", "chatproxy", "nginx", "ratio / notes", "target", "verdict"]
+
+
+def render_table(rows: List[List[str]]) -> str:
+    widths = [max(len(row[i]) for row in [HEADER] + rows) for i in range(len(HEADER))]
+    line = lambda row: "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(row) for row in rows])
+
+
+def error_lines(bench: Bench) -> List[str]:
+    """Failed requests seen by the load generator, per scenario and target."""
+    lines = []
+    for key, per_target in bench.raw.items():
+        if not isinstance(per_target, dict):
+            continue
+        for target, runs in per_target.items():
+            for run in runs if isinstance(runs, list) else []:
+                if isinstance(run, dict) and (run.get("error_count") or run.get("failed")):
+                    lines.append(f"{key} via {target}: {run.get('errors') or run}")
+    return lines
+
+
+def environment(settings: Settings, nginx_workers: str) -> Dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(), "python": sys.version.split()[0],
+        "load_generator": "wrk " + (load.WRK or "") if load.WRK else "scripts/bench_client.py",
+        "nginx": f"worker_processes {nginx_workers}" if shutil.which("nginx") else "not installed",
+        "settings": dataclasses.asdict(settings),
+    }
+
+
+def print_report(bench: Bench, env: Dict[str, Any], as_json: bool) -> None:
+    rows = all_rows(bench)
+    if as_json:
+        keyed = [dict(zip(HEADER, row)) for row in rows]
+        json.dump({"environment": env, "rows": keyed, "errors": error_lines(bench),
+                   "proxy_log": bench.problems, "raw": bench.raw}, sys.stdout, indent=1, default=str)
+        print()
+        return
+    print(f"chatproxy benchmark: {env['cpus']} CPUs, load average {env['load_average_at_start'][0]:.2f} at start, "
+          f"{env['load_average_at_end'][0]:.2f} at end, "
+          f"Python {env['python']}, load by {env['load_generator']}, nginx {env['nginx']}, "
+          f"{bench.settings.rounds} round(s) of {bench.settings.seconds} s runs; medians over rounds")
+    print(render_table(rows))
+    errors = error_lines(bench)
+    print("\nfailed requests: " + ("none" if not errors else ""))
+    for line in errors:
+        print("  " + line)
+    print("chatproxy log lines besides start-up and records: " + ("none" if not bench.problems else ""))
+    for line in summarise_problems(bench.problems):
+        print("  " + line)
+
+
+_ADDRESS = re.compile(r"\b\d+\.\d+\.\d+\.\d+:\d+\b")
+# wrk ends a run by closing its connections, requests in flight included: one such line per connection.
+_RUN_END = "client went away"
+
+
+def summarise_problems(lines: List[str], limit: int = 20) -> List[str]:
+    """Identical lines (client address aside) counted once; the expected end-of-run lines explained."""
+    counts: Dict[str, int] = {}
+    for line in lines:
+        line = _ADDRESS.sub("ADDR", line)
+        counts[line] = counts.get(line, 0) + 1
+    shown = [f"{count}× {line}" + (" (expected when a run ends)" if _RUN_END in line else "")
+             for line, count in sorted(counts.items(), key=lambda item: (_RUN_END in item[0], -item[1]))]
+    return shown[:limit] + ([f"... and {len(shown) - limit} more distinct lines"] if len(shown) > limit else [])
+
+
+# -- profiling ---------------------------------------------------------------------------------------
+
+
+def run_profile(bench: Bench, output: Path) -> None:
+    py_spy = bench_profile.find_py_spy()
+    if py_spy is None:
+        sys.exit("py-spy not found: pip install py-spy")
+    output.mkdir(parents=True, exist_ok=True)
+    seconds = 5 if bench.settings.rounds == 1 else 15
+    for name, stream, extra in (("c32-json", False, ()), ("c32-json-no-record", False, ("--no-record",)),
+                                ("c32-stream", True, ())):
+        proxy = bench.fresh_proxy(extra)
+        try:
+            load.run_load(proxy.port, 32, 1, stream=stream, chunks=STREAM_CHUNKS)
+            progress(f"profiling chatproxy under {name} for {seconds} s")
+            sampler = bench_profile.record(py_spy, proxy.pid, seconds, output / f"{name}.folded")
+            result = load.run_load(proxy.port, 32, seconds + 2, stream=stream, chunks=STREAM_CHUNKS)
+            sampler.join()
+        finally:
+            bench.finish(proxy, f"profile {name}")
+        summary = bench_profile.summarise(output / f"{name}.folded")
+        print(bench_profile.report(f"{name} ({result['rps']:,.0f} req/s while sampled)", summary))
+        print()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one round of short runs, under a minute")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--profile", metavar="DIR", type=Path, help="profile chatproxy with py-spy instead")
+    parser.add_argument("--nginx-workers", default="1", help="nginx worker_processes (default 1)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, datasets)")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    workdir = Path(tempfile.mkdtemp(prefix="chatproxy-bench-"))
+    env = environment(settings, args.nginx_workers)
+    bench = Bench(settings, workdir, args.nginx_workers)
+    try:
+        if args.profile:
+            run_profile(bench, args.profile)
+            return 0
+        for scenario in (run_startup, run_rounds, run_recording_cost, run_memory, run_growth, run_long_chat):
+            scenario(bench)
+    finally:
+        bench.close()
+        if args.keep:
+            progress(f"work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    env["load_average_at_end"] = os.getloadavg()
+    print_report(bench, env, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The processes scripts/bench.py runs: the canned upstream, chatproxy, nginx; and what it reads of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent
+_LISTENING = re.compile(rb"listening on http://[^\s]+:(\d+) ")
+# Start-up, per-record and shutdown lines; a "stopped:" summary is noise only when it counts no errors.
+_NOISE = re.compile(r"listening on http://|^chatproxy: recorded |^chatproxy: stopping:|^chatproxy: stopped: .* 0 errors")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_accepting(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Poll-connect every 0.5 ms: the moment the port accepts is what start-up time measures."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args[0]} exited with status {proc.returncode} before listening")
+            time.sleep(0.0005)
+    raise RuntimeError(f"nothing accepted on port {port} within {timeout:g} s")
+
+
+def proc_kb(pid: int, field: str = "VmRSS") -> int:
+    """A /proc/PID/status memory figure in kB (VmRSS now, VmHWM the peak so far); 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(p) for p in handle.read().split()]
+    except OSError:
+        return []
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> Optional[int]:
+    """Ask politely, wait, then kill; the exit status (None if it had to be killed)."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+class Upstream:
+    """scripts/bench_upstream.py in its own process."""
+
+    def __init__(self, workdir: Path, reply_chars: int) -> None:
+        self.log = open(workdir / "upstream.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "bench_upstream.py"), "--port", "0", "--reply-chars", str(reply_chars)],
+            stdout=subprocess.PIPE, stderr=self.log,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("listening "):
+            raise RuntimeError(f"bench_upstream.py did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> Dict[str, int]:
+        with urllib.request.urlopen(self.url + "/_bench/stats", timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.log.close()
+
+
+class ChatProxy:
+    """`python -m chatproxy --target UPSTREAM --port 0 --datasets DIR [extra]`, stderr to a log file.
+
+    With port 0 the port is read from the start-up line; with a fixed port, readiness is the port
+    accepting. `startup` is the time from spawn to ready either way.
+    """
+
+    count = 0
+
+    def __init__(self, upstream: Upstream, datasets: Path, workdir: Path, extra: Sequence[str] = (), port: int = 0) -> None:
+        ChatProxy.count += 1
+        self.log_path = workdir / f"chatproxy-{ChatProxy.count}.log"
+        self.datasets = datasets
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        cmd = [sys.executable, "-m", "chatproxy", "--target", upstream.url, "--port", str(port), "--datasets", str(datasets), *extra]
+        with open(self.log_path, "wb") as log:
+            started = time.perf_counter()
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
+        if port:
+            wait_until_accepting(port, self.proc)
+            self.port = port
+        else:
+            self.port = self._port_from_log()
+        self.startup = time.perf_counter() - started
+        self.pid = self.proc.pid
+        self.exit_status: Optional[int] = None
+        self.stopped = False
+
+    def _port_from_log(self, timeout: float = 60.0) -> int:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            match = _LISTENING.search(self.log_path.read_bytes())
+            if match:
+                return int(match.group(1))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chatproxy exited ({self.proc.returncode}):\n{self.log_path.read_text()}")
+            time.sleep(0.002)
+        raise RuntimeError(f"chatproxy printed no start-up line within {timeout:g} s")
+
+    def rss_kb(self) -> int:
+        return proc_kb(self.pid)
+
+    def peak_kb(self) -> int:
+        return proc_kb(self.pid, "VmHWM")
+
+    def stop(self) -> Optional[int]:
+        self.exit_status = stop_process(self.proc)
+        self.stopped = True
+        return self.exit_status
+
+    def problems(self) -> List[str]:
+        """Log lines other than the start-up, stop and per-record lines: warnings, errors, tracebacks."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        lines = [line for line in text.splitlines() if line.strip() and not _NOISE.search(line)]
+        if self.stopped and self.exit_status is None:
+            lines.append("did not stop within 20 s of SIGTERM; killed")
+        elif self.stopped and self.exit_status != 0:
+            lines.append(f"exit status {self.exit_status} after SIGTERM")
+        return lines
+
+
+NGINX_CONF = """\
+worker_processes {workers};
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+worker_rlimit_nofile 20000;
+{user}
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/client_body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream backend {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 256;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx as a plain reverse proxy to the same upstream: keep-alive both sides, no buffering."""
+
+    def __init__(self, upstream: Upstream, workdir: Path, workers: str) -> None:
+        work = workdir / "nginx"
+        work.mkdir(exist_ok=True)
+        self.port = free_port()
+        conf = work / "nginx.conf"
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf.write_text(NGINX_CONF.format(workers=workers, work=work, user=user, upstream_port=upstream.port, port=self.port))
+        self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-p", str(work), "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=open(work / "stderr.log", "wb"))
+        wait_until_accepting(self.port, self.proc)
+
+    def rss_kb(self) -> int:
+        return sum(proc_kb(pid) for pid in [self.proc.pid, *children(self.proc.pid)])
+
+    def stop(self) -> None:
+        stop_process(self.proc, signal.SIGQUIT)
