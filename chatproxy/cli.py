@@ -273,8 +273,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             parser.set_defaults(**env_defaults(parser, os.environ))
         except ConfigError as exc:
-            print(f"chatproxy: error: {exc}", file=sys.stderr)
-            return 2
+            if not {"-h", "--help", "--version"} & set(argv):  # help stays readable whatever the environment
+                print(f"chatproxy: error: {exc}", file=sys.stderr)
+                return 2
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
@@ -346,6 +347,7 @@ async def _serve_until_signal(config: Config, status_line: Optional[StatusLine])
     finally:
         if refresher is not None:
             refresher.cancel()
+        if status_line is not None:
             status_line.detach()
     status = proxy.status()
     unwritten = status.get("pending_records", 0)

@@ -27,7 +27,7 @@ from chatproxy.consumers import unsloth_dataset_problems
 from chatproxy.journal import encode_json
 from chatproxy.profiles import PROFILES, Profile, Unusable
 from chatproxy.snippets import dataset_name, snippets
-from chatproxy.subcommand import Parser, UsageError, add_datasets_option, fail, new_parser, parse
+from chatproxy.subcommand import Parser, UsageError, add_datasets_option, fail, new_parser, parse, tolerant_output
 
 PROG = "chatproxy export"
 OUT_SUFFIXES = (".json", ".jsonl")
@@ -129,13 +129,14 @@ def build_parser() -> Parser:
                         help="model reasoning as <think>...</think> before the answer (default), or dropped")
     parser.add_argument("--split", type=float, metavar="FRACTION",
                         help="write a train and a test file, FRACTION of the conversations in train (e.g. 0.9): "
-                             "OUT.train.jsonl and OUT.test.jsonl")
+                             "--out chats.jsonl writes chats.train.jsonl and chats.test.jsonl")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the shuffle before --split (default 0); the same seed and data give the same split")
     return parser
 
 
 def main(argv: List[str]) -> int:
+    tolerant_output()
     args = parse(build_parser(), list(argv))
     if isinstance(args, int):
         return args

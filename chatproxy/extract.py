@@ -52,6 +52,10 @@ def extract(exchange: Exchange, save_image: ImageSink) -> Extracted:
     choices, info = _choices(exchange)
     if not choices:
         raise NotRecordable("no reply in the response")
+    if exchange.stream and all(reason is not None for _, _, reason in choices):
+        # Every choice said it was finished: the reply is whole even if the client hung up before
+        # the stream's last bytes (openai-python 3 closes the connection right after `[DONE]`).
+        exchange.complete = True
     replies = []
     for index, message, finish_reason in choices:
         if prefill:

@@ -17,7 +17,7 @@ from typing import Any, Counter, Dict, List, Optional, Tuple
 from chatproxy import sessions
 from chatproxy.config import ConfigError
 from chatproxy.profiles import PROFILES, Unusable
-from chatproxy.subcommand import add_datasets_option, fail, new_parser, parse
+from chatproxy.subcommand import add_datasets_option, fail, new_parser, parse, tolerant_output
 
 COMMANDS = ("stats", "show")
 SHOWN_CHARACTERS = 2000  # per message in `show` unless --full: a pasted document should not fill the screen
@@ -30,6 +30,7 @@ def main(argv: List[str]) -> int:
         print(f"chatproxy: error: expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     command, rest = argv[0], list(argv[1:])
+    tolerant_output()
     return stats_main(rest) if command == "stats" else show_main(rest)
 
 

@@ -86,6 +86,9 @@ class Recorder:
                 closing = True
             exchanges = [e for e in batch if e is not None]
             ok = await loop.run_in_executor(None, self._write_batch, exchanges, closing)
+            # Written (or kept by the store for retry): drop them now, not when the next batch
+            # arrives; an idle proxy would otherwise hold a whole batch of request bodies.
+            del batch, exchanges
             if closing and (ok or self._failures >= CLOSING_ATTEMPTS):
                 return
             if not ok:

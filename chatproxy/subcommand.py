@@ -48,6 +48,15 @@ def parse(parser: Parser, argv: List[str]) -> Union[argparse.Namespace, int]:
         return exc.code if isinstance(exc.code, int) else 0
 
 
+def tolerant_output() -> None:
+    """Print what cannot be encoded as "?" rather than crash mid-transcript: recorded text may hold any
+    character, and a redirected stdout on Windows is not UTF-8."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="replace")
+
+
 def fail(prog: str, message: str) -> int:
     print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
     return USAGE_ERROR

@@ -47,6 +47,7 @@ import dataclasses
 import json
 import os
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -93,11 +94,11 @@ def progress(message: str) -> None:
 class Bench:
     """The shared processes and the collected raw results."""
 
-    def __init__(self, settings: Settings, workdir: Path, nginx_workers: str) -> None:
+    def __init__(self, settings: Settings, workdir: Path, nginx_workers: Optional[str]) -> None:
         self.settings = settings
         self.workdir = workdir
         self.upstream = Upstream(workdir, REPLY_CHARS)
-        self.nginx = Nginx(self.upstream, workdir, nginx_workers) if shutil.which("nginx") else None
+        self.nginx = Nginx(self.upstream, workdir, nginx_workers) if nginx_workers else None
         self.targets = ["direct", "chatproxy"] + (["nginx"] if self.nginx else [])
         self.raw: Dict[str, Any] = {}
         self.problems: List[str] = []
@@ -135,14 +136,13 @@ class Bench:
 # -- the scenarios ---------------------------------------------------------------------------------
 
 
-def measure_load(bench: Bench, connections: int, stream: bool, warm: bool = True) -> Callable[[int, Optional[ChatProxy]], Dict[str, Any]]:
+def measure_load(bench: Bench, connections: int, stream: bool) -> Callable[[int, Optional[ChatProxy]], Dict[str, Any]]:
     """A measured closed-loop run; a fresh chatproxy gets a warm-up run first (direct and nginx stay up)."""
     def measure(port: int, proxy: Optional[ChatProxy]) -> Dict[str, Any]:
-        options = dict(stream=stream, chunks=STREAM_CHUNKS)
-        if proxy is not None and warm:
-            load.run_load(port, connections, bench.settings.warmup, **options)
+        if proxy is not None:
+            load.run_load(port, connections, bench.settings.warmup, stream, STREAM_CHUNKS)
         before = bench.upstream.stats()
-        result = load.run_load(port, connections, bench.settings.seconds, **options)
+        result = load.run_load(port, connections, bench.settings.seconds, stream, STREAM_CHUNKS)
         result["upstream_connections"] = bench.upstream.stats()["connections"] - before["connections"]
         if proxy is not None:
             result["rss_kb_after"] = proxy.rss_kb()
@@ -283,6 +283,7 @@ def run_startup(bench: Bench) -> None:
 
 
 def med(bench: Bench, key: str, target: str, pick: Callable[[Any], float]) -> Optional[float]:
+    """The median over rounds of one figure, None if it was not measured."""
     runs = bench.raw.get(key, {}).get(target)
     return load.median([pick(run) for run in runs]) if runs else None
 
@@ -303,7 +304,8 @@ def throughput_rows(bench: Bench) -> List[List[str]]:
                         ("c256", "req/s, non-streaming, c=256"), ("stream32", "chunks/s streamed, c=32, 200-chunk replies")):
         scale = STREAM_CHUNKS if cell == "stream32" else 1
         values = {t: med(bench, cell, t, lambda r: r["rps"] * scale) for t in bench.targets}
-        ratio = (values["chatproxy"] / values["nginx"]) if values.get("nginx") and values["chatproxy"] else None
+        mine, theirs = values["chatproxy"], values.get("nginx")
+        ratio = mine / theirs if mine is not None and theirs else None
         target, ok = {"c32": ("≥ 3,000", verdict(values["chatproxy"], lambda v: v >= 3000)),
                       "stream32": ("≥ 50,000", verdict(values["chatproxy"], lambda v: v >= 50000))}.get(cell, ("", ""))
         rows.append([label, fmt(values["direct"]), fmt(values["chatproxy"]), fmt(values.get("nginx")),
@@ -336,6 +338,7 @@ def memory_rows(bench: Bench) -> List[List[str]]:
     idle = {t: med(bench, "memory", t, lambda r: mb(r["idle_kb"])) for t in ("chatproxy", "nginx")}
     peak = {"chatproxy": med(bench, "memory", "chatproxy", lambda r: mb(max(r["peak_hwm_kb"], r["peak_sampled_kb"]))),
             "nginx": med(bench, "memory", "nginx", lambda r: mb(r["peak_sampled_kb"]))}
+    left = med(bench, "memory", "chatproxy", lambda r: mb(r["after_kb"]))
     runs = bench.raw.get("memory", {}).get("chatproxy", [{}])
     streams = f"RSS, {bench.settings.slow_streams} slow streams (peak {runs[-1].get('peak_concurrent', '?')} open)"
     after = med(bench, "c32", "chatproxy", lambda r: mb(r["rss_kb_after"]))
@@ -343,7 +346,8 @@ def memory_rows(bench: Bench) -> List[List[str]]:
     return [
         ["RSS idle", "", fmt(idle["chatproxy"], " MB", 1), fmt(idle.get("nginx"), " MB", 1), "", "≤ 30 MB",
          verdict(idle["chatproxy"], lambda v: v <= 30)],
-        [streams, "", fmt(peak["chatproxy"], " MB", 1), fmt(peak.get("nginx"), " MB", 1), "", "≤ 100 MB",
+        [streams, "", fmt(peak["chatproxy"], " MB", 1), fmt(peak.get("nginx"), " MB", 1),
+         f"{fmt(left, ' MB', 1)} 1 s after they ended", "≤ 100 MB",
          verdict(peak["chatproxy"], lambda v: v <= 100)],
         ["  RSS after the c=32 run", "", fmt(after, " MB", 1), "", f"{fmt(recorded)} chats recorded (+ warm-up)", "", ""],
     ]
@@ -368,11 +372,13 @@ def recording_rows(bench: Bench) -> List[List[str]]:
 def growth_rows(bench: Bench) -> List[List[str]]:
     sizes = bench.settings.growth_sizes
     per = {s: med(bench, "growth", str(s), lambda r: 1e6 / r["rps"]) for s in sizes}
+    base = per[sizes[0]]
     rows = []
     for size in sizes:
         start = med(bench, "growth", str(size), lambda r: r["startup_s"] * 1000)
         rss = med(bench, "growth", str(size), lambda r: r["rss_kb_after"] / 1024)
-        growth = per[size] / per[sizes[0]] * 100 - 100 if per[size] and per[sizes[0]] else None
+        value = per[size]
+        growth = value / base * 100 - 100 if value is not None and base else None
         last = size == sizes[-1]
         rows.append([f"time/request c=1 after {size:,} conversations", "", fmt(per[size], " µs"),
                      "", f"{fmt(growth, '%', 1)}; start {fmt(start, ' ms')}; RSS {fmt(rss, ' MB', 1)}",
@@ -390,9 +396,9 @@ def growth_rows(bench: Bench) -> List[List[str]]:
 
 
 def startup_rows(bench: Bench) -> List[List[str]]:
-    runs = bench.raw.get("startup", {}).get("chatproxy", [])
-    value = load.median(runs) * 1000 if runs else None
-    worst = max(runs) * 1000 if runs else None
+    runs = [seconds * 1000 for seconds in bench.raw.get("startup", {}).get("chatproxy", [])]
+    value = load.median(runs) if runs else None
+    worst = max(runs) if runs else None
     return [["start-up to listening (median)", "", fmt(value, " ms"), "", f"max {fmt(worst, ' ms')}", "≤ 300 ms",
              verdict(value, lambda v: v <= 300)]]
 
@@ -424,11 +430,22 @@ def error_lines(bench: Bench) -> List[str]:
     return lines
 
 
-def environment(settings: Settings, nginx_workers: str) -> Dict[str, Any]:
+def cpu_seconds() -> Tuple[float, float]:
+    """Busy CPU seconds of the whole machine (/proc/stat, steal included), and of this script with its
+    finished children (every process it started has been waited for when this is read at the end)."""
+    with open("/proc/stat") as stat:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
+    machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    own = sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for field in ("ru_utime", "ru_stime"))
+    return machine, own
+
+
+def environment(settings: Settings, nginx_workers: Optional[str]) -> Dict[str, Any]:
     return {
         "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(), "python": sys.version.split()[0],
         "load_generator": "wrk " + (load.WRK or "") if load.WRK else "scripts/bench_client.py",
-        "nginx": f"worker_processes {nginx_workers}" if shutil.which("nginx") else "not installed",
+        "nginx": f"worker_processes {nginx_workers}" if nginx_workers else "not run",
         "settings": dataclasses.asdict(settings),
     }
 
@@ -442,7 +459,8 @@ def print_report(bench: Bench, env: Dict[str, Any], as_json: bool) -> None:
         print()
         return
     print(f"chatproxy benchmark: {env['cpus']} CPUs, load average {env['load_average_at_start'][0]:.2f} at start, "
-          f"{env['load_average_at_end'][0]:.2f} at end, "
+          f"{env['load_average_at_end'][0]:.2f} at end; other processes used {env['other_processes_cpu_share']:.0%} "
+          "of the CPUs meanwhile; "
           f"Python {env['python']}, load by {env['load_generator']}, nginx {env['nginx']}, "
           f"{bench.settings.rounds} round(s) of {bench.settings.seconds} s runs; medians over rounds")
     print(render_table(rows))
@@ -492,7 +510,8 @@ def run_profile(bench: Bench, output: Path) -> None:
         finally:
             bench.finish(proxy, f"profile {name}")
         summary = bench_profile.summarise(output / f"{name}.folded")
-        print(bench_profile.report(f"{name} ({result['rps']:,.0f} req/s while sampled)", summary))
+        rate = f"{result['rps'] * STREAM_CHUNKS:,.0f} chunks/s" if stream else f"{result['rps']:,.0f} req/s"
+        print(bench_profile.report(f"{name} ({rate} while sampled)", summary))
         print()
 
 
@@ -502,12 +521,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--profile", metavar="DIR", type=Path, help="profile chatproxy with py-spy instead")
     parser.add_argument("--nginx-workers", default="1", help="nginx worker_processes (default 1)")
+    parser.add_argument("--no-wrk", action="store_true", help="use the built-in load generator even if wrk is installed")
+    parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even if it is installed")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, datasets)")
     args = parser.parse_args(argv)
+    if args.no_wrk:
+        load.WRK = None
+    use_nginx = shutil.which("nginx") is not None and not args.no_nginx
     settings = QUICK if args.quick else FULL
     workdir = Path(tempfile.mkdtemp(prefix="chatproxy-bench-"))
-    env = environment(settings, args.nginx_workers)
-    bench = Bench(settings, workdir, args.nginx_workers)
+    env = environment(settings, args.nginx_workers if use_nginx else None)
+    started, cpu_before = time.perf_counter(), cpu_seconds()
+    bench = Bench(settings, workdir, args.nginx_workers if use_nginx else None)
     try:
         if args.profile:
             run_profile(bench, args.profile)
@@ -520,7 +545,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             progress(f"work folder kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    machine, own = cpu_seconds()
+    elapsed = time.perf_counter() - started
     env["load_average_at_end"] = os.getloadavg()
+    env["other_processes_cpu_share"] = max(0.0, (machine - cpu_before[0]) - (own - cpu_before[1])) / (elapsed * (os.cpu_count() or 1))
     print_report(bench, env, args.json)
     return 0
 

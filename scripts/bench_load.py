@@ -155,10 +155,10 @@ def long_chat(port: int, turns: int) -> Tuple[List[Dict[str, str]], List[float]]
     return messages, seconds
 
 
-def median(values: List[float]) -> Optional[float]:
-    ordered = sorted(v for v in values if v is not None)
+def median(values: List[float]) -> float:
+    ordered = sorted(values)
     if not ordered:
-        return None
+        raise ValueError("median of no values")
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 

@@ -37,7 +37,7 @@ def wait_until_accepting(port: int, proc: subprocess.Popen, timeout: float = 30.
             return
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args[0]} exited with status {proc.returncode} before listening")
+                raise RuntimeError(f"{proc.args!r} exited with status {proc.returncode} before listening")
             time.sleep(0.0005)
     raise RuntimeError(f"nothing accepted on port {port} within {timeout:g} s")
 

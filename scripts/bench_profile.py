@@ -10,6 +10,7 @@ running), "total" includes everything it called.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -53,12 +54,18 @@ def _name(frame: str) -> str:
     return f"{match.group('func')} ({file})"
 
 
-def summarise(folded: Path) -> Dict[str, object]:
+@dataclasses.dataclass
+class Profile:
+    samples: int  # samples of threads at work
+    waiting: int  # samples caught at the edge of a wait, left out of every share
+    threads: Dict[str, int]
+    self_counts: Dict[str, int]
+    total_counts: Dict[str, int]
+
+
+def summarise(folded: Path) -> Profile:
     """Samples per thread, and per function its self and total share of all samples."""
-    self_count: Dict[str, int] = collections.Counter()
-    total_count: Dict[str, int] = collections.Counter()
-    threads: Dict[str, int] = collections.Counter()
-    samples = waiting = 0
+    profile = Profile(0, 0, collections.Counter(), collections.Counter(), collections.Counter())
     for line in folded.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -67,17 +74,16 @@ def summarise(folded: Path) -> Dict[str, object]:
         frames = stack.split(";")
         names = [_name(f) for f in frames if not f.startswith(("thread ", "process "))]
         if names and names[-1] in _WAITS:
-            waiting += count
+            profile.waiting += count
             continue
         if frames[0].startswith(("thread ", "process ")):
-            threads[frames[0]] += count
-        samples += count
+            profile.threads[frames[0]] += count
+        profile.samples += count
         if names:
-            self_count[names[-1]] += count
+            profile.self_counts[names[-1]] += count
         for name in set(names):
-            total_count[name] += count
-    return {"samples": samples, "waiting": waiting, "threads": dict(threads), "self": dict(self_count),
-            "total": dict(total_count)}
+            profile.total_counts[name] += count
+    return profile
 
 
 def top(counts: Dict[str, int], samples: int, limit: int) -> List[Tuple[float, str]]:
@@ -95,18 +101,17 @@ def by_area(self_counts: Dict[str, int]) -> Dict[str, int]:
     return dict(areas)
 
 
-def report(title: str, summary: Dict[str, object], limit: int = 15) -> str:
-    samples = int(summary["samples"])  # type: ignore[arg-type]
-    lines = [f"{title}: {samples} samples of busy threads ({summary['waiting']} more caught entering or leaving"
+def report(title: str, profile: Profile, limit: int = 15) -> str:
+    samples = profile.samples
+    lines = [f"{title}: {samples} samples of busy threads ({profile.waiting} more caught entering or leaving"
              " a wait in epoll or an idle executor thread: left out)"]
-    for thread, count in sorted(summary["threads"].items(), key=lambda item: -item[1]):  # type: ignore[union-attr]
+    for thread, count in sorted(profile.threads.items(), key=lambda item: -item[1]):
         lines.append(f"  {100.0 * count / max(samples, 1):5.1f}%  {thread}")
     lines.append("  self%  function (its own code; C calls such as send() or fsync() count as the caller's)")
-    lines += [f"  {share:5.1f}  {name}" for share, name in top(summary["self"], samples, limit)]  # type: ignore[arg-type]
+    lines += [f"  {share:5.1f}  {name}" for share, name in top(profile.self_counts, samples, limit)]
     lines.append("  self%  module")
-    lines += [f"  {share:5.1f}  {name}" for share, name in top(by_area(summary["self"]), samples, 12)]  # type: ignore[arg-type]
-    own = {name: count for name, count in summary["total"].items()  # type: ignore[union-attr]
-           if "(chatproxy/" in name and not _ALWAYS.search(name)}
+    lines += [f"  {share:5.1f}  {name}" for share, name in top(by_area(profile.self_counts), samples, 12)]
+    own = {name: count for name, count in profile.total_counts.items() if "(chatproxy/" in name and not _ALWAYS.search(name)}
     lines.append("  total%  chatproxy function (with everything it calls)")
     lines += [f"  {share:5.1f}  {name}" for share, name in top(own, samples, limit)]
     return "\n".join(lines)

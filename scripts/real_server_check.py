@@ -221,16 +221,28 @@ def _through_proxy(name: str, target: str, workdir: Path, openai: Any, report: C
     log_text = proxy_log.read_text(errors="replace")
     if code != 0:
         raise CheckFailed(f"chatproxy exited with {code}:\n{log_text}")
-    complaints = [line for line in log_text.splitlines()
-                  if "Traceback" in line or "warning" in line or "error:" in line or "went away" in line]
+    complaints = [line for line in log_text.splitlines() if "Traceback" in line or "warning" in line or "error:" in line]
     if complaints:
         raise CheckFailed("chatproxy complained:\n" + "\n".join(complaints))
+    journal = [json.loads(line) for line in (datasets / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+    journaled = [[(_FROM[m["role"]], m.get("content", "")) for m in record["messages"]] for record in journal]
+    if sorted(journaled) != sorted(expected):
+        raise CheckFailed(f"journal differs from what the SDK received:\n  expected {expected}\n  recorded {journaled}")
+    incomplete = [record["meta"] for record in journal if not record["meta"].get("complete")]
+    if incomplete:
+        raise CheckFailed(
+            f"{len(incomplete)} of 4 records marked incomplete although the SDK read the whole reply "
+            f"(finish_reason {[m.get('finish_reason') for m in incomplete]})"
+        )
     records = json.loads((datasets / f"{name}.json").read_text(encoding="utf-8"))
     got = [[(turn["from"], turn["value"]) for turn in record["conversations"]] for record in records]
     if sorted(got) != sorted(expected):
         raise CheckFailed(f"dataset differs from what the SDK received:\n  expected {expected}\n  recorded {got}")
     models = {record["meta"].get("model") for record in records}
     report(f"{name}: 4 conversations recorded as the SDK received them; models in meta: {sorted(map(str, models))}")
+
+
+_FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "tool"}
 
 
 def _wait_startup(proxy: subprocess.Popen, log: Path, timeout: float = 30) -> str:
@@ -260,7 +272,8 @@ def _drive(name: str, client: Any, report: Callable[[str], None]) -> List[List[t
 
     question = "Now tell a very short story."
     pieces = []
-    for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], stream=True, **options):
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], stream=True, **options)
+    for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
     expected.append([("human", question), ("gpt", "".join(pieces))])
@@ -270,7 +283,8 @@ def _drive(name: str, client: Any, report: Callable[[str], None]) -> List[List[t
     expected.append([("human", prompt), ("gpt", completion.choices[0].text or "")])
 
     prompt = "The quick brown fox"
-    pieces = [c.choices[0].text or "" for c in client.completions.create(model=model, prompt=prompt, stream=True, **options) if c.choices]
+    stream = client.completions.create(model=model, prompt=prompt, stream=True, **options)
+    pieces = [c.choices[0].text or "" for c in stream if c.choices]
     expected.append([("human", prompt), ("gpt", "".join(pieces))])
 
     if name == "litellm":
@@ -297,7 +311,8 @@ def _observe_raw_stream(name: str, port: int, report: Callable[[str], None]) -> 
         events = [e for e in raw.replace(b"\r\n", b"\n").split(b"\n\n") if e.strip()]
         datas = [e[len(b"data: "):] for e in events if e.startswith(b"data: ")]
         chunks = [json.loads(d) for d in datas if d != b"[DONE]"]
-        framing = "chunked" if response.getheader("transfer-encoding") else f"content-length {response.getheader('content-length')}"
+        length = response.getheader("content-length")
+        framing = "chunked" if response.getheader("transfer-encoding") else f"content-length {length}"
         notes = [
             f"{response.status} {response.getheader('content-type')}, {framing}",
             f"{len(chunks)} chunks, [DONE] {'sent' if b'[DONE]' in datas else 'missing'}",
@@ -312,9 +327,12 @@ def _observe_raw_stream(name: str, port: int, report: Callable[[str], None]) -> 
             notes.append("usage in stream chunks")
         if len({c.get("model") for c in chunks}) > 1:
             notes.append(f"model changes within the stream: {sorted({str(c.get('model')) for c in chunks})}")
-        finish = [c["choices"][0].get("finish_reason") for c in chunks if c.get("choices")]
-        notes.append(f"finish_reason {finish[-1] if finish else None!r}, "
-                     f"{'null' if None in finish[:-1] else 'omitted'} before the end")
+        choices = [c["choices"][0] for c in chunks if c.get("choices")]
+        before = {"null" if "finish_reason" in c else "omitted" for c in choices[:-1]}
+        notes.append(f"finish_reason {choices[-1].get('finish_reason') if choices else None!r} at the end, "
+                     f"{' or '.join(sorted(before)) or 'no chunks'} before")
+        if any(c.get("delta", {}).get("role") and c.get("delta", {}).get("content") for c in choices):
+            notes.append("role and first text in the same chunk")
         report(f"{name}: observed {path} stream: " + "; ".join(notes))
 
 
@@ -346,7 +364,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--server", choices=sorted(PACKAGES), action="append", help="check only this server (repeatable)")
-    parser.add_argument("--venvs", type=Path, default=DEFAULT_VENVS, help=f"where the servers' venvs are (default {DEFAULT_VENVS})")
+    parser.add_argument("--venvs", type=Path, default=DEFAULT_VENVS,
+                        help=f"where the servers' venvs are (default {DEFAULT_VENVS})")
     parser.add_argument("--install", action="store_true", help="create the venvs and install the servers first")
     args = parser.parse_args(argv)
     names = args.server or sorted(PACKAGES)

@@ -65,7 +65,9 @@ class ProxyProcess:
             except queue.Empty:
                 line = ""
             if line is None:
-                raise AssertionError(f"chatproxy exited ({self.proc.wait()}) before printing {pattern!r}:\n" + "\n".join(self.lines))
+                raise AssertionError(
+                    f"chatproxy exited ({self.proc.wait()}) before printing {pattern!r}:\n" + "\n".join(self.lines)
+                )
             if line:
                 self.lines.append(line)
                 match = regex.search(line)

@@ -98,7 +98,8 @@ BAD_INVOCATIONS = [
     pytest.param(["--target", UPSTREAM_URL, "--port", "abc"], "argument --port: invalid int value: 'abc'", id="port-type"),
     pytest.param(["--target", UPSTREAM_URL, "--branches", "some"], "argument --branches: invalid choice", id="choice"),
     pytest.param(["--target", UPSTREAM_URL, "--timeout", "0"], "--timeout must be a positive number", id="timeout"),
-    pytest.param(["--target", UPSTREAM_URL, "--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem: no such file", id="ca-file"),
+    pytest.param(["--target", UPSTREAM_URL, "--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem: no such file",
+                 id="ca-file"),
 ]
 
 
@@ -187,6 +188,12 @@ def test_invalid_environment_value_is_one_line_exit_2(name, value, reason, monke
     assert err == f"chatproxy: error: {reason}\n"
 
 
+def test_help_works_despite_an_invalid_environment(monkeypatch, capsys):
+    monkeypatch.setenv("CHATPROXY_PORT", "abc")
+    code, out, _ = run_main(["--help"], capsys)
+    assert code == 0 and "CHATPROXY_<OPTION>" in out
+
+
 def test_invalid_environment_value_in_a_real_process(tmp_path):
     result = subprocess.run(
         python_m_chatproxy(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
@@ -228,7 +235,7 @@ def test_run_record_and_stop_on_signal(signum, upstream, tmp_path):
     command = python_m_chatproxy("--target", upstream.url, "--port", "0", "--datasets", str(datasets), "--session", "cli-run")
     with ProxyProcess(command, env=subprocess_env(), cwd=tmp_path) as proc:
         started = proc.wait_started()
-        assert started.group(0).startswith(f"listening on http://127.0.0.1:")
+        assert started.group(0).startswith("listening on http://127.0.0.1:")
         assert started.group(2) == upstream.url
         assert started.group(3) == str(datasets / "cli-run.json")
         assert proc.lines[0].startswith(f"chatproxy: chatproxy {__version__} listening on ")
@@ -373,7 +380,8 @@ def test_terminal_shows_a_status_line_below_clean_log_lines(upstream, tmp_path):
 
 
 def test_status_line_fits_the_terminal():
-    text = cli.status_text({"requests": 3, "recorded": 2, "errors": 1, "write_errors": 1}, Path("/very/long/path/to/datasets/session.json"))
+    counts = {"requests": 3, "recorded": 2, "errors": 1, "write_errors": 1}
+    text = cli.status_text(counts, Path("/very/long/path/to/datasets/session.json"))
     assert text == "[3 requests | 2 recorded | 2 errors] -> /very/long/path/to/datasets/session.json"
     short = cli.fit(text, 60)
     assert len(short) == 60 and short.startswith("[3 requests | 2 recorded | 2 errors] ...") and short.endswith("session.json")

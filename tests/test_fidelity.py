@@ -219,3 +219,27 @@ def test_live_dataset_loads_with_hugging_face_datasets(upstream, proxy, tmp_path
                                    cache_dir=str(tmp_path / "hf-cache"))
     assert loaded.num_rows == 3
     assert_llamafactory_valid(proxy.dataset())
+
+
+def test_stream_finished_before_the_client_hangs_up_is_complete(upstream, proxy):
+    """A client that closes right after the last event still gets its chat recorded as complete."""
+    import socket
+
+    from fake_upstream import SSE
+
+    def event(delta, finish=None):
+        return json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    upstream.push(SSE([event({"role": "assistant", "content": "Hi"}), event({}, "stop"), "[DONE]", ""], gap=0.3))
+    body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hello"}]}).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        received = b""
+        while b"[DONE]" not in received:
+            received += sock.recv(65536)
+    proxy.wait_recorded(1)
+    (record,) = proxy.dataset()
+    assert record["conversations"][-1] == {"from": "gpt", "value": "Hi"}
+    assert record["meta"]["complete"] is True

@@ -158,3 +158,22 @@ def test_stats_of_an_empty_datasets_folder(capsys, tmp_path):
     assert code == 2 and "no recorded sessions in" in err
 
 
+
+
+def test_show_survives_an_output_that_cannot_encode_the_text(week):
+    """Recorded text may hold any character; an ASCII-only stdout gets "?" instead of a crash."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    client_for(week, session="unicode").chat.completions.create(
+        model="fake-model", messages=[{"role": "user", "content": "Grüße aus Köln 🌧"}])
+    week.wait_recorded(MONDAY_RECORDS + TUESDAY_RECORDS + 1)
+    done = subprocess.run(
+        [sys.executable, "-m", "chatproxy", "show", "unicode", "--datasets", str(week.datasets)],
+        capture_output=True, timeout=60, cwd=str(Path(__file__).parent.parent),
+        env=dict(os.environ, PYTHONIOENCODING="ascii"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"user       Gr??e aus K?ln ?\n" in done.stdout

@@ -53,7 +53,8 @@ def test_python39_compiles_every_module(python39, tmp_path):
     """Syntax from later versions (match, parenthesised with-items, except*) fails here."""
     copy = tmp_path / "chatproxy"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    result = subprocess.run([python39, "-I", "-S", "-m", "compileall", "-q", str(copy)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([python39, "-I", "-S", "-m", "compileall", "-q", str(copy)],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -6,13 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import re
-import signal
 import stat
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,9 +15,9 @@ from chatproxy import cli
 from chatproxy.config import DEFAULT_HOST, Config, parse_target
 from conftest import raw_exchange
 from fake_upstream import Json, Raw
-from support_faults import H11Client, assert_serves_next, chat_body, journal, post_chat, request, wait_until
+from subproc import ROOT, ProxyProcess
+from support_faults import H11Client, assert_serves_next, journal, post_chat, request, wait_until
 
-ROOT = Path(__file__).parent.parent
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 PROXY_KEY = "proxy-secret-abcdef"
 SECRETS = {
@@ -40,52 +35,30 @@ RESPONSE_SECRET = "set-cookie-secret-5555"
 # -- where it listens ---------------------------------------------------------------------------
 
 
-class ProxyProcess:
-    """`python -m chatproxy` in a subprocess; its start-up line gives the URL."""
+def run_proxy(*args: str) -> ProxyProcess:
+    proxy = ProxyProcess([sys.executable, "-m", "chatproxy", "--port", "0", *args], cwd=ROOT)
+    proxy.wait_started()
+    return proxy
 
-    def __init__(self, *args: str) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "chatproxy", "--port", "0", *args],
-            stderr=subprocess.PIPE, text=True, cwd=str(ROOT), env=env,
-        )
-        self.lines = []
-        self.url = ""
-        for line in self.process.stderr:
-            self.lines.append(line)
-            found = re.search(r"listening on (http://\S+)", line)
-            if found:
-                self.url = found.group(1)
-                break
-        assert self.url, "".join(self.lines)
 
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def stop(self) -> str:
-        """SIGTERM, wait, and return everything it wrote to stderr."""
-        self.process.send_signal(signal.SIGTERM)
-        rest = self.process.stderr.read()
-        assert self.process.wait(10) == 0
-        self.process.stderr.close()
-        return "".join(self.lines) + rest
+def stop(proxy: ProxyProcess) -> str:
+    """SIGTERM (a clean stop exits 0) and everything the proxy wrote to stderr."""
+    assert proxy.stop() == 0
+    return "\n".join(proxy.lines)
 
 
 def test_listens_on_loopback_by_default(upstream, tmp_path):
     assert DEFAULT_HOST == "127.0.0.1"
-    proxy = ProxyProcess("--target", upstream.url, "--datasets", str(tmp_path / "d"))
-    try:
+    with run_proxy("--target", upstream.url, "--datasets", str(tmp_path / "d")) as proxy:
         assert proxy.url.startswith("http://127.0.0.1:")
         assert post_chat(proxy.port, "hello").status == 200
-    finally:
-        output = proxy.stop()
+        output = stop(proxy)
     assert "anyone who can reach this port" not in output
 
 
 def test_non_loopback_address_prints_a_warning(upstream, tmp_path):
-    proxy = ProxyProcess("--target", upstream.url, "--host", "0.0.0.0", "--datasets", str(tmp_path / "d"))
-    output = proxy.stop()
+    with run_proxy("--target", upstream.url, "--host", "0.0.0.0", "--datasets", str(tmp_path / "d")) as proxy:
+        output = stop(proxy)
     assert "warning: listening on 0.0.0.0: anyone who can reach this port can use the backend with the key" in output
     assert "set --proxy-key" in output
 
@@ -206,12 +179,10 @@ def test_secrets_never_reach_files_or_debug_logs(upstream, make_proxy, caplog):
 
 def test_debug_flag_logs_masked_heads(upstream, tmp_path):
     """The real --debug switch, end to end: heads on stderr, no secret among them."""
-    proxy = ProxyProcess("--target", upstream.url, "--debug", "--datasets", str(tmp_path / "d"), "--session", "dbg")
-    try:
+    with run_proxy("--target", upstream.url, "--debug", "--datasets", str(tmp_path / "d"), "--session", "dbg") as proxy:
         assert post_chat(proxy.port, "debug me", headers=list(SECRETS.items())).status == 200
-        wait_until(lambda: (tmp_path / "d" / "dbg.jsonl").exists(), "the record")
-    finally:
-        output = proxy.stop()
+        proxy.wait_for("recorded dbg: ")
+        output = stop(proxy)
     assert "-> POST /v1/chat/completions" in output and "<- 200" in output
     for value in SECRETS.values():
         assert value.split(" ", 1)[-1] not in output
