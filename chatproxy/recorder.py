@@ -33,7 +33,10 @@ class Recorder:
         self.stores: Dict[str, DatasetStore] = {}
         self.counts = {"recorded": 0, "skipped": 0, "unrecordable": 0, "write_errors": 0}
         self.last_error: Optional[str] = None
+        # Made here, so a Recorder must be built inside the running loop (Python 3.9 binds queues
+        # and events to the loop current at construction).
         self._queue: "asyncio.Queue[Optional[Exchange]]" = asyncio.Queue()
+        self._closing = asyncio.Event()
         self._task: Optional[asyncio.Task] = None
         self._failures = 0
         # Exchanges whose session could not be opened (folder read-only, disk full): retried with
@@ -53,11 +56,13 @@ class Recorder:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize() + len(self._unplaced) + sum(len(s.pending) for s in self.stores.values())
+        stores = list(self.stores.values())  # the worker thread may add a store meanwhile
+        return self._queue.qsize() + len(self._unplaced) + sum(len(s.pending) for s in stores)
 
     async def close(self) -> None:
         """Write what is queued, the final snapshots, and release the session locks."""
         if self._task is not None:
+            self._closing.set()
             self._queue.put_nowait(None)
             await self._task
             self._task = None
@@ -91,8 +96,15 @@ class Recorder:
             del batch, exchanges
             if closing and (ok or self._failures >= CLOSING_ATTEMPTS):
                 return
-            if not ok:
-                await asyncio.sleep(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1])
+            if not ok and not closing:
+                await self._pause(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1])
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait before retrying a failed write, but wake at once for close()."""
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
     async def _next_batch(self, closing: bool) -> List[Optional[Exchange]]:
         if closing:
@@ -169,7 +181,9 @@ class Recorder:
         for record in records:
             self.counts["recorded"] += 1
             node = store.index.nodes[record["id"]]
-            log.info("%s", _saved_line(store.session, node))
+            fields = {"event": "recorded", "session": store.session, "model": node.meta.get("model"),
+                      "turns": node.length, "complete": node.complete}
+            log.info("%s", _saved_line(store.session, node), extra=fields)
         return True
 
     def _snapshot(self, store: DatasetStore) -> bool:

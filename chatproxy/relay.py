@@ -40,6 +40,28 @@ class Downstream(Protocol):
     async def end_response(self) -> None: ...
 
 
+DEBUG_BODY_LIMIT = 16 * 1024  # --debug shows this much of each body: a chat, not a 64 MiB upload
+
+
+class BodySample:
+    """The start of a body, kept for --debug."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        room = DEBUG_BODY_LIMIT - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+    def __str__(self) -> str:
+        shown = self.data.decode("utf-8", "replace")
+        rest = self.size - len(self.data)
+        return f"({self.size} bytes) {shown}" + (f" ... ({rest} more bytes)" if rest else "")
+
+
 class ClientGone(Exception):
     """The client stopped reading or closed its connection."""
 
@@ -64,14 +86,22 @@ class Relay:
         capture = self._capture_for(request.method, target_path, raw_headers)
         upstream_headers = hdr.for_upstream(raw_headers, self.config.target.authority, hdr.is_chunked(raw_headers))
         upstream_target = self.config.target.url_path(target_path).encode("latin-1")
+        sent: Optional[BodySample] = None
+        received: Optional[BodySample] = None
         if log.isEnabledFor(logging.DEBUG):
             # headers.masked() is the only way headers reach a log line: keys and cookies show as ***.
             log.debug("-> %s %s %s", request.method.decode("latin-1"), target_path, hdr.masked(raw_headers))
+            sent, received = BodySample(), BodySample()
         complete = False
         try:
-            conn, response = await self._open_exchange(request.method, upstream_target, upstream_headers, downstream, capture)
-            complete = await self._relay_response(conn, response, request.method, downstream, capture)
+            conn, response = await self._open_exchange(
+                request.method, upstream_target, upstream_headers, downstream, capture, sent
+            )
+            complete = await self._relay_response(conn, response, request.method, downstream, capture, received)
         finally:
+            if sent is not None:
+                log.debug("-> %s body %s", target_path, sent)
+                log.debug("<- %s body %s", target_path, received)
             if capture is not None and self.record is not None:
                 finished = capture.finish(complete)
                 if finished is not None and (complete or finished.stream):
@@ -94,6 +124,7 @@ class Relay:
         headers: List[Tuple[bytes, bytes]],
         downstream: Downstream,
         capture: Optional[ExchangeCapture],
+        sample: Optional[BodySample] = None,
     ) -> Tuple[UpstreamConnection, h11.Response]:
         """Send the request and wait for the response head.
 
@@ -104,7 +135,7 @@ class Relay:
         reused = conn.requests > 0
         body: Optional[List[bytes]] = None
         try:
-            body = await self._send_request(conn, method, target, headers, downstream, capture)
+            body = await self._send_request(conn, method, target, headers, downstream, capture, sample)
             return conn, await conn.receive_response()
         except UpstreamClosed:
             self.pool.release(conn, clean=False)
@@ -133,6 +164,7 @@ class Relay:
         headers: List[Tuple[bytes, bytes]],
         downstream: Downstream,
         capture: Optional[ExchangeCapture],
+        sample: Optional[BodySample] = None,
     ) -> Optional[List[bytes]]:
         """Forward head and body as the body arrives; returns the body if it was small enough to keep."""
         copy: Optional[List[bytes]] = []
@@ -144,6 +176,8 @@ class Relay:
                 break
             if capture is not None:
                 capture.request_chunk(chunk)
+            if sample is not None:
+                sample.add(chunk)
             if copy is not None:
                 copied += len(chunk)
                 if copied <= RETRY_COPY_LIMIT:
@@ -161,6 +195,7 @@ class Relay:
         method: bytes,
         downstream: Downstream,
         capture: Optional[ExchangeCapture],
+        sample: Optional[BodySample] = None,
     ) -> bool:
         clean = False
         try:
@@ -180,6 +215,8 @@ class Relay:
                         await downstream.send_data(chunk)
                     if capture is not None:
                         capture.response_chunk(chunk)
+                    if sample is not None:
+                        sample.add(chunk)
             except ProxyError as exc:
                 raise UpstreamFailedMidResponse(str(exc)) from None
             await downstream.end_response()

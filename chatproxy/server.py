@@ -120,6 +120,7 @@ class ClientConnection:
             log.warning("%s - %s %s -> %d %s", self.label, request.method.decode(), request.target.decode("latin-1"), exc.status, exc)
             await self._send_error(exc.status, str(exc), exc.code)
         except UpstreamFailedMidResponse as exc:
+            self._server.counts["errors"] += 1
             self._server.note_error(str(exc))
             log.warning("%s - upstream failed mid-response, cutting the client off: %s", self.label, exc)
             self._abort()

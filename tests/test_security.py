@@ -178,12 +178,14 @@ def test_secrets_never_reach_files_or_debug_logs(upstream, make_proxy, caplog):
 
 
 def test_debug_flag_logs_masked_heads(upstream, tmp_path):
-    """The real --debug switch, end to end: heads on stderr, no secret among them."""
+    """The real --debug switch, end to end: heads and bodies on stderr, no secret among them."""
     with run_proxy("--target", upstream.url, "--debug", "--datasets", str(tmp_path / "d"), "--session", "dbg") as proxy:
         assert post_chat(proxy.port, "debug me", headers=list(SECRETS.items())).status == 200
         proxy.wait_for("recorded dbg: ")
         output = stop(proxy)
     assert "-> POST /v1/chat/completions" in output and "<- 200" in output
+    assert "debug me" in output  # the request body
+    assert "echo: debug me" in output  # the response body
     for value in SECRETS.values():
         assert value.split(" ", 1)[-1] not in output
 
