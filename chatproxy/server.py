@@ -13,8 +13,8 @@ import h11
 
 from chatproxy import __version__
 from chatproxy import headers as hdr
-from chatproxy.capture import completion_endpoint
 from chatproxy.config import Config
+from chatproxy.deadlines import WatchedReader, read_within
 from chatproxy.errors import ProxyError, RequestRejected, openai_error_body
 from chatproxy.relay import ClientGone, Relay, UpstreamFailedMidResponse
 
@@ -41,10 +41,8 @@ class ClientConnection:
         self.busy = False
         self.response_started = False
         self._body_bytes = 0
-        self._watcher: Optional[asyncio.Task] = None
         self._task: Optional[asyncio.Task] = None
         self._client_gone = False
-        self._watch_when_body_done = False
         _, self._high_water = writer.transport.get_write_buffer_limits()
 
     # -- the request/response cycle ----------------------------------------------------------
@@ -96,9 +94,7 @@ class ClientConnection:
     async def _read(self, timeout: float) -> Optional[bytes]:
         """Bytes from the client; b"" at EOF or reset; None on time-out."""
         try:
-            return await asyncio.wait_for(self._reader.read(READ_SIZE), max(timeout, 0))
-        except asyncio.TimeoutError:  # before OSError: from 3.11 TimeoutError is an OSError
-            return None
+            return await read_within(self._reader, READ_SIZE, timeout)
         except OSError:
             return b""
 
@@ -112,7 +108,6 @@ class ClientConnection:
             if request.target.split(b"?", 1)[0] == STATUS_PATH:
                 await self._answer_status()
                 return
-            self._watch_when_body_done = completion_endpoint(request.method, request.target.decode("latin-1")) is not None
             await self._server.relay.exchange(request, self)
         except ProxyError as exc:
             if exc.status >= 500:
@@ -190,8 +185,7 @@ class ClientConnection:
                     raise RequestRejected(413, f"request body larger than --max-body ({self._config.max_body} bytes)")
                 return bytes(event.data)
             if isinstance(event, h11.EndOfMessage):
-                if self._watch_when_body_done:
-                    self._start_watching()
+                self._watch_for_departure()
                 return None
             if event is not h11.NEED_DATA:
                 raise ClientGone()
@@ -263,27 +257,23 @@ class ClientConnection:
 
     # -- client-gone detection -----------------------------------------------------------------
 
-    def _start_watching(self) -> None:
-        """While the response is awaited, a read that returns EOF means the client left: cancel."""
-        self._watcher = asyncio.ensure_future(self._watch())
+    def _watch_for_departure(self) -> None:
+        """Once the request is in, the client's EOF means it left (mitmproxy's rule): cancel the
+        exchange, which closes its upstream connection instead of waiting for a reply nobody reads."""
+        reader = self._reader
+        if reader.at_eof() or reader.exception() is not None:
+            self._client_left()
+        elif isinstance(reader, WatchedReader):
+            reader.on_end = self._client_left
 
-    async def _watch(self) -> None:
-        while True:
-            try:
-                data = await self._reader.read(READ_SIZE)
-            except OSError:
-                data = b""
-            if not data:
-                self._client_gone = True
-                if self._task is not None:
-                    self._task.cancel()
-                return
-            self._h11.receive_data(data)  # pipelined requests wait inside h11 (PAUSED)
+    def _client_left(self) -> None:
+        self._client_gone = True
+        if self._task is not None:
+            self._task.cancel()
 
     def _stop_watching(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        if isinstance(self._reader, WatchedReader):
+            self._reader.on_end = None
 
     # -- closing ---------------------------------------------------------------------------------
 
@@ -322,8 +312,14 @@ class ProxyServer:
         self._tasks: Set[asyncio.Task] = set()
 
     async def start(self) -> Tuple[str, int]:
-        self._server = await asyncio.start_server(
-            self._handle_client, self.config.host, self.config.port, limit=READ_SIZE, reuse_address=True
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            # What asyncio.start_server builds, with a reader that reports the client leaving.
+            return asyncio.StreamReaderProtocol(WatchedReader(limit=READ_SIZE), self._handle_client)
+
+        self._server = await loop.create_server(
+            protocol, self.config.host, self.config.port, reuse_address=True
         )
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port

@@ -12,6 +12,7 @@ from typing import AsyncIterator, List, Optional, Tuple
 import h11
 
 from chatproxy.config import Target, Timeouts
+from chatproxy.deadlines import read_within
 from chatproxy.errors import UpstreamClosed, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 
 log = logging.getLogger("chatproxy.upstream")
@@ -80,11 +81,11 @@ class UpstreamConnection:
 
     async def _read(self) -> bytes:
         try:
-            data = await asyncio.wait_for(self._reader.read(READ_SIZE), self._timeouts.upstream_read)
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"no data from upstream for {self._timeouts.upstream_read:g} s") from None
+            data = await read_within(self._reader, READ_SIZE, self._timeouts.upstream_read)
         except (OSError, ssl.SSLError):
             data = b""  # a reset is an EOF to h11, which knows whether the message was complete
+        if data is None:
+            raise UpstreamTimeout(f"no data from upstream for {self._timeouts.upstream_read:g} s")
         self.response_bytes += len(data)
         return data
 

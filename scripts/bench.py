@@ -36,8 +36,14 @@ the table shows medians over rounds. The figures:
   history, as frontends send it) over the UTF-8 bytes of that chat's message texts.
 - start-up: spawn until the port accepts a connection (a fresh, empty dataset folder).
 
-Each figure with a target is printed next to it with met / NOT met. Lines the proxy logged besides
-start-up and per-record lines (warnings, errors) are listed under the table.
+Everything shares the machine's CPUs (no pinning); the header line says how much CPU other processes
+took during the run, since that moves every figure. Each figure with a target is printed next to it
+with met / NOT met. Lines the proxy logged besides start-up and per-record lines (warnings, errors)
+are listed under the table, with failed requests as the load generators counted them.
+
+--profile DIR runs chatproxy under 32-connection non-streaming load (recording on, then --no-record)
+and streaming load, samples it with py-spy (pip install py-spy), keeps the folded stacks in DIR
+(viewable in speedscope) and prints the hot spots: self and total share of the busy samples.
 """
 
 from __future__ import annotations
@@ -241,7 +247,9 @@ def run_growth(bench: Bench) -> None:
                 result.update(startup_s=proxy.startup, rss_kb_start=rss_start, rss_kb_after=proxy.rss_kb())
             finally:
                 bench.finish(proxy, f"growth {size}")
-            result["conversations_after"] = count_conversations(datasets / "bench-growth.json")
+            result["conversations_after"] = after = count_conversations(datasets / "bench-growth.json")
+            if after is None or after < size:
+                bench.problems.append(f"growth {size}: the dataset holds {after} conversations after resuming {size}")
             bench.record("growth", str(size), result)
 
 
@@ -323,7 +331,8 @@ def added(bench: Bench, key: str, target: str, pick: Callable[[Any], float]) -> 
 
 def latency_rows(bench: Bench) -> List[List[str]]:
     rows = []
-    for label, field, limit in (("added latency p50, c=1", "latency_p50_us", 0.5), ("added latency p99, c=1", "latency_p99_us", 2.0),
+    for label, field, limit in (("added latency p50, c=1", "latency_p50_us", 0.5),
+                                ("added latency p99, c=1", "latency_p99_us", 2.0),
                                 ("time to first byte added (median)", "ttfb_p50_us", 0.5)):
         pick = lambda r, f=field: r[f]  # noqa: E731
         mine = {t: added(bench, "probe", t, pick) for t in bench.targets if t != "direct"}
@@ -548,7 +557,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     machine, own = cpu_seconds()
     elapsed = time.perf_counter() - started
     env["load_average_at_end"] = os.getloadavg()
-    env["other_processes_cpu_share"] = max(0.0, (machine - cpu_before[0]) - (own - cpu_before[1])) / (elapsed * (os.cpu_count() or 1))
+    others = (machine - cpu_before[0]) - (own - cpu_before[1])
+    env["other_processes_cpu_share"] = max(0.0, others) / (elapsed * (os.cpu_count() or 1))
     print_report(bench, env, args.json)
     return 0
 

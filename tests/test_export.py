@@ -161,7 +161,7 @@ def read_dataset(path: Path) -> List[Dict[str, Any]]:
 def test_every_profile_loads_in_datasets_and_passes_its_consumers(week, capsys, tmp_path, fmt, suffix):
     """Recorded sessions export to a file Hugging Face datasets loads whole, and every record obeys the
     published rules of the profile's consumers."""
-    datasets = pytest.importorskip("datasets")
+    datasets = pytest.importorskip("datasets", minversion="2.14")
     out = tmp_path / f"chats{suffix}"
     result = run_export(capsys, "--all", "--datasets", str(week.datasets), "--format", fmt, "--out", str(out))
     assert result.code == 0, result.err
@@ -179,7 +179,7 @@ def test_every_profile_loads_in_datasets_and_passes_its_consumers(week, capsys, 
 def test_tool_schemas_that_differ_between_chats_still_load(week, capsys, tmp_path):
     """Frontends send whatever tool schemas they have; Arrow infers one type per nested field, so a
     parameter that is a string enum in one chat and an integer in another must still load."""
-    datasets = pytest.importorskip("datasets")
+    datasets = pytest.importorskip("datasets", minversion="2.14")
     other_clock = {"type": "function", "function": {"name": "get_time", "parameters": {
         "type": "object", "properties": {"tz": {"type": "integer", "enum": [0, 1], "default": 0}}}}}
     client_for(week, session="wednesday").chat.completions.create(
@@ -306,7 +306,7 @@ def test_reasoning_drop_leaves_only_the_answer(week, capsys, tmp_path):
 
 
 def test_split_writes_train_and_test_reproducibly(week, capsys, tmp_path):
-    datasets = pytest.importorskip("datasets")
+    datasets = pytest.importorskip("datasets", minversion="2.14")
     out = tmp_path / "chats.jsonl"
     args = ["--all", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out), "--split", "0.75"]
     result = run_export(capsys, *args, "--seed", "7")

@@ -205,7 +205,7 @@ def test_housekeeping_title_request_is_not_recorded(upstream, proxy):
 
 
 def test_live_dataset_loads_with_hugging_face_datasets(upstream, proxy, tmp_path):
-    datasets = pytest.importorskip("datasets")
+    datasets = pytest.importorskip("datasets", minversion="2.14")  # not the repo's datasets/ folder
     client = sdk(proxy)
     client.chat.completions.create(model="m", messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "one"}])
     upstream.push(Chat("", tool_calls=[{"id": "c", "name": "f", "arguments": "{}"}], finish_reason="tool_calls", stream=False))
