@@ -11,9 +11,14 @@ import asyncio
 from typing import Callable, List, Optional
 
 
-async def read_within(reader: asyncio.StreamReader, size: int, timeout: float) -> Optional[bytes]:
-    """Up to `size` bytes (b"" at EOF), or None if nothing arrived within `timeout` seconds."""
-    task = asyncio.current_task()
+async def read_within(
+    reader: asyncio.StreamReader, size: int, timeout: float, loop: asyncio.AbstractEventLoop
+) -> Optional[bytes]:
+    """Up to `size` bytes (b"" at EOF), or None if nothing arrived within `timeout` seconds.
+
+    `loop` is the running loop, passed in: looking it up costs a getpid() call on Python 3.11.
+    """
+    task = asyncio.current_task(loop)
     assert task is not None
     expired: List[bool] = []
 
@@ -21,7 +26,7 @@ async def read_within(reader: asyncio.StreamReader, size: int, timeout: float) -
         expired.append(True)
         task.cancel()
 
-    timer = asyncio.get_running_loop().call_later(max(timeout, 0.0), expire)
+    timer = loop.call_later(max(timeout, 0.0), expire)
     try:
         return await reader.read(size)
     except asyncio.CancelledError:

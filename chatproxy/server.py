@@ -43,6 +43,8 @@ class ClientConnection:
         self._body_bytes = 0
         self._task: Optional[asyncio.Task] = None
         self._client_gone = False
+        self._loop = asyncio.get_running_loop()
+        self._held = b""  # bytes sent to h11 but not yet written: one write for head and body
         _, self._high_water = writer.transport.get_write_buffer_limits()
 
     # -- the request/response cycle ----------------------------------------------------------
@@ -94,7 +96,7 @@ class ClientConnection:
     async def _read(self, timeout: float) -> Optional[bytes]:
         """Bytes from the client; b"" at EOF or reset; None on time-out."""
         try:
-            return await read_within(self._reader, READ_SIZE, timeout)
+            return await read_within(self._reader, READ_SIZE, timeout, self._loop)
         except OSError:
             return b""
 
@@ -200,7 +202,8 @@ class ClientConnection:
         self.response_started = True
         if self._server.stopping:
             headers = headers + [(b"Connection", b"close")]
-        await self._send(h11.Response(status_code=status, headers=headers, reason=reason))
+        # The head goes out with the first body bytes, or by flush() before the relay waits for them.
+        await self._send(h11.Response(status_code=status, headers=headers, reason=reason), hold=True)
 
     async def send_data(self, data: bytes) -> None:
         await self._send(h11.Data(data=data))
@@ -208,8 +211,18 @@ class ClientConnection:
     async def end_response(self) -> None:
         await self._send(h11.EndOfMessage())
 
-    async def _send(self, event: Any) -> None:
-        data = self._h11.send(event)
+    def flush(self) -> None:
+        """Write what is held back (a response head) now, before waiting on the backend."""
+        if self._held and not self._writer.transport.is_closing():
+            data, self._held = self._held, b""
+            self._writer.write(data)
+
+    async def _send(self, event: Any, hold: bool = False) -> None:
+        data = self._held + self._h11.send(event)
+        if hold:
+            self._held = data
+            return
+        self._held = b""
         transport = self._writer.transport
         if transport.is_closing():
             self._h11.send_failed()

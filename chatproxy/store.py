@@ -6,9 +6,10 @@ Blocking by design: only the recorder's worker thread calls into a DatasetStore.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -36,6 +37,9 @@ class DatasetStore:
         self.dirty = False
         self.last_snapshot = 0.0
         self.snapshot_cost = 0.0
+        # Record ids: a random prefix per run and a counter; uuid4 would cost a getrandom() call per record.
+        self._id_prefix = os.urandom(5).hex()
+        self._id_counter = itertools.count(1)
         self._log = durable.AppendLog(self.journal_path)
         self._lock = durable.SessionLock(folder / f"{session}.lock")
 
@@ -80,6 +84,9 @@ class DatasetStore:
         durable.write_new_file(folder / name, data)
         return f"{self.session}/images/{name}"
 
+    def _next_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):06x}"
+
     def place(self, history: List[Dict[str, Any]], reply: Dict[str, Any], tools: Optional[List[Any]], meta: Dict[str, Any]) -> Optional[Node]:
         """Add one exchange to the session: stored as what it adds to the chat it continues.
 
@@ -90,7 +97,7 @@ class DatasetStore:
             return None
         record: Dict[str, Any] = {
             "v": JOURNAL_VERSION,
-            "id": uuid.uuid4().hex[:16],
+            "id": self._next_id(),
             "parent": placement.parent.id if placement.parent else None,
             "base": placement.base,
             "messages": placement.new,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import ssl
 import time
-from typing import AsyncIterator, List, Optional, Tuple
+from typing import AsyncIterator, Callable, Deque, List, Optional, Tuple
 
 import h11
 
@@ -20,7 +21,9 @@ log = logging.getLogger("chatproxy.upstream")
 READ_SIZE = 64 * 1024  # matches StreamReader's default limit
 # Real servers send large heads (long cookies, tracing headers); httpcore allows 100 KiB too.
 MAX_RESPONSE_HEAD = 100 * 1024
-MAX_IDLE_CONNECTIONS = 64
+# As many idle connections as a busy frontend keeps in flight; fewer would churn TCP connections.
+MAX_IDLE_CONNECTIONS = 1024
+WRITE_HIGH_WATER = 64 * 1024  # asyncio's default: drain() only waits above it, so skip the call below
 
 
 def make_ssl_context(insecure: bool = False, ca_file: Optional[str] = None) -> ssl.SSLContext:
@@ -45,6 +48,8 @@ class UpstreamConnection:
         self.idle_since = time.monotonic()
         self.closed = False
         self.response_bytes = 0  # any response byte seen makes a retry unsafe
+        self._held = b""
+        self._loop = asyncio.get_running_loop()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self._h11.our_state}/{self._h11.their_state}"
@@ -52,13 +57,19 @@ class UpstreamConnection:
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def _send(self, event: h11._events.Event) -> None:
-        data = self._h11.send(event)
-        if not data:
+    async def _send(self, event: h11._events.Event, hold: bool = False) -> None:
+        """Send an event; with `hold`, keep its bytes to go out with the next event's, in one write."""
+        data = self._held + self._h11.send(event)
+        if hold or not data:
+            self._held = data
             return
+        self._held = b""
         try:
             self._writer.write(data)
-            await self._writer.drain()
+            if self._writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                await self._writer.drain()
+            elif self._writer.transport.is_closing():
+                raise ConnectionResetError("connection closed")
         except (OSError, RuntimeError) as exc:
             self._h11.send_failed()
             raise UpstreamClosed(f"connection lost while sending the request: {exc}") from None
@@ -67,9 +78,10 @@ class UpstreamConnection:
             raise
 
     async def send_request(self, method: bytes, target: bytes, headers: List[Tuple[bytes, bytes]]) -> None:
+        """The head waits for the first body bytes (or the end), so a small request is one write."""
         self.requests += 1
         self.response_bytes = 0
-        await self._send(h11.Request(method=method, target=target, headers=headers))
+        await self._send(h11.Request(method=method, target=target, headers=headers), hold=True)
 
     async def send_body(self, data: bytes) -> None:
         await self._send(h11.Data(data=data))
@@ -81,7 +93,7 @@ class UpstreamConnection:
 
     async def _read(self) -> bytes:
         try:
-            data = await read_within(self._reader, READ_SIZE, self._timeouts.upstream_read)
+            data = await read_within(self._reader, READ_SIZE, self._timeouts.upstream_read, self._loop)
         except (OSError, ssl.SSLError):
             data = b""  # a reset is an EOF to h11, which knows whether the message was complete
         if data is None:
@@ -113,15 +125,31 @@ class UpstreamConnection:
                 continue
             raise UpstreamProtocolError(f"unexpected {type(event).__name__} before the response head")
 
-    async def iter_body(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive; everything h11 already has is handed out as one chunk."""
+    async def iter_body(self, before_wait: Optional[Callable[[], None]] = None) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive: everything one read brought is one chunk (one write onwards).
+
+        `before_wait` runs before each wait for the network, so the caller can flush what it holds.
+        """
+        pending: List[bytes] = []
         while True:
-            event = await self._next_event()
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise UpstreamProtocolError(f"invalid HTTP from upstream: {exc}") from None
             if isinstance(event, h11.Data):
-                yield bytes(event.data)
+                pending.append(event.data)
+            elif event is h11.NEED_DATA:
+                if pending:
+                    yield b"".join(pending)
+                    pending = []
+                if before_wait is not None:
+                    before_wait()
+                self._h11.receive_data(await self._read())
             elif isinstance(event, h11.EndOfMessage):
+                if pending:
+                    yield b"".join(pending)
                 return
-            elif event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+            else:  # PAUSED or ConnectionClosed
                 raise UpstreamClosed("upstream connection ended in the middle of the response")
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -186,14 +214,19 @@ async def open_connection(target: Target, ssl_context: Optional[ssl.SSLContext],
 
 
 class UpstreamPool:
-    """Keep-alive connections to the one target, reused most-recent first."""
+    """Keep-alive connections to the one target, reused most-recent first.
+
+    Idle connections are kept oldest first, so the ones past their idle time are at the front:
+    a timer closes them even when no request comes, so a burst does not leave sockets open.
+    """
 
     def __init__(self, target: Target, timeouts: Timeouts, ssl_context: Optional[ssl.SSLContext] = None) -> None:
         self.target = target
         self._timeouts = timeouts
         self._ssl_context = ssl_context if ssl_context is not None else (make_ssl_context() if target.is_tls else None)
-        self._idle: List[UpstreamConnection] = []
+        self._idle: Deque[UpstreamConnection] = collections.deque()
         self._in_use = 0
+        self._sweeper: Optional[asyncio.TimerHandle] = None
 
     @property
     def open_count(self) -> int:
@@ -226,9 +259,23 @@ class UpstreamPool:
                 conn.close()
                 return
             self._idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = asyncio.get_running_loop().call_later(self._timeouts.pool_idle, self._sweep)
         else:
             conn.close()
 
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = time.monotonic()
+        while self._idle and self._idle[0].is_expired(now):
+            self._idle.popleft().close()
+        if self._idle:
+            wait = self._idle[0].idle_since + self._timeouts.pool_idle - now
+            self._sweeper = asyncio.get_running_loop().call_later(max(wait, 0.05), self._sweep)
+
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         while self._idle:
             self._idle.pop().close()

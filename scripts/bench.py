@@ -55,6 +55,7 @@ import os
 import re
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,6 +68,7 @@ import bench_profile
 from bench_procs import REPO, ChatProxy, Nginx, Upstream, free_port
 
 sys.path.insert(0, str(REPO))
+import chatproxy  # noqa: E402
 from chatproxy.journal import JOURNAL_VERSION, encode_record  # noqa: E402
 
 
@@ -108,6 +110,7 @@ class Bench:
         self.targets = ["direct", "chatproxy"] + (["nginx"] if self.nginx else [])
         self.raw: Dict[str, Any] = {}
         self.problems: List[str] = []
+        self.checks: List[Dict[str, Any]] = []  # every target's verdict, filled in as the table is built
 
     def close(self) -> None:
         if self.nginx:
@@ -296,8 +299,11 @@ def med(bench: Bench, key: str, target: str, pick: Callable[[Any], float]) -> Op
     return load.median([pick(run) for run in runs]) if runs else None
 
 
-def verdict(value: Optional[float], ok: Callable[[float], bool]) -> str:
-    return "-" if value is None else ("met" if ok(value) else "NOT met")
+def verdict(bench: Bench, figure: str, value: Optional[float], ok: Callable[[float], bool]) -> str:
+    """ "met" / "NOT met", noted in bench.checks with the unformatted value for --json."""
+    met = None if value is None else ok(value)
+    bench.checks.append({"figure": figure, "chatproxy": value, "met": met})
+    return "-" if met is None else ("met" if met else "NOT met")
 
 
 def fmt(value: Optional[float], unit: str = "", digits: int = 0) -> str:
@@ -314,8 +320,11 @@ def throughput_rows(bench: Bench) -> List[List[str]]:
         values = {t: med(bench, cell, t, lambda r: r["rps"] * scale) for t in bench.targets}
         mine, theirs = values["chatproxy"], values.get("nginx")
         ratio = mine / theirs if mine is not None and theirs else None
-        target, ok = {"c32": ("≥ 3,000", verdict(values["chatproxy"], lambda v: v >= 3000)),
-                      "stream32": ("≥ 50,000", verdict(values["chatproxy"], lambda v: v >= 50000))}.get(cell, ("", ""))
+        target, ok = "", ""
+        if cell == "c32":
+            target, ok = "≥ 3,000", verdict(bench, label, mine, lambda v: v >= 3000)
+        elif cell == "stream32":
+            target, ok = "≥ 50,000", verdict(bench, label, mine, lambda v: v >= 50000)
         rows.append([label, fmt(values["direct"]), fmt(values["chatproxy"]), fmt(values.get("nginx")),
                      fmt(ratio and ratio * 100, "% of nginx"), target, ok])
     opened = {t: med(bench, "c256", t, lambda r: r["upstream_connections"]) for t in bench.targets}
@@ -338,7 +347,7 @@ def latency_rows(bench: Bench) -> List[List[str]]:
         mine = {t: added(bench, "probe", t, pick) for t in bench.targets if t != "direct"}
         direct = med(bench, "probe", "direct", pick)
         rows.append([label, fmt(direct and direct / 1000, " ms abs", 3), fmt(mine["chatproxy"], " ms", 3),
-                     fmt(mine.get("nginx"), " ms", 3), "", f"≤ {limit} ms", verdict(mine["chatproxy"], lambda v: v <= limit)])
+                     fmt(mine.get("nginx"), " ms", 3), "", f"≤ {limit} ms", verdict(bench, label, mine["chatproxy"], lambda v: v <= limit)])
     return rows
 
 
@@ -354,10 +363,10 @@ def memory_rows(bench: Bench) -> List[List[str]]:
     recorded = med(bench, "c32", "chatproxy", lambda r: r["requests"])
     return [
         ["RSS idle", "", fmt(idle["chatproxy"], " MB", 1), fmt(idle.get("nginx"), " MB", 1), "", "≤ 30 MB",
-         verdict(idle["chatproxy"], lambda v: v <= 30)],
+         verdict(bench, "RSS idle (MB)", idle["chatproxy"], lambda v: v <= 30)],
         [streams, "", fmt(peak["chatproxy"], " MB", 1), fmt(peak.get("nginx"), " MB", 1),
          f"{fmt(left, ' MB', 1)} 1 s after they ended", "≤ 100 MB",
-         verdict(peak["chatproxy"], lambda v: v <= 100)],
+         verdict(bench, streams + " (MB)", peak["chatproxy"], lambda v: v <= 100)],
         ["  RSS after the c=32 run", "", fmt(after, " MB", 1), "", f"{fmt(recorded)} chats recorded (+ warm-up)", "", ""],
     ]
 
@@ -367,7 +376,7 @@ def recording_rows(bench: Bench) -> List[List[str]]:
     on, off = rps("record"), rps("no-record")
     cost = (1 - on / off) * 100 if on and off else None
     rows = [["req/s c=32 recording on / --no-record", "", f"{fmt(on)} / {fmt(off)}", "", fmt(cost, "% cost", 1),
-             "≤ 10% cost", verdict(cost, lambda v: v <= 10)]]
+             "≤ 10% cost", verdict(bench, "recording cost, % of c=32 req/s", cost, lambda v: v <= 10)]]
     for label, field in (("added latency p50, c=1", "latency_p50_us"), ("added latency p99, c=1", "latency_p99_us"),
                          ("time to first byte added", "ttfb_p50_us")):
         pick = lambda r, f=field: r[f]  # noqa: E731
@@ -388,16 +397,17 @@ def growth_rows(bench: Bench) -> List[List[str]]:
         rss = med(bench, "growth", str(size), lambda r: r["rss_kb_after"] / 1024)
         value = per[size]
         growth = value / base * 100 - 100 if value is not None and base else None
+        label = f"time/request c=1 after {size:,} conversations"
         last = size == sizes[-1]
-        rows.append([f"time/request c=1 after {size:,} conversations", "", fmt(per[size], " µs"),
-                     "", f"{fmt(growth, '%', 1)}; start {fmt(start, ' ms')}; RSS {fmt(rss, ' MB', 1)}",
-                     "≤ +10% vs 0" if last else "", verdict(growth, lambda v: v <= 10) if last else ""])
+        ok = verdict(bench, label + ", % over 0", growth, lambda v: v <= 10) if last else ""
+        rows.append([label, "", fmt(value, " µs"), "", f"{fmt(growth, '%', 1)}; start {fmt(start, ' ms')}; RSS {fmt(rss, ' MB', 1)}",
+                     "≤ +10% vs 0" if last else "", ok])
     chat = bench.raw.get("long_chat")
     if chat:
         ratio = chat["journal_bytes"] / chat["text_bytes"]
         rows.append([f"journal bytes, one {chat['turns']}-turn chat / its text", "",
                      f"{chat['journal_bytes']:,} / {chat['text_bytes']:,}", "", f"{ratio:.2f}×", "≤ 2×",
-                     verdict(ratio, lambda v: v <= 2)])
+                     verdict(bench, "journal bytes / chat text", ratio, lambda v: v <= 2)])
         rows.append([f"time/turn at turns {chat['turns'] - 9}-{chat['turns']} (whole history each)",
                      fmt(chat["last10_ms"]["direct"], " ms", 2), fmt(chat["last10_ms"]["chatproxy"], " ms", 2), "",
                      f"turns 1-10: {chat['first10_ms']['chatproxy']:.2f} ms", "", ""])
@@ -409,7 +419,7 @@ def startup_rows(bench: Bench) -> List[List[str]]:
     value = load.median(runs) if runs else None
     worst = max(runs) if runs else None
     return [["start-up to listening (median)", "", fmt(value, " ms"), "", f"max {fmt(worst, ' ms')}", "≤ 300 ms",
-             verdict(value, lambda v: v <= 300)]]
+             verdict(bench, "start-up to listening (ms)", value, lambda v: v <= 300)]]
 
 
 def all_rows(bench: Bench) -> List[List[str]]:
@@ -450,8 +460,22 @@ def cpu_seconds() -> Tuple[float, float]:
     return machine, own
 
 
+def chatproxy_version() -> str:
+    """The package version, and the checkout's commit when it is a git checkout (+ if chatproxy/ has edits)."""
+    version = f"chatproxy {chatproxy.__version__}"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        edits = subprocess.run(["git", "status", "--porcelain", "--", "chatproxy"], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return version
+    if commit.returncode != 0:
+        return version
+    return f"{version} at {commit.stdout.strip()}{'+' if edits.stdout.strip() else ''}"
+
+
 def environment(settings: Settings, nginx_workers: Optional[str]) -> Dict[str, Any]:
     return {
+        "chatproxy": chatproxy_version(),
         "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(), "python": sys.version.split()[0],
         "load_generator": "wrk " + (load.WRK or "") if load.WRK else "scripts/bench_client.py",
         "nginx": f"worker_processes {nginx_workers}" if nginx_workers else "not run",
@@ -463,11 +487,11 @@ def print_report(bench: Bench, env: Dict[str, Any], as_json: bool) -> None:
     rows = all_rows(bench)
     if as_json:
         keyed = [dict(zip(HEADER, row)) for row in rows]
-        json.dump({"environment": env, "rows": keyed, "errors": error_lines(bench),
+        json.dump({"environment": env, "targets": bench.checks, "rows": keyed, "errors": error_lines(bench),
                    "proxy_log": bench.problems, "raw": bench.raw}, sys.stdout, indent=1, default=str)
         print()
         return
-    print(f"chatproxy benchmark: {env['cpus']} CPUs, load average {env['load_average_at_start'][0]:.2f} at start, "
+    print(f"{env['chatproxy']} benchmark: {env['cpus']} CPUs, load average {env['load_average_at_start'][0]:.2f} at start, "
           f"{env['load_average_at_end'][0]:.2f} at end; other processes used {env['other_processes_cpu_share']:.0%} "
           "of the CPUs meanwhile; "
           f"Python {env['python']}, load by {env['load_generator']}, nginx {env['nginx']}, "

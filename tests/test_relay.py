@@ -147,3 +147,20 @@ def test_tls_upstream_with_untrusted_certificate_is_refused_then_insecure_works(
         insecure = make_proxy(tls_upstream.url, insecure=True, session="insecure")
         response, data = request(insecure, "GET", "/v1/models")
         assert response.status == 200
+
+
+def test_idle_pooled_connections_are_closed_after_the_idle_time(upstream, make_proxy):
+    """A burst leaves no sockets open for good: idle upstream connections close after pool_idle."""
+    import dataclasses
+    import time
+
+    from conftest import TEST_TIMEOUTS
+
+    proxy = make_proxy(upstream.url, timeouts=dataclasses.replace(TEST_TIMEOUTS, pool_idle=0.2))
+    request(proxy, "GET", "/v1/models")
+    assert proxy.upstream_connections() == 1
+    deadline = time.monotonic() + 3
+    while proxy.upstream_connections() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proxy.upstream_connections() == 0
+    upstream.wait_for_open_connections(0)
