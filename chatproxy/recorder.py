@@ -22,6 +22,7 @@ from chatproxy.threads import Node
 log = logging.getLogger("chatproxy.recorder")
 
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)  # seconds between attempts to write records the disk refused
+INLINE_LIMIT = 32 * 1024  # bytes of an exchange parsed on the event loop; larger ones in the worker thread
 CLOSING_ATTEMPTS = 3  # on shutdown, give a failing disk this many more tries, then say what was lost
 
 
@@ -90,10 +91,11 @@ class Recorder:
             if None in batch:
                 closing = True
             exchanges = [e for e in batch if e is not None]
-            ok = await loop.run_in_executor(None, self._write_batch, exchanges, closing)
-            # Written (or kept by the store for retry): drop them now, not when the next batch
-            # arrives; an idle proxy would otherwise hold a whole batch of request bodies.
+            await self._place_batch(exchanges, loop)
+            # Placed (or kept for retry): drop them now, not when the next batch arrives; an idle
+            # proxy would otherwise hold a whole batch of request bodies.
             del batch, exchanges
+            ok = await loop.run_in_executor(None, self._write_batch, closing)
             if closing and (ok or self._failures >= CLOSING_ATTEMPTS):
                 return
             if not ok and not closing:
@@ -130,14 +132,38 @@ class Recorder:
             batch.append(self._queue.get_nowait())
         return batch
 
+    async def _place_batch(self, exchanges: List[Exchange], loop: asyncio.AbstractEventLoop) -> None:
+        """Turn exchanges into records, in order.
+
+        A small exchange for an open session is parsed here on the loop: it takes less time than a
+        hop to the worker thread and back (and the thread would hold the GIL for it all the same).
+        From the first large one on (long histories, images to save, a session to open) the rest go
+        to the worker thread, so that no parse of a big request or any disk work stalls the loop.
+        """
+        pending = self._unplaced + exchanges
+        self._unplaced = []
+        for index, exchange in enumerate(pending):
+            if not self._is_light(exchange):
+                await loop.run_in_executor(None, self._place_all, pending[index:])
+                return
+            self._place(exchange)
+
+    def _is_light(self, exchange: Exchange) -> bool:
+        size = len(exchange.request_body) + len(exchange.response_body) + sum(len(e) for e in exchange.events)
+        return (
+            size <= INLINE_LIMIT
+            and (exchange.session or self.session) in self.stores
+            and b"data:" not in exchange.request_body  # an inline image: saving it is disk work
+        )
+
     # -- in the worker thread ----------------------------------------------------------------
 
-    def _write_batch(self, exchanges: List[Exchange], final: bool) -> bool:
-        """Place, commit and snapshot; False if some write failed (records stay pending)."""
-        placed: List[Node] = []
-        retried, self._unplaced = self._unplaced, []
-        for exchange in retried + exchanges:
-            placed.extend(self._place(exchange))
+    def _place_all(self, exchanges: List[Exchange]) -> None:
+        for exchange in exchanges:
+            self._place(exchange)
+
+    def _write_batch(self, final: bool) -> bool:
+        """Commit and snapshot; False if some write failed (records stay pending)."""
         ok = not self._unplaced
         for store in self.stores.values():
             ok = self._commit(store) and ok
@@ -220,7 +246,7 @@ class Recorder:
 
 
 def _saved_line(session: str, node: Node) -> str:
-    chars = sum(len(m.get("content", "")) for m in node.iter_messages())
+    chars = node.chars
     model = node.meta.get("model") or "?"
     state = "" if node.complete else " (incomplete)"
     return f"recorded {session}: {model}, {node.length} turns, {chars} chars{state}"

@@ -52,7 +52,7 @@ class Node:
 
     __slots__ = (
         "id", "parent", "base", "messages", "keys", "chains", "length", "root", "complete",
-        "tools", "meta", "encoded", "seq",
+        "tools", "meta", "encoded", "seq", "chars",
     )
 
     def __init__(self, record: Dict[str, Any], parent: Optional[Node], seq: int) -> None:
@@ -74,6 +74,7 @@ class Node:
             m.get("role") == "user" for m in parent.iter_messages(self.base)
         )
         self.root: str = parent.root if (parent and shares_user_turn) else self.id
+        self.chars: int = _chars_before(parent, self.base) + sum(len(m.get("content", "")) for m in self.messages)
         self.encoded: Optional[bytes] = None  # the ShareGPT object, cached while this is a leaf
         self.seq = seq
 
@@ -105,6 +106,15 @@ class Node:
         for node, count in self._segments(self.length):
             keys.extend(node.keys[:count])
         return keys
+
+
+def _chars_before(parent: Optional[Node], base: int) -> int:
+    """Characters of the first `base` messages, cheaply when the whole parent is continued."""
+    if parent is None or base == 0:
+        return 0
+    if base == parent.length:
+        return parent.chars
+    return sum(len(m.get("content", "")) for m in parent.iter_messages(base))
 
 
 class Placement:
