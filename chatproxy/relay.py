@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Callable, List, Optional, Tuple
 
-import h11
+from chatproxy.http11 import h11
 
 from chatproxy import headers as hdr
 from chatproxy.capture import Exchange, ExchangeCapture, completion_endpoint

@@ -95,6 +95,7 @@ def record_week(upstream: Any, make_proxy: Any) -> Any:
     client_for(proxy, session="tuesday", tags="keep,fr").chat.completions.create(
         model="other-model", messages=[{"role": "user", "content": "Bonjour"}])
     proxy.wait_recorded(MONDAY_RECORDS + TUESDAY_RECORDS)
+    proxy.flush()  # the live files are final now: tests compare them before and after an export
     return proxy
 
 
