@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 JOURNAL_VERSION = 1
 
@@ -25,6 +25,7 @@ JOURNAL_VERSION = 1
 @dataclasses.dataclass
 class JournalContents:
     records: List[Dict[str, Any]]
+    lines: List[bytes]  # the journal line of each record, in the same order
     bad_lines: List[Tuple[int, str]]  # (line number, reason): skipped, every other line kept
     torn_tail: bytes  # bytes after the last newline: a line cut by a crash
     good_size: int  # length of the file up to and including the last newline
@@ -33,22 +34,54 @@ class JournalContents:
 def parse_journal(data: bytes) -> JournalContents:
     """Every complete line that holds a record; the partial last line is returned, not parsed."""
     end = data.rfind(b"\n") + 1
-    records: List[Dict[str, Any]] = []
-    bad: List[Tuple[int, str]] = []
+    contents = JournalContents([], [], [], data[end:], end)
     for number, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
-        if not line.strip():
-            continue
+        record = parse_line(line, number, contents.bad_lines)
+        if record is not None:
+            contents.records.append(record)
+            contents.lines.append(line)
+    return contents
+
+
+def parse_line(line: bytes, number: int, bad_lines: List[Tuple[int, str]]) -> Optional[Dict[str, Any]]:
+    """The record on one line (without its newline), or None: blank, or damaged (noted in bad_lines)."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        bad_lines.append((number, f"not JSON ({exc})"))
+        return None
+    problem = _record_problem(record)
+    if problem:
+        bad_lines.append((number, problem))
+        return None
+    return record
+
+
+class JournalScan:
+    """Reads a journal line by line, so that resuming a large session never holds it whole."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.bad_lines: List[Tuple[int, str]] = []
+        self.torn_tail = b""  # bytes after the last newline: a line cut by a crash
+        self.good_size = 0
+
+    def __iter__(self) -> Iterator[Tuple[Dict[str, Any], bytes]]:
         try:
-            record = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            bad.append((number, f"not JSON ({exc})"))
-            continue
-        problem = _record_problem(record)
-        if problem:
-            bad.append((number, problem))
-            continue
-        records.append(record)
-    return JournalContents(records, bad, data[end:], end)
+            handle = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith(b"\n"):
+                    self.torn_tail = line
+                    return
+                self.good_size += len(line)
+                record = parse_line(line[:-1], number, self.bad_lines)
+                if record is not None:
+                    yield record, line[:-1]
 
 
 def _record_problem(record: Any) -> str:

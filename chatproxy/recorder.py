@@ -213,9 +213,10 @@ class Recorder:
         for record in records:
             self.counts["recorded"] += 1
             node = store.index.nodes[record["id"]]
-            fields = {"event": "recorded", "session": store.session, "model": node.meta.get("model"),
+            model = record["meta"].get("model") or "?"
+            fields = {"event": "recorded", "session": store.session, "model": model,
                       "turns": node.length, "complete": node.complete}
-            log.info("%s", _saved_line(store.session, node), extra=fields)
+            log.info("%s", _saved_line(store.session, model, node), extra=fields)
         return True
 
     def _snapshot(self, store: DatasetStore) -> bool:
@@ -251,8 +252,7 @@ class Recorder:
             store.close()
 
 
-def _saved_line(session: str, node: Node) -> str:
+def _saved_line(session: str, model: str, node: Node) -> str:
     chars = node.chars
-    model = node.meta.get("model") or "?"
     state = "" if node.complete else " (incomplete)"
     return f"recorded {session}: {model}, {node.length} turns, {chars} chars{state}"

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from chatproxy import durable
 from chatproxy.config import RecordOptions
-from chatproxy.journal import JOURNAL_VERSION, encode_json, encode_record, read_journal
+from chatproxy.journal import JOURNAL_VERSION, JournalScan, encode_json, encode_record
 from chatproxy.sharegpt import to_sharegpt
 from chatproxy.threads import Node, ThreadIndex
 
@@ -50,15 +50,15 @@ class DatasetStore:
         durable.ensure_private_dir(self.folder)
         self._lock.acquire()
         try:
-            contents = read_journal(self.journal_path)
-            for number, reason in contents.bad_lines:
+            scan = JournalScan(self.journal_path)
+            for record, line in scan:
+                self.index.add(record, self.options.keep_incomplete, line)
+                self.saved += 1
+            for number, reason in scan.bad_lines:
                 log.warning("%s: skipped damaged line %d: %s", self.journal_path, number, reason)
-            if contents.torn_tail:
-                self._set_aside(contents.torn_tail, contents.good_size)
-            for record in contents.records:
-                self.index.add(record, self.options.keep_incomplete)
-            self.saved = len(contents.records)
-            if contents.records or not self.snapshot_path.exists():
+            if scan.torn_tail:
+                self._set_aside(scan.torn_tail, scan.good_size)
+            if self.saved or not self.snapshot_path.exists():
                 self.dirty = True
         except BaseException:
             self._lock.release()
@@ -106,8 +106,9 @@ class DatasetStore:
         inherited = placement.parent.tools if placement.parent else None
         if tools != inherited:
             record["tools"] = tools
-        node = self.index.add(record, self.options.keep_incomplete)
-        self.pending.append((record, encode_record(record)))
+        line = encode_record(record)
+        node = self.index.add(record, self.options.keep_incomplete, line)
+        self.pending.append((record, line))
         self.dirty = True
         return node
 

@@ -22,7 +22,10 @@ just a system prompt and a greeting are different chats (they still share storag
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from chatproxy.journal import encode_json
 
 Message = Dict[str, Any]
 
@@ -48,35 +51,50 @@ def _chain(previous: bytes, key: bytes) -> bytes:
 
 
 class Node:
-    """One record in memory: its own messages and hashes, and links to what it extends."""
+    """One record in memory: its hashes and links, and its messages kept as the compact journal line.
+
+    Messages and meta are decoded from that line when asked for (rendering a leaf, an export): held
+    as Python objects they would take ten times the memory, for every record of a long session.
+    """
 
     __slots__ = (
-        "id", "parent", "base", "messages", "keys", "chains", "length", "root", "complete",
-        "tools", "meta", "encoded", "seq", "chars",
+        "id", "parent", "base", "line", "keys", "chains", "length", "root", "complete",
+        "tools", "encoded", "seq", "chars", "first_user",
     )
 
-    def __init__(self, record: Dict[str, Any], parent: Optional[Node], seq: int) -> None:
+    def __init__(self, record: Dict[str, Any], parent: Optional[Node], seq: int, line: Optional[bytes] = None) -> None:
+        messages: List[Message] = record["messages"]
         self.id: str = record["id"]
         self.parent = parent
         self.base: int = record.get("base", 0) if parent else 0
-        self.messages: List[Message] = record["messages"]
-        self.length = self.base + len(self.messages)
-        self.meta: Dict[str, Any] = record.get("meta", {})
-        self.complete: bool = bool(self.meta.get("complete", True))
+        self.line = line if line is not None else encode_json({"messages": messages, "meta": record.get("meta", {})})
+        self.length = self.base + len(messages)
+        self.complete: bool = bool(record.get("meta", {}).get("complete", True))
         self.tools = record["tools"] if "tools" in record else (parent.tools if parent else None)
-        self.keys = [message_key(m) for m in self.messages]
+        self.keys = [message_key(m) for m in messages]
         previous = parent.chain_at(self.base) if parent and self.base else b""
         self.chains: List[bytes] = []
         for key in self.keys:
             previous = _chain(previous, key)
             self.chains.append(previous)
-        shares_user_turn = parent is not None and any(
-            m.get("role") == "user" for m in parent.iter_messages(self.base)
+        inherited = parent.first_user if parent is not None else None
+        shares_user_turn = inherited is not None and inherited < self.base
+        own_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+        self.first_user: Optional[int] = inherited if shares_user_turn else (
+            None if own_user is None else self.base + own_user
         )
         self.root: str = parent.root if (parent and shares_user_turn) else self.id
-        self.chars: int = _chars_before(parent, self.base) + sum(len(m.get("content", "")) for m in self.messages)
+        self.chars: int = _chars_before(parent, self.base) + sum(len(m.get("content", "")) for m in messages)
         self.encoded: Optional[bytes] = None  # the ShareGPT object, cached while this is a leaf
         self.seq = seq
+
+    @property
+    def messages(self) -> List[Message]:
+        return json.loads(self.line)["messages"]
+
+    @property
+    def meta(self) -> Dict[str, Any]:
+        return json.loads(self.line).get("meta", {})
 
     def chain_at(self, position: int) -> bytes:
         """The chained hash of the first `position` (>= 1) messages of the full conversation."""
@@ -183,11 +201,13 @@ class ThreadIndex:
                 best, best_overlap = (hit, matched, start + overlap), overlap
         return best
 
-    def add(self, record: Dict[str, Any], keep_incomplete: bool = False) -> Node:
-        """Insert a record (new, or read back from the journal) and update leaves and indexes."""
+    def add(self, record: Dict[str, Any], keep_incomplete: bool = False, line: Optional[bytes] = None) -> Node:
+        """Insert a record (new, or read back from the journal) and update leaves and indexes.
+
+        `line` is the record's journal line when the caller has it, to keep instead of re-encoding."""
         parent = self.nodes.get(record.get("parent") or "")
         self._seq += 1
-        node = Node(record, parent, self._seq)
+        node = Node(record, parent, self._seq, line)
         self.nodes[node.id] = node
         if node.complete:
             self._index(node)
