@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Protocol, Tuple
 
 from chatproxy.http11 import h11
 
@@ -14,10 +14,6 @@ from chatproxy.config import Config
 from chatproxy.errors import ProxyError, RequestRejected, UpstreamClosed, UpstreamProtocolError
 from chatproxy.upstream import UpstreamConnection, UpstreamPool
 
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover - Python < 3.8 is not supported anyway
-    Protocol = object  # type: ignore
 
 log = logging.getLogger("chatproxy.relay")
 
