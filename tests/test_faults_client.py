@@ -150,15 +150,7 @@ def _trickled_reply(port: int, before: bytes, trickled: bytes) -> tuple:
         started = time.monotonic()
         feeder = threading.Thread(target=_trickle, args=(sock, trickled, 0.1, stop))
         feeder.start()
-        answer = b""
-        try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-        except ConnectionResetError:
-            pass
+        answer = read_until_closed(sock)
         elapsed = time.monotonic() - started
         stop.set()
         feeder.join()
@@ -270,15 +262,7 @@ def _send_body_and_read(port: int, head: bytes, body: bytes) -> bytes:
 
         sender = threading.Thread(target=upload)
         sender.start()
-        answer = b""
-        try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-        except ConnectionResetError:
-            pass
+        answer = read_until_closed(sock)
         try:
             sock.shutdown(socket.SHUT_RDWR)  # unblocks the upload if it is still stuck
         except OSError:
@@ -394,3 +378,16 @@ def test_huge_message_is_relayed_and_recorded(upstream, proxy):
     proxy.wait_recorded(1)
     [record] = journal(proxy)
     assert record["messages"][0]["content"] == text.strip() or record["messages"][0]["content"] == text
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the proxy sends until it closes (or resets) the connection."""
+    answer = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return answer
+            answer += chunk
+    except ConnectionResetError:
+        return answer
