@@ -7,7 +7,7 @@ import re
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12538
@@ -145,7 +145,3 @@ class Config:
     debug: bool = False
     proxy_key: Optional[str] = None
     ca_file: Optional[str] = None
-
-    @property
-    def listen(self) -> Tuple[str, int]:
-        return (self.host, self.port)

@@ -25,7 +25,6 @@ JOURNAL_VERSION = 1
 @dataclasses.dataclass
 class JournalContents:
     records: List[Dict[str, Any]]
-    lines: List[bytes]  # the journal line of each record, in the same order
     bad_lines: List[Tuple[int, str]]  # (line number, reason): skipped, every other line kept
     torn_tail: bytes  # bytes after the last newline: a line cut by a crash
     good_size: int  # length of the file up to and including the last newline
@@ -34,12 +33,11 @@ class JournalContents:
 def parse_journal(data: bytes) -> JournalContents:
     """Every complete line that holds a record; the partial last line is returned, not parsed."""
     end = data.rfind(b"\n") + 1
-    contents = JournalContents([], [], [], data[end:], end)
+    contents = JournalContents([], [], data[end:], end)
     for number, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
         record = parse_line(line, number, contents.bad_lines)
         if record is not None:
             contents.records.append(record)
-            contents.lines.append(line)
     return contents
 
 

@@ -157,6 +157,3 @@ class DatasetStore:
     def close(self) -> None:
         self._log.close()
         self._lock.release()
-
-    def conversation_count(self) -> int:
-        return len(self.index.current(self.options.branches))
