@@ -229,6 +229,11 @@ class UpstreamPool:
         self._sweeper: Optional[asyncio.TimerHandle] = None
 
     @property
+    def in_use(self) -> int:
+        """Connections handed out and not yet released."""
+        return self._in_use
+
+    @property
     def open_count(self) -> int:
         """Connections in use plus idle ones: what the tests watch for leaks."""
         return self._in_use + len(self._idle)
