@@ -129,6 +129,9 @@ class RecordOptions:
     keep_incomplete: bool = False
     record_all: bool = False  # also record frontends' housekeeping calls (titles, tags, …)
     snapshot_interval: float = 1.0
+    # Record in a second process (on another core), or in this one: slower under load, but no
+    # child process. The second process is used wherever one can be started.
+    in_process: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -122,10 +123,17 @@ class SessionLocked(Exception):
     """Another live process records into this session."""
 
 
+# The PID written into a lock file: the proxy's, also when its recorder process holds the lock.
+lock_owner_pid = os.getpid()
+ORPHAN_WAIT = 30.0  # seconds to wait for the recorder of a proxy that died to finish writing
+
+
 class SessionLock:
     """An exclusive advisory lock on `SESSION.lock`, released by the kernel when the holder dies.
 
     A lock file left by a crashed process is therefore taken over without any guessing about PIDs.
+    The one wait: when the proxy named in the file is dead but the lock is still held, its recorder
+    process is writing what it was handed; it ends on its own, so the lock is retried meanwhile.
     """
 
     def __init__(self, path: Path) -> None:
@@ -134,18 +142,24 @@ class SessionLock:
 
     def acquire(self) -> None:
         fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, FILE_MODE)
-        try:
-            _lock_fd(fd)
-        except OSError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            who = f" (pid {holder})" if holder else ""
-            raise SessionLocked(
-                f"session is already being recorded by another chatproxy{who}; "
-                f"stop it or choose another --session (lock: {self.path})"
-            ) from None
+        deadline = time.monotonic() + ORPHAN_WAIT
+        while True:
+            try:
+                _lock_fd(fd)
+                break
+            except OSError:
+                holder = _read_pid(fd)
+                if holder.isdigit() and not _alive(int(holder)) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                who = f" (pid {holder})" if holder else ""
+                raise SessionLocked(
+                    f"session is already being recorded by another chatproxy{who}; "
+                    f"stop it or choose another --session (lock: {self.path})"
+                ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{lock_owner_pid}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
@@ -156,6 +170,18 @@ class SessionLock:
             except OSError:
                 pass
             os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would end the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _lock_fd(fd: int) -> None:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from chatproxy.capture import Exchange
 from chatproxy.config import Config
-from chatproxy.recorder import Recorder
+from chatproxy.recorder_process import RecorderFailed, RecorderProcess, can_start_process
 from chatproxy.relay import Relay
 from chatproxy.server import ProxyServer
 from chatproxy.upstream import UpstreamPool, make_ssl_context
 
 log = logging.getLogger("chatproxy")
+
+if TYPE_CHECKING:
+    from chatproxy.recorder import Recorder
+
+    AnyRecorder = Union[Recorder, RecorderProcess]
 
 
 class Proxy:
@@ -30,7 +35,7 @@ class Proxy:
         ssl_context = make_ssl_context(config.insecure, config.ca_file) if config.target.is_tls else None
         self.pool = UpstreamPool(config.target, config.timeouts, ssl_context)
         # Made in start(): before Python 3.10 an asyncio.Queue binds to the loop current at creation.
-        self.recorder: Optional[Recorder] = None
+        self.recorder: Optional[AnyRecorder] = None
         submit = self._submit if config.record.enabled else None
         self.relay = Relay(config, self.pool, submit)
         self.server = ProxyServer(config, self.relay, self._recorder_status if config.record.enabled else None)
@@ -70,9 +75,7 @@ class Proxy:
     async def start(self) -> "Proxy":
         """Open the dataset (raises SessionLocked / OSError) and start listening."""
         if self.config.record.enabled:
-            recorder = Recorder(self.config.datasets, self.config.session, self.config.record)
-            await recorder.start()
-            self.recorder = recorder
+            self.recorder = await self._start_recorder()
         try:
             self.address = await self.server.start()
         except BaseException:
@@ -80,6 +83,21 @@ class Proxy:
                 await self.recorder.close()
             raise
         return self
+
+    async def _start_recorder(self) -> "AnyRecorder":
+        folder, session, options = self.config.datasets, self.config.session, self.config.record
+        if not options.in_process and can_start_process():
+            recorder = RecorderProcess(folder, session, options)
+            try:
+                await recorder.start()
+                return recorder
+            except RecorderFailed as exc:
+                log.warning("%s; recording in this process instead", exc)
+        from chatproxy.recorder import Recorder  # only here: the recorder process is the usual case
+
+        in_process = Recorder(folder, session, options)
+        await in_process.start()
+        return in_process
 
     async def stop(self) -> None:
         """Finish or cut in-flight exchanges, then write what is queued and the final dataset."""

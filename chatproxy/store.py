@@ -21,6 +21,7 @@ from chatproxy.threads import Node, ThreadIndex
 
 log = logging.getLogger("chatproxy.store")
 
+SNAPSHOT_BYTES_PER_SECOND = 1 << 20  # a large live file is rewritten less often: 20 MB at most every 20 s
 IMAGE_SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/gif": ".gif", "image/webp": ".webp"}
 
 
@@ -37,6 +38,7 @@ class DatasetStore:
         self.dirty = False
         self.last_snapshot = 0.0
         self.snapshot_cost = 0.0
+        self.snapshot_size = 0
         # Record ids: a random prefix per run and a counter; uuid4 would cost a getrandom() call per record.
         self._id_prefix = os.urandom(5).hex()
         self._id_counter = itertools.count(1)
@@ -146,12 +148,15 @@ class DatasetStore:
         self.dirty = False
         self.last_snapshot = time.monotonic()
         self.snapshot_cost = self.last_snapshot - started
+        self.snapshot_size = len(body)
 
     def snapshot_due(self, now: float, interval: float) -> float:
         """Seconds until the snapshot should be written (<= 0: now). Large datasets are rewritten less often."""
         if not self.dirty:
             return float("inf")
-        spacing = max(interval, 20 * self.snapshot_cost)
+        # The kernel's share of a rewrite (page cache, write-back) lands on every core, not only on
+        # the time measured here: hence the cap on bytes per second as well.
+        spacing = max(interval, 20 * self.snapshot_cost, self.snapshot_size / SNAPSHOT_BYTES_PER_SECOND)
         return self.last_snapshot + spacing - now
 
     def close(self) -> None:

@@ -98,14 +98,7 @@ class RunningProxy:
 
     def flush(self) -> None:
         """Write the live dataset now (as a stop would), keeping the proxy running."""
-
-        async def snapshot() -> None:
-            recorder = self.proxy.recorder
-            while recorder.pending:
-                await asyncio.sleep(0.01)
-            await asyncio.get_running_loop().run_in_executor(None, lambda: [s.write_snapshot() for s in recorder.stores.values()])
-
-        self.call(snapshot())
+        self.call(self.proxy.recorder.sync(snapshot=True))
 
     def dataset(self, session: Optional[str] = None) -> List[Dict[str, Any]]:
         self.flush()

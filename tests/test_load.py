@@ -85,8 +85,8 @@ def live_objects(proxy) -> dict:
         if kind in kinds:
             kinds[kind] += 1
     counts = {kind.__name__: n for kind, n in kinds.items()}
-    writer = proxy.proxy.recorder._task
-    counts["tasks"] = proxy.run(lambda: len(asyncio.all_tasks() - {asyncio.current_task(), writer}))
+    recorder = proxy.proxy.recorder
+    counts["tasks"] = proxy.run(lambda: len(asyncio.all_tasks() - {asyncio.current_task()} - recorder.tasks))
     counts["upstream in use"] = proxy.run(lambda: proxy.proxy.pool.in_use)
     return counts
 

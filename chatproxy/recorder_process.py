@@ -1,0 +1,258 @@
+"""The proxy's side of the recorder process: hands it exchanges, keeps them until they are on disk.
+
+Parsing, matching and storing records costs more CPU than relaying them, so it runs in a process
+of its own (recorder_worker.py), on the other core. Here, on the event loop, each exchange is only
+pickled and queued; everything queued within a couple of milliseconds goes down the pipe in one write.
+
+An exchange stays in memory until the recorder reports it on disk. If the recorder process dies,
+it is started again and handed everything not yet reported; records already written are recognised
+as duplicates, so nothing is lost and nothing is recorded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Set
+
+from chatproxy.capture import Exchange
+from chatproxy.config import RecordOptions
+from chatproxy.durable import SessionLocked
+from chatproxy.recorder_wire import FrameReader, Message, emit_forwarded, exchange_fields, frame
+
+log = logging.getLogger("chatproxy.recorder")
+
+FLUSH_DELAY = 0.002  # seconds exchanges wait to share one write to the pipe (and one wake-up of the recorder)
+RESTART_DELAYS = (0.1, 0.5, 1, 2, 5)  # seconds before starting a recorder process that died, again
+_WORKER_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from chatproxy.recorder_worker import main; main()"
+
+
+def can_start_process() -> bool:
+    """False where no second interpreter can be started the usual way (frozen apps, no executable, Windows)."""
+    return os.name == "posix" and bool(sys.executable) and not getattr(sys, "frozen", False)
+
+
+def worker_command() -> List[str]:
+    # -I -S: only the standard library and this package, wherever it was loaded from (a zipapp too).
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [sys.executable, "-I", "-S", "-c", _WORKER_CODE, package_root]
+
+
+class RecorderFailed(Exception):
+    """The recorder process could not be started, or ended before it was ready."""
+
+
+class RecorderProcess:
+    def __init__(self, folder: Path, session: str, options: RecordOptions) -> None:
+        self.folder = folder
+        self.session = session
+        self.options = options
+        self.counts = {"recorded": 0, "skipped": 0, "unrecordable": 0, "write_errors": 0}
+        self.last_error: Optional[str] = None
+        self.paths: Dict[str, Optional[str]] = {"dataset": None, "journal": None}
+        self._unconfirmed: Deque[bytes] = collections.deque()  # exchanges sent, not yet on disk
+        self._outbox: List[bytes] = []  # frames for the next write to the pipe
+        self._on_disk = 0  # of the exchanges the current process received, how many are on disk
+        self._syncs: Dict[int, "tuple[asyncio.Future[None], bytes]"] = {}
+        self._tokens = itertools.count()
+        self._process: Optional[asyncio.subprocess.Process] = None
+        self._ready: Optional["asyncio.Future[Dict[str, Optional[str]]]"] = None
+        self._reader: Optional["asyncio.Task[None]"] = None
+        self._restarter: Optional["asyncio.Task[None]"] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._flush_scheduled = False
+        self._closing = False
+        self._exit_code: Optional[int] = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the recorder process and open the session (raises SessionLocked, OSError or RecorderFailed)."""
+        self._loop = asyncio.get_running_loop()
+        await self._spawn()
+
+    def submit(self, exchange: Exchange) -> None:
+        data = frame(("exchange", exchange_fields(exchange)))
+        self._unconfirmed.append(data)
+        self._send(data)
+
+    async def sync(self, snapshot: bool = False) -> None:
+        """Until everything submitted so far is on disk (and, with `snapshot`, in the live files)."""
+        assert self._loop is not None
+        token = next(self._tokens)
+        done: "asyncio.Future[None]" = self._loop.create_future()
+        data = frame(("sync", token, snapshot))
+        self._syncs[token] = (done, data)
+        self._send(data)
+        await done
+
+    @property
+    def pending(self) -> int:
+        return len(self._unconfirmed)
+
+    @property
+    def tasks(self) -> Set["asyncio.Task[Any]"]:
+        return {t for t in (self._reader, self._restarter) if t is not None}
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._process.pid if self._process is not None else None
+
+    def status(self) -> Dict[str, Any]:
+        return {
+            "recorded": self.counts["recorded"],
+            "skipped_housekeeping": self.counts["skipped"],
+            "not_recordable": self.counts["unrecordable"],
+            "write_errors": self.counts["write_errors"],
+            "pending_records": self.pending,
+            "dataset": self.paths["dataset"],
+            "journal": self.paths["journal"],
+        }
+
+    async def close(self) -> None:
+        """Hand over what is queued, let the recorder write it and the final live file, and wait for it."""
+        self._closing = True
+        if self._restarter is not None:
+            self._restarter.cancel()
+            self._restarter = None
+        if not self._running() and self._unconfirmed:
+            try:  # one last try, so that what it had not written yet is written
+                await self._spawn()
+            except (RecorderFailed, SessionLocked, OSError) as exc:
+                log.error("could not restart the recorder to write %d exchange(s): %s", len(self._unconfirmed), exc)
+        if self._running():
+            self._flush()
+            assert self._process is not None and self._process.stdin is not None
+            self._process.stdin.close()
+        if self._reader is not None:
+            await self._reader
+        if self._unconfirmed and self._exit_code != 0:  # with 0, the recorder said what it could not write
+            log.error("%d exchange(s) were not recorded: the recorder process ended (code %s) before writing them",
+                      len(self._unconfirmed), self._exit_code)
+        for done, _ in self._syncs.values():
+            if not done.done():
+                done.set_exception(RecorderFailed("the recorder process has ended"))
+
+    # -- the process -------------------------------------------------------------------------
+
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *worker_command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            )
+        except (OSError, NotImplementedError) as exc:
+            raise RecorderFailed(f"cannot start the recorder process: {exc}") from exc
+        assert process.stdin is not None
+        settings = {"folder": self.folder, "session": self.session, "options": self.options,
+                    "owner_pid": os.getpid(), "log_level": _forwarded_level()}
+        process.stdin.write(frame(("open", settings)))
+        self._process, self._on_disk = process, 0
+        self._ready = loop.create_future()
+        self._reader = asyncio.ensure_future(self._read(process))
+        try:
+            self.paths = await self._ready
+        except BaseException:
+            process.stdin.close()
+            if process.returncode is None:
+                process.kill()
+            await self._reader
+            raise
+        # A restarted process gets everything the one before had not reported on disk.
+        self._outbox = list(self._unconfirmed) + [data for _, data in self._syncs.values()]
+        self._schedule_flush()
+
+    def _running(self) -> bool:
+        return self._process is not None and self._process.returncode is None and self._ready is not None \
+            and self._ready.done() and not self._ready.exception()
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        reader = FrameReader()
+        while True:
+            data = await process.stdout.read(1 << 16)
+            if not data:
+                break
+            for message in reader.feed(data):
+                self._handle(message)
+        code = self._exit_code = await process.wait()
+        ready = self._ready
+        if ready is None or process is not self._process:
+            return
+        if not ready.done():
+            ready.set_exception(RecorderFailed(f"the recorder process exited with code {code} before it was ready"))
+        elif ready.exception() is None and not self._closing:
+            log.error("the recorder process exited unexpectedly (code %s); restarting it, %d exchange(s) will be handed over again",
+                      code, len(self._unconfirmed))
+            self._restarter = asyncio.ensure_future(self._restart())
+
+    def _handle(self, message: Message) -> None:
+        kind = message[0]
+        if kind == "status":
+            self._confirm(message[1])
+        elif kind == "log":
+            emit_forwarded(message[1])
+        elif kind == "synced":
+            done, _ = self._syncs.pop(message[1], (None, b""))
+            if done is not None and not done.done():
+                done.set_result(None)
+        elif kind == "ready":
+            assert self._ready is not None
+            self._ready.set_result(message[1])
+        elif kind == "failed" and self._ready is not None and not self._ready.done():
+            self._ready.set_exception(_open_error(message[1], message[2]))
+
+    def _confirm(self, state: Dict[str, Any]) -> None:
+        for _ in range(state["on_disk"] - self._on_disk):
+            self._unconfirmed.popleft()
+        self._on_disk = state["on_disk"]
+        self.counts = state["counts"]
+        self.last_error = state["last_error"]
+
+    async def _restart(self) -> None:
+        for attempt in itertools.count():
+            await asyncio.sleep(RESTART_DELAYS[min(attempt, len(RESTART_DELAYS) - 1)])
+            try:
+                await self._spawn()
+                log.warning("the recorder process is running again")
+                return
+            except (RecorderFailed, SessionLocked, OSError) as exc:
+                log.error("could not restart the recorder process: %s; retrying", exc)
+
+    # -- the pipe ----------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        self._outbox.append(data)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """One write for everything queued in the last FLUSH_DELAY seconds."""
+        self._flush_scheduled = False
+        if not self._outbox or not self._running():
+            return  # a restarted process is handed the unconfirmed exchanges anyway
+        assert self._process is not None and self._process.stdin is not None
+        data = b"".join(self._outbox)
+        self._outbox = []
+        self._process.stdin.write(data)
+
+
+def _forwarded_level() -> int:
+    """The most detailed level any recorder logger would show here."""
+    return min(logging.getLogger(name).getEffectiveLevel() for name in ("chatproxy.recorder", "chatproxy.store"))
+
+
+def _open_error(kind: str, details: Any) -> Exception:
+    if kind == "locked":
+        return SessionLocked(details)
+    number, reason, filename = details
+    return OSError(number, reason, filename) if number is not None else OSError(reason)

@@ -1,0 +1,211 @@
+"""The recorder process: reads exchanges from the proxy over stdin, records them, reports on stdout.
+
+It runs on its own core, so parsing and storing records never takes the relay's CPU. It is plain
+blocking code (select, read, place, commit): no event loop, so it starts fast and stays small.
+
+It ignores SIGINT, SIGTERM and SIGHUP: the proxy decides when recording ends by closing stdin.
+Should the proxy die, stdin ends all the same, and everything it had handed over is still written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from chatproxy import durable
+from chatproxy.capture import Exchange
+from chatproxy.recordbook import CLOSING_ATTEMPTS, RecordBook
+from chatproxy.recorder_wire import FrameReader, Message, exchange_from, frame, log_fields
+
+COMMIT_SPACING = 0.005  # seconds between journal commits while records keep coming
+READ_SIZE = 1 << 20
+RECORDER_NICENESS = 5
+
+
+class Outbox:
+    """Messages to the proxy. Once the proxy is gone they are dropped: recording goes on."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._broken = False
+
+    def send(self, message: Message) -> None:
+        data = memoryview(frame(message))
+        with self._lock:
+            while data and not self._broken:
+                try:
+                    data = data[os.write(self._fd, data):]
+                except BrokenPipeError:
+                    self._broken = True
+                except InterruptedError:
+                    continue
+
+
+class ForwardingHandler(logging.Handler):
+    """Sends log records to the proxy, which logs them as its own. While held, they wait, so that
+    the status a batch ends with reaches the proxy before the lines about that batch."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        super().__init__()
+        self._outbox = outbox
+        self._held: Optional[List[Message]] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = ("log", log_fields(record))
+        except Exception:
+            self.handleError(record)
+            return
+        if self._held is not None:
+            self._held.append(message)
+        else:
+            self._outbox.send(message)
+
+    def hold(self) -> None:
+        self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for message in held:
+            self._outbox.send(message)
+
+
+class Inbox:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._reader = FrameReader()
+        self.ended = False
+
+    def receive(self, timeout: Optional[float]) -> List[Message]:
+        """The messages that arrive within `timeout` seconds (None: wait for some); sets `ended` at EOF."""
+        if timeout is None or timeout > 0:
+            readable, _, _ = select.select([self._fd], [], [], timeout)
+            if not readable:
+                return []
+        data = os.read(self._fd, READ_SIZE)
+        if not data:
+            self.ended = True
+            return []
+        return self._reader.feed(data)
+
+
+def main(inbox_fd: int = 0, outbox_fd: int = 1) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
+    try:
+        os.nice(RECORDER_NICENESS)  # background work: where both want a core, the relay goes first
+    except (AttributeError, OSError):
+        pass
+    inbox, outbox = Inbox(inbox_fd), Outbox(outbox_fd)
+    settings = _first_message(inbox)
+    if settings is None:
+        return
+    handler = _route_logging(outbox, settings["log_level"])
+    durable.lock_owner_pid = settings["owner_pid"]
+    book = RecordBook(settings["folder"], settings["session"], settings["options"])
+    try:
+        store = book.open_session(settings["session"])
+    except durable.SessionLocked as exc:
+        outbox.send(("failed", "locked", str(exc)))
+        return
+    except OSError as exc:
+        outbox.send(("failed", "os", (exc.errno, exc.strerror or str(exc), exc.filename)))
+        return
+    outbox.send(("ready", {"dataset": str(store.snapshot_path), "journal": str(store.journal_path)}))
+    Worker(book, inbox, outbox, handler).run()
+
+
+def _first_message(inbox: Inbox) -> Optional[Dict[str, Any]]:
+    while not inbox.ended:
+        for message in inbox.receive(None):
+            if message[0] == "open":
+                return message[1]
+    return None
+
+
+def _route_logging(outbox: Outbox, level: int) -> ForwardingHandler:
+    handler = ForwardingHandler(outbox)
+    root = logging.getLogger("chatproxy")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    return handler
+
+
+class Worker:
+    """The loop: wait for exchanges (or a due write), place them, commit them, report."""
+
+    def __init__(self, book: RecordBook, inbox: Inbox, outbox: Outbox, log_lines: ForwardingHandler) -> None:
+        self.book = book
+        self.inbox = inbox
+        self.outbox = outbox
+        self.log_lines = log_lines
+        self.taken = 0  # exchanges received
+        self.on_disk = 0  # of those, how many are recorded (or found not recordable) for good
+        self.syncs: List[Tuple[int, bool]] = []  # (token, snapshot) waiting for a write to succeed
+        self.retry_at = 0.0
+
+    def run(self) -> None:
+        while not self.inbox.ended:
+            due = self._due()
+            exchanges = self._sort(self.inbox.receive(None if due == float("inf") else max(0.0, due)))
+            self.taken += len(exchanges)
+            if self.book.failures and not self.inbox.ended and self._due() > 0:
+                self.book.unplaced.extend(exchanges)  # the disk is failing: wait for the retry time
+                continue
+            started = time.monotonic()
+            self.log_lines.hold()
+            try:
+                if exchanges or self.book.unplaced:
+                    self.book.place_all(exchanges)
+                if exchanges or self.syncs or self.inbox.ended or self._due() <= 0:
+                    self._write(final=self.inbox.ended)
+            finally:
+                self.log_lines.release()
+            if exchanges and not self.book.failures:
+                # Under load, let a few milliseconds of exchanges gather: one fsync per batch.
+                time.sleep(max(0.0, COMMIT_SPACING - (time.monotonic() - started)))
+        while self.book.failures and self.book.failures < CLOSING_ATTEMPTS:
+            self._write(final=True)
+        self.book.close()
+        self._report()
+
+    def _due(self) -> float:
+        """Seconds until a write is due even if nothing arrives."""
+        now = time.monotonic()
+        return self.retry_at - now if self.book.failures else self.book.write_due(now)
+
+    def _sort(self, messages: List[Message]) -> List[Exchange]:
+        exchanges = []
+        for message in messages:
+            if message[0] == "exchange":
+                exchanges.append(exchange_from(message[1]))
+            elif message[0] == "sync":
+                self.syncs.append((message[1], message[2]))
+        return exchanges
+
+    def _write(self, final: bool) -> None:
+        taken = self.taken
+        ok = self.book.write(final=final, snapshot=any(snapshot for _, snapshot in self.syncs))
+        if ok:
+            self.on_disk = taken
+            for token, _ in self.syncs:
+                self.outbox.send(("synced", token))
+            self.syncs = []
+        else:
+            self.retry_at = time.monotonic() + self.book.retry_delay()
+        self._report()
+
+    def _report(self) -> None:
+        self.outbox.send(("status", {
+            "counts": dict(self.book.counts),
+            "on_disk": self.on_disk,
+            "last_error": self.book.last_error,
+        }))
