@@ -29,7 +29,7 @@ log = logging.getLogger("chatproxy.recorder")
 
 FLUSH_DELAY = 0.002  # seconds exchanges wait to share one write to the pipe (and one wake-up of the recorder)
 RESTART_DELAYS = (0.1, 0.5, 1, 2, 5)  # seconds before starting a recorder process that died, again
-_WORKER_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from chatproxy.recorder_worker import main; main()"
+_WORKER_CODE = "import sys; sys.path.append(sys.argv[1]); from chatproxy.recorder_worker import main; main()"
 
 
 def can_start_process() -> bool:
@@ -38,7 +38,8 @@ def can_start_process() -> bool:
 
 
 def worker_command() -> List[str]:
-    # -I -S: only the standard library and this package, wherever it was loaded from (a zipapp too).
+    # -I -S: only the standard library and this package, wherever it was loaded from (a zipapp too);
+    # appended, so that nothing installed beside the package can shadow a standard module.
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return [sys.executable, "-I", "-S", "-c", _WORKER_CODE, package_root]
 

@@ -67,10 +67,10 @@ class ForwardingHandler(logging.Handler):
         else:
             self._outbox.send(message)
 
-    def hold(self) -> None:
+    def hold_back(self) -> None:
         self._held = []
 
-    def release(self) -> None:
+    def send_held(self) -> None:
         held, self._held = self._held or [], None
         for message in held:
             self._outbox.send(message)
@@ -161,14 +161,14 @@ class Worker:
                 self.book.unplaced.extend(exchanges)  # the disk is failing: wait for the retry time
                 continue
             started = time.monotonic()
-            self.log_lines.hold()
+            self.log_lines.hold_back()
             try:
                 if exchanges or self.book.unplaced:
                     self.book.place_all(exchanges)
                 if exchanges or self.syncs or self.inbox.ended or self._due() <= 0:
                     self._write(final=self.inbox.ended)
             finally:
-                self.log_lines.release()
+                self.log_lines.send_held()
             if exchanges and not self.book.failures:
                 # Under load, let a few milliseconds of exchanges gather: one fsync per batch.
                 time.sleep(max(0.0, COMMIT_SPACING - (time.monotonic() - started)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
 _LISTENING = re.compile(rb"listening on http://[^\s]+:(\d+) ")
+_PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
 # Start-up, per-record and shutdown lines; a "stopped:" summary is noise only when it counts no errors.
 _NOISE = re.compile(r"listening on http://|^chatproxy: recorded |^chatproxy: stopping:|^chatproxy: stopped: .* 0 errors")
 
@@ -55,11 +57,62 @@ def proc_kb(pid: int, field: str = "VmRSS") -> int:
 
 
 def children(pid: int) -> List[int]:
+    """The processes whose parent is `pid`. /proc lists a child under the thread that forked it, so every
+    thread's list is read; a kernel without those lists (CONFIG_PROC_CHILDREN) gets a scan of /proc."""
+    if not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        return [child for child in _all_pids() if _parent(child) == pid]
+    found: List[int] = []
+    for task in _listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(p) for p in handle.read().split()]
+        except OSError:
+            pass  # the thread ended meanwhile
+    return found
+
+
+def _listdir(path: str) -> List[str]:
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(p) for p in handle.read().split()]
+        return os.listdir(path)
     except OSError:
         return []
+
+
+def _all_pids() -> List[int]:
+    return [int(name) for name in _listdir("/proc") if name.isdigit()]
+
+
+def _parent(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])  # the name before ")" may hold spaces
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def become_subreaper() -> None:
+    """Have orphans among this script's descendants reparented here rather than to init: a recorder
+    process whose proxy had to be killed then still counts as this script's work once reaped (its CPU
+    time reaches RUSAGE_CHILDREN), not as another process's. Linux only; elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reap_adopted(timeout: float = 30.0) -> int:
+    """Wait for the orphans become_subreaper() brought here (call once every process started is waited
+    for, so that no Popen loses its child's status); how many were still running at the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if pid == 0 and time.monotonic() >= deadline:
+            return len(children(os.getpid()))
+        if pid == 0:
+            time.sleep(0.05)
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> Optional[int]:
@@ -139,11 +192,17 @@ class ChatProxy:
             time.sleep(0.002)
         raise RuntimeError(f"chatproxy printed no start-up line within {timeout:g} s")
 
-    def rss_kb(self) -> int:
-        return proc_kb(self.pid)
+    def memory_kb(self, field: str = "VmRSS") -> Dict[str, int]:
+        """A /proc/PID/status figure of the proxy and of its recorder process (of all its children: none
+        with --no-record, the new one after a restart), in kB. Summed over VmHWM, these are the sum of
+        each process's own peak: at least the peak of the sum, more if they peaked at different times."""
+        return {"proxy": proc_kb(self.pid, field), "recorder": sum(proc_kb(child, field) for child in children(self.pid))}
 
-    def peak_kb(self) -> int:
-        return proc_kb(self.pid, "VmHWM")
+    def rss_kb(self) -> int:
+        return sum(self.memory_kb().values())
+
+    def recorder_pids(self) -> List[int]:
+        return children(self.pid)
 
     def stop(self) -> Optional[int]:
         self.exit_status = stop_process(self.proc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import linecache
 import re
 import shutil
 import subprocess
@@ -19,12 +20,17 @@ import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
-# Leaves that are waits, not work: the event loop's epoll_wait and an idle executor thread's queue.get.
-# py-spy counts such a sample as busy when it catches the thread entering or leaving the wait.
-_WAITS = ("EpollSelector.select (selectors.py)", "_worker (futures/thread.py)")
-# Frames every main-thread sample has; listing them as "total" says nothing.
-_ALWAYS = re.compile(r"\(chatproxy/(?:cli|__main__)\.py\)$")
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+# Leaves that are waits, not work: the event loop's epoll_wait, an idle executor thread's queue.get, and
+# the thread asyncio keeps blocked in waitpid() on the recorder process. py-spy counts such a sample as
+# busy when it catches the thread entering or leaving the wait (waitpid: always, it seems).
+_WAITS = ("EpollSelector.select (selectors.py)", "_worker (futures/thread.py)",
+          "ThreadedChildWatcher._do_waitpid (asyncio/unix_events.py)")
+# The recorder process waits in functions that also work (Inbox.receive selects, then reads): there,
+# only a leaf whose source line is the blocking call is a wait.
+_WAIT_CALL = re.compile(r"\b(?:select\.select|time\.sleep)\(")
+# Frames every main-thread sample of the proxy or of the recorder process has; as "total" they say nothing.
+_ALWAYS = re.compile(r"\(chatproxy/(?:cli|__main__)\.py\)$|^(?:main|Worker\.run) \(chatproxy/recorder_worker\.py\)$")
 
 
 def find_py_spy() -> Optional[str]:
@@ -54,6 +60,16 @@ def _name(frame: str) -> str:
     return f"{match.group('func')} ({file})"
 
 
+def _is_wait(frame: str) -> bool:
+    """A leaf frame that is a wait: a known waiting function, or a line that is a blocking call."""
+    if _name(frame) in _WAITS:
+        return True
+    match = _FRAME.match(frame.strip())
+    # py-spy names files relative to the target's sys.path; linecache searches this one's (same tree).
+    return bool(match and match.group("line")
+                and _WAIT_CALL.search(linecache.getline(match.group("file"), int(match.group("line")))))
+
+
 @dataclasses.dataclass
 class Profile:
     samples: int  # samples of threads at work
@@ -73,7 +89,7 @@ def summarise(folded: Path) -> Profile:
         count = int(count_text)
         frames = stack.split(";")
         names = [_name(f) for f in frames if not f.startswith(("thread ", "process "))]
-        if names and names[-1] in _WAITS:
+        if names and _is_wait(frames[-1]):
             profile.waiting += count
             continue
         if frames[0].startswith(("thread ", "process ")):
@@ -104,7 +120,7 @@ def by_area(self_counts: Dict[str, int]) -> Dict[str, int]:
 def report(title: str, profile: Profile, limit: int = 15) -> str:
     samples = profile.samples
     lines = [f"{title}: {samples} samples of busy threads ({profile.waiting} more caught entering or leaving"
-             " a wait in epoll or an idle executor thread: left out)"]
+             " a wait, in epoll, select, sleep, waitpid or an idle executor thread: left out)"]
     for thread, count in sorted(profile.threads.items(), key=lambda item: -item[1]):
         lines.append(f"  {100.0 * count / max(samples, 1):5.1f}%  {thread}")
     lines.append("  self%  function (its own code; C calls such as send() or fsync() count as the caller's)")

@@ -67,7 +67,8 @@ def test_version_from_the_archive(pyz, bare_python, tmp_path):
 
 
 def test_proxy_runs_from_the_archive_and_records(pyz, bare_python, upstream, tmp_path):
-    """A chat relayed by the archived proxy under a bare interpreter lands in the dataset."""
+    """A chat relayed by the archived proxy under a bare interpreter lands in the dataset, recorded by
+    a recorder process started from the same archive."""
     datasets = tmp_path / "datasets"
     command = [bare_python, *BARE, str(pyz), "--target", upstream.url, "--port", "0",
                "--datasets", str(datasets), "--session", "from-pyz"]
@@ -80,3 +81,5 @@ def test_proxy_runs_from_the_archive_and_records(pyz, bare_python, upstream, tmp
     records = json.loads((datasets / "from-pyz.json").read_text(encoding="utf-8"))
     assert [turn["value"] for turn in records[0]["conversations"]] == ["hello from a zipapp", "echo: hello from a zipapp"]
     assert not [line for line in proc.lines if "Traceback" in line]
+    # The recorder process was started from the archive too, not replaced by the in-process fallback.
+    assert not [line for line in proc.lines if "recording in this process instead" in line]
