@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import urllib.parse
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -102,6 +101,8 @@ def check_session_id(session: str) -> str:
 
 
 def new_session_id() -> str:
+    import uuid  # only when no session is given
+
     return str(uuid.uuid4())
 
 

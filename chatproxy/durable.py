@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -42,8 +41,7 @@ def fsync_directory(path: Path) -> None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data`: temp file in the same folder, fsync, rename, fsync the folder."""
-    # mkstemp creates the file 0600, so the replacement is private from its first byte.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as tmp_file:
             tmp_file.write(data)
@@ -57,6 +55,17 @@ def atomic_write(path: Path, data: bytes) -> None:
             pass
         raise
     fsync_directory(path.parent)
+
+
+def _create_temporary(path: Path) -> "tuple[int, str]":
+    """A new 0600 file beside `path` (private from its first byte), as tempfile.mkstemp makes it."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(path.parent))
 
 
 def write_new_file(path: Path, data: bytes) -> bool:

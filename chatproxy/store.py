@@ -5,7 +5,6 @@ Blocking by design: only the recorder's worker thread calls into a DatasetStore.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
@@ -80,6 +79,8 @@ class DatasetStore:
 
     def save_image(self, data: bytes, mime: str) -> str:
         """Content-addressed: the same image is stored once. Returns the path relative to the datasets folder."""
+        import hashlib  # here: most sessions hold no image, and hashlib loads OpenSSL
+
         name = hashlib.sha256(data).hexdigest() + IMAGE_SUFFIXES.get(mime.lower(), ".bin")
         folder = self.folder / self.session / "images"
         durable.ensure_private_dir(folder)

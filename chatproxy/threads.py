@@ -21,11 +21,16 @@ just a system prompt and a greeting are different chats (they still share storag
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from chatproxy.journal import encode_json
+
+try:
+    # hashlib's own blake2b, without the OpenSSL library `import hashlib` loads (4 MB of memory).
+    from _blake2 import blake2b
+except ImportError:  # other Python implementations
+    from hashlib import blake2b
 
 Message = Dict[str, Any]
 
@@ -43,11 +48,11 @@ def message_key(message: Message) -> bytes:
         parts.append(f"{call.get('name', '')}\x1f{call.get('arguments', '').strip()}")
     parts.extend(message.get("images", ()))
     material = "\x1e".join(parts).encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(material, digest_size=16).digest()
+    return blake2b(material, digest_size=16).digest()
 
 
 def _chain(previous: bytes, key: bytes) -> bytes:
-    return hashlib.blake2b(previous + key, digest_size=16).digest()
+    return blake2b(previous + key, digest_size=16).digest()
 
 
 class Node:

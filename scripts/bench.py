@@ -213,6 +213,8 @@ def run_memory(bench: Bench) -> None:
         try:
             time.sleep(0.5)
             idle = measured("idle_kb")
+            if proxy:
+                idle["idle_recorder_private_kb"] = proxy.recorder_private_kb()
             samples: List[int] = []
             held = load.hold_streams(port, settings.slow_streams, settings.slow_chunks, 1000, lambda: samples.append(rss()))
             time.sleep(1.0)
@@ -394,6 +396,9 @@ def memory_rows(bench: Bench) -> List[List[str]]:
     recorded = med(bench, "c32", "chatproxy", lambda r: r["requests"])
     parts = {name: split(parts_mb(bench, key, "chatproxy", name))
              for key, name in (("memory", "idle_kb"), ("memory", "peak_hwm_kb"), ("c32", "rss_kb_after"))}
+    own = med(bench, "memory", "chatproxy", lambda r: mb(r.get("idle_recorder_private_kb", 0)))
+    if own:  # the rest of the recorder's RSS is the interpreter's files, the same pages as the proxy's
+        parts["idle_kb"] += f" ({own:.1f} MB its own)"
     return [
         ["RSS idle (proxy + recorder)", "", fmt(idle["chatproxy"], " MB", 1), fmt(idle.get("nginx"), " MB", 1),
          parts["idle_kb"], "≤ 30 MB",

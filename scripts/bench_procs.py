@@ -56,6 +56,16 @@ def proc_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
+def private_kb(pid: int) -> int:
+    """Memory only this process maps (USS: Private_Clean + Private_Dirty of smaps_rollup), in kB; 0 if
+    unknown. For the recorder: what it adds beside the proxy, whose interpreter files it shares."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return sum(int(line.split()[1]) for line in rollup if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    except OSError:
+        return 0
+
+
 def children(pid: int) -> List[int]:
     """The processes whose parent is `pid`. /proc lists a child under the thread that forked it, so every
     thread's list is read; a kernel without those lists (CONFIG_PROC_CHILDREN) gets a scan of /proc."""
@@ -200,6 +210,9 @@ class ChatProxy:
 
     def rss_kb(self) -> int:
         return sum(self.memory_kb().values())
+
+    def recorder_private_kb(self) -> int:
+        return sum(private_kb(child) for child in children(self.pid))
 
     def recorder_pids(self) -> List[int]:
         return children(self.pid)
