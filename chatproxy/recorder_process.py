@@ -27,7 +27,7 @@ from chatproxy.recorder_wire import FrameReader, Message, emit_forwarded, exchan
 
 log = logging.getLogger("chatproxy.recorder")
 
-FLUSH_DELAY = 0.002  # seconds exchanges wait to share one write to the pipe (and one wake-up of the recorder)
+FLUSH_DELAY = 0.005  # seconds exchanges wait to share one write to the pipe (and one wake-up of the recorder)
 RESTART_DELAYS = (0.1, 0.5, 1, 2, 5)  # seconds before starting a recorder process that died, again
 _WORKER_CODE = "import sys; sys.path.append(sys.argv[1]); from chatproxy.recorder_worker import main; main()"
 
@@ -234,7 +234,7 @@ class RecorderProcess:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_later(FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
         """One write for everything queued in the last FLUSH_DELAY seconds."""

@@ -22,7 +22,7 @@ from chatproxy.capture import Exchange
 from chatproxy.recordbook import CLOSING_ATTEMPTS, RecordBook
 from chatproxy.recorder_wire import FrameReader, Message, exchange_from, frame, log_fields
 
-COMMIT_SPACING = 0.005  # seconds between journal commits while records keep coming
+COMMIT_SPACING = 0.02  # seconds between journal commits while records keep coming
 READ_SIZE = 1 << 20
 RECORDER_NICENESS = 5
 
