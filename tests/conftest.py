@@ -98,7 +98,14 @@ class RunningProxy:
 
     def flush(self) -> None:
         """Write the live dataset now (as a stop would), keeping the proxy running."""
-        self.call(self.proxy.recorder.sync(snapshot=True))
+
+        async def settle_then_sync() -> None:
+            # A client may hold its whole reply before the relay hands the exchange to the recorder.
+            while any(conn.busy for conn in self.proxy.server.connections):
+                await asyncio.sleep(0.005)
+            await self.proxy.recorder.sync(snapshot=True)
+
+        self.call(settle_then_sync())
 
     def dataset(self, session: Optional[str] = None) -> List[Dict[str, Any]]:
         self.flush()
