@@ -168,6 +168,7 @@ class SessionLock:
                     f"stop it or choose another --session (lock: {self.path})"
                 ) from None
         os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)  # _read_pid may have left the offset after the old contents
         os.write(fd, f"{lock_owner_pid}\n".encode())
         self._fd = fd
 

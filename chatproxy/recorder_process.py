@@ -54,6 +54,7 @@ class RecorderProcess:
         self.session = session
         self.options = options
         self.counts = {"recorded": 0, "skipped": 0, "unrecordable": 0, "write_errors": 0}
+        self._counts_before: Dict[str, int] = {}  # what the recorder processes before this one counted
         self.last_error: Optional[str] = None
         self.paths: Dict[str, Optional[str]] = {"dataset": None, "journal": None}
         self._unconfirmed: Deque[bytes] = collections.deque()  # exchanges sent, not yet on disk
@@ -154,6 +155,7 @@ class RecorderProcess:
                     "owner_pid": os.getpid(), "log_level": _forwarded_level()}
         process.stdin.write(frame(("open", settings)))
         self._process, self._on_disk = process, 0
+        self._counts_before = dict(self.counts)
         self._ready = loop.create_future()
         self._reader = asyncio.ensure_future(self._read(process))
         try:
@@ -164,9 +166,6 @@ class RecorderProcess:
                 process.kill()
             await self._reader
             raise
-        # A restarted process gets everything the one before had not reported on disk.
-        self._outbox = list(self._unconfirmed) + [data for _, data in self._syncs.values()]
-        self._schedule_flush()
 
     def _running(self) -> bool:
         return self._process is not None and self._process.returncode is None and self._ready is not None \
@@ -204,15 +203,19 @@ class RecorderProcess:
                 done.set_result(None)
         elif kind == "ready":
             assert self._ready is not None
+            # A restarted process gets everything the one before had not reported on disk, handed
+            # over in the same step that makes it "running": no frame can go down the pipe twice.
+            self._outbox = list(self._unconfirmed) + [data for _, data in self._syncs.values()]
+            self._schedule_flush()
             self._ready.set_result(message[1])
         elif kind == "failed" and self._ready is not None and not self._ready.done():
             self._ready.set_exception(_open_error(message[1], message[2]))
 
     def _confirm(self, state: Dict[str, Any]) -> None:
-        for _ in range(state["on_disk"] - self._on_disk):
+        for _ in range(min(state["on_disk"] - self._on_disk, len(self._unconfirmed))):
             self._unconfirmed.popleft()
         self._on_disk = state["on_disk"]
-        self.counts = state["counts"]
+        self.counts = {k: self._counts_before.get(k, 0) + v for k, v in state["counts"].items()}
         self.last_error = state["last_error"]
 
     async def _restart(self) -> None:

@@ -84,10 +84,9 @@ class Inbox:
 
     def receive(self, timeout: Optional[float]) -> List[Message]:
         """The messages that arrive within `timeout` seconds (None: wait for some); sets `ended` at EOF."""
-        if timeout is None or timeout > 0:
-            readable, _, _ = select.select([self._fd], [], [], timeout)
-            if not readable:
-                return []
+        readable, _, _ = select.select([self._fd], [], [], None if timeout is None else max(0.0, timeout))
+        if not readable:
+            return []
         data = os.read(self._fd, READ_SIZE)
         if not data:
             self.ended = True
