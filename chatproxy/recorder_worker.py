@@ -22,7 +22,7 @@ from chatproxy.capture import Exchange
 from chatproxy.recordbook import CLOSING_ATTEMPTS, RecordBook
 from chatproxy.recorder_wire import FrameReader, Message, exchange_from, frame, log_fields
 
-COMMIT_SPACING = 0.02  # seconds between journal commits while records keep coming
+COMMIT_SPACING = 0.02  # seconds between journal commits (fsyncs) while records keep coming
 READ_SIZE = 1 << 20
 RECORDER_NICENESS = 5
 
@@ -150,36 +150,40 @@ class Worker:
         self.on_disk = 0  # of those, how many are recorded (or found not recordable) for good
         self.syncs: List[Tuple[int, bool]] = []  # (token, snapshot) waiting for a write to succeed
         self.retry_at = 0.0
+        self.last_commit = 0.0
 
     def run(self) -> None:
         while not self.inbox.ended:
             due = self._due()
-            exchanges = self._sort(self.inbox.receive(None if due == float("inf") else max(0.0, due)))
+            exchanges = self._sort(self.inbox.receive(None if due == float("inf") else due))
             self.taken += len(exchanges)
             if self.book.failures and not self.inbox.ended and self._due() > 0:
                 self.book.unplaced.extend(exchanges)  # the disk is failing: wait for the retry time
                 continue
-            started = time.monotonic()
             self.log_lines.hold_back()
             try:
+                # Exchanges are placed as they arrive, in small steps that leave the CPU to the relay
+                # soon; their commit (the fsync) waits for the next COMMIT_SPACING tick.
                 if exchanges or self.book.unplaced:
                     self.book.place_all(exchanges)
-                if exchanges or self.syncs or self.inbox.ended or self._due() <= 0:
+                if self.syncs or self.inbox.ended or self._due() <= 0:
                     self._write(final=self.inbox.ended)
             finally:
                 self.log_lines.send_held()
-            if exchanges and not self.book.failures:
-                # Under load, let a few milliseconds of exchanges gather: one fsync per batch.
-                time.sleep(max(0.0, COMMIT_SPACING - (time.monotonic() - started)))
         while self.book.failures and self.book.failures < CLOSING_ATTEMPTS:
             self._write(final=True)
         self.book.close()
         self._report()
 
     def _due(self) -> float:
-        """Seconds until a write is due even if nothing arrives."""
+        """Seconds until a write is due even if nothing more arrives."""
         now = time.monotonic()
-        return self.retry_at - now if self.book.failures else self.book.write_due(now)
+        if self.book.failures:
+            return self.retry_at - now
+        due = self.book.write_due(now)
+        if self.taken > self.on_disk:  # exchanges placed since the last commit
+            due = min(due, self.last_commit + COMMIT_SPACING - now)
+        return due
 
     def _sort(self, messages: List[Message]) -> List[Exchange]:
         exchanges = []
@@ -192,6 +196,7 @@ class Worker:
 
     def _write(self, final: bool) -> None:
         taken = self.taken
+        self.last_commit = time.monotonic()
         ok = self.book.write(final=final, snapshot=any(snapshot for _, snapshot in self.syncs))
         if ok:
             self.on_disk = taken
