@@ -168,6 +168,8 @@ class Worker:
                     self.book.place_all(exchanges)
                 if self.syncs or self.inbox.ended or self._due() <= 0:
                     self._write(final=self.inbox.ended)
+                elif exchanges:
+                    self._report()  # the counts the held lines speak of (skipped, not recordable)
             finally:
                 self.log_lines.send_held()
         while self.book.failures and self.book.failures < CLOSING_ATTEMPTS:
