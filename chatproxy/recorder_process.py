@@ -28,6 +28,7 @@ from chatproxy.recorder_wire import FrameReader, Message, emit_forwarded, exchan
 log = logging.getLogger("chatproxy.recorder")
 
 FLUSH_DELAY = 0.005  # seconds exchanges wait to share one write to the pipe (and one wake-up of the recorder)
+MAX_WRITE = 1 << 20  # bytes handed to the pipe at once; the rest waits for the recorder to catch up
 RESTART_DELAYS = (0.1, 0.5, 1, 2, 5)  # seconds before starting a recorder process that died, again
 _WORKER_CODE = "import sys; sys.path.append(sys.argv[1]); from chatproxy.recorder_worker import main; main()"
 
@@ -128,8 +129,10 @@ class RecorderProcess:
             except (RecorderFailed, SessionLocked, OSError) as exc:
                 log.error("could not restart the recorder to write %d exchange(s): %s", len(self._unconfirmed), exc)
         if self._running():
-            self._flush()
             assert self._process is not None and self._process.stdin is not None
+            # Everything left, at once: the pipe is closed after its buffer has gone down it.
+            self._process.stdin.write(b"".join(self._outbox))
+            self._outbox = []
             self._process.stdin.close()
         if self._reader is not None:
             await self._reader
@@ -240,14 +243,25 @@ class RecorderProcess:
             self._loop.call_later(FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
-        """One write for everything queued in the last FLUSH_DELAY seconds."""
+        """One write for what was queued in the last FLUSH_DELAY seconds (up to MAX_WRITE bytes)."""
         self._flush_scheduled = False
         if not self._outbox or not self._running():
             return  # a restarted process is handed the unconfirmed exchanges anyway
         assert self._process is not None and self._process.stdin is not None
-        data = b"".join(self._outbox)
-        self._outbox = []
-        self._process.stdin.write(data)
+        stdin = self._process.stdin
+        if stdin.transport.get_write_buffer_size():
+            # The recorder is behind: the frames wait here (they are kept until confirmed anyway)
+            # rather than as a second copy in the pipe transport's buffer.
+            self._schedule_flush()
+            return
+        count, size = 0, 0
+        while count < len(self._outbox) and size < MAX_WRITE:
+            size += len(self._outbox[count])
+            count += 1
+        stdin.write(b"".join(self._outbox[:count]))
+        del self._outbox[:count]
+        if self._outbox:
+            self._schedule_flush()
 
 
 def _forwarded_level() -> int:
