@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from chatproxy.capture import Exchange
 from chatproxy.config import ConfigError, RecordOptions, check_session_id
 from chatproxy.extract import NotRecordable, extract
+from chatproxy.recorder_wire import status_fields
 from chatproxy.store import DatasetStore
 from chatproxy.threads import Node
 
@@ -156,15 +157,7 @@ class RecordBook:
 
     def status(self) -> Dict[str, Any]:
         store = self.stores.get(self.session)
-        return {
-            "recorded": self.counts["recorded"],
-            "skipped_housekeeping": self.counts["skipped"],
-            "not_recordable": self.counts["unrecordable"],
-            "write_errors": self.counts["write_errors"],
-            "pending_records": self.pending,
-            "dataset": str(store.snapshot_path) if store else None,
-            "journal": str(store.journal_path) if store else None,
-        }
+        return status_fields(self.counts, self.pending, store and store.snapshot_path, store and store.journal_path)
 
 
 class RecordLines:

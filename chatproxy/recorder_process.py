@@ -23,7 +23,7 @@ from typing import Any, Deque, Dict, List, Optional, Set
 from chatproxy.capture import Exchange
 from chatproxy.config import RecordOptions
 from chatproxy.durable import SessionLocked
-from chatproxy.recorder_wire import FrameReader, Message, emit_forwarded, exchange_fields, frame
+from chatproxy.recorder_wire import FrameReader, Message, emit_forwarded, exchange_fields, frame, status_fields
 
 log = logging.getLogger("chatproxy.recorder")
 
@@ -107,15 +107,7 @@ class RecorderProcess:
         return self._process.pid if self._process is not None else None
 
     def status(self) -> Dict[str, Any]:
-        return {
-            "recorded": self.counts["recorded"],
-            "skipped_housekeeping": self.counts["skipped"],
-            "not_recordable": self.counts["unrecordable"],
-            "write_errors": self.counts["write_errors"],
-            "pending_records": self.pending,
-            "dataset": self.paths["dataset"],
-            "journal": self.paths["journal"],
-        }
+        return status_fields(self.counts, self.pending, self.paths["dataset"], self.paths["journal"])
 
     async def close(self) -> None:
         """Hand over what is queued, let the recorder write it and the final live file, and wait for it."""
