@@ -48,11 +48,6 @@ class FrameReader:
         del self._buffer[:start]
         return messages
 
-    @property
-    def partial(self) -> bool:
-        """True when a message has begun and not ended (at EOF: the sender died mid-write)."""
-        return bool(self._buffer)
-
 
 def status_fields(counts: Dict[str, int], pending: int, dataset: Any, journal: Any) -> Dict[str, Any]:
     """A recorder's part of /_chatproxy/status, whichever process it runs in."""
