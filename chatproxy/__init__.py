@@ -27,7 +27,7 @@ _LAZY = {
     "RecordOptions": "chatproxy.config",
     "Timeouts": "chatproxy.config",
     "parse_target": "chatproxy.config",
-    "SessionLocked": "chatproxy.durable",
+    "SessionLocked": "chatproxy.recorder.durable",
 }
 
 __all__ = ["__version__"] + sorted(_LAZY)

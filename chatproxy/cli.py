@@ -302,16 +302,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run_subcommand(name: str, argv: List[str]) -> int:
     _setup_logging(False, False, "text")
     if name == "export":
-        from chatproxy.export import main as run
+        from chatproxy.commands.export import main as run
     else:
-        from chatproxy.inspect import main as run_inspect
+        from chatproxy.commands.inspect import main as run_inspect
 
         return run_inspect([name] + argv)
     return run(argv)
 
 
 async def _serve_until_signal(config: Config, status_line: Optional[StatusLine]) -> int:
-    from chatproxy.durable import SessionLocked
+    from chatproxy.recorder.durable import SessionLocked
     from chatproxy.proxy import Proxy
 
     stop = asyncio.Event()

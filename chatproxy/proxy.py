@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
-from chatproxy.capture import Exchange
+from chatproxy.recorder.capture import Exchange
 from chatproxy.config import Config
-from chatproxy.recorder_process import RecorderFailed, RecorderProcess, can_start_process
+from chatproxy.recorder.process import RecorderFailed, RecorderProcess, can_start_process
 from chatproxy.relay import Relay
 from chatproxy.server import ProxyServer
 from chatproxy.upstream import UpstreamPool, make_ssl_context
@@ -16,7 +16,7 @@ from chatproxy.upstream import UpstreamPool, make_ssl_context
 log = logging.getLogger("chatproxy")
 
 if TYPE_CHECKING:
-    from chatproxy.recorder import Recorder
+    from chatproxy.recorder.in_process import Recorder
 
     AnyRecorder = Union[Recorder, RecorderProcess]
 
@@ -93,7 +93,7 @@ class Proxy:
                 return recorder
             except RecorderFailed as exc:
                 log.warning("%s; recording in this process instead", exc)
-        from chatproxy.recorder import Recorder  # only here: the recorder process is the usual case
+        from chatproxy.recorder.in_process import Recorder  # only here: the recorder process is the usual case
 
         in_process = Recorder(folder, session, options)
         await in_process.start()

@@ -6,10 +6,10 @@ import asyncio
 import logging
 from typing import Callable, List, Optional, Protocol, Tuple
 
-from chatproxy.http11 import h11
+from chatproxy._h11 import h11
 
 from chatproxy import headers as hdr
-from chatproxy.capture import Exchange, ExchangeCapture, completion_endpoint
+from chatproxy.recorder.capture import Exchange, ExchangeCapture, completion_endpoint
 from chatproxy.config import Config
 from chatproxy.errors import ProxyError, RequestRejected, UpstreamClosed, UpstreamProtocolError
 from chatproxy.upstream import UpstreamConnection, UpstreamPool

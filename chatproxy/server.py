@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from chatproxy.http11 import h11
+from chatproxy._h11 import h11
 
 from chatproxy import __version__
 from chatproxy import headers as hdr

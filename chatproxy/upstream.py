@@ -10,7 +10,7 @@ import ssl
 import time
 from typing import AsyncIterator, Callable, Deque, List, Optional, Tuple
 
-from chatproxy.http11 import h11
+from chatproxy._h11 import h11
 
 from chatproxy.config import Target, Timeouts
 from chatproxy.deadlines import read_within

@@ -75,7 +75,7 @@ from bench_procs import REPO, ChatProxy, Nginx, Upstream, become_subreaper, free
 
 sys.path.insert(0, str(REPO))
 import chatproxy  # noqa: E402
-from chatproxy.journal import JOURNAL_VERSION, encode_record  # noqa: E402
+from chatproxy.recorder.journal import JOURNAL_VERSION, encode_record  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

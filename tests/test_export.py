@@ -1,7 +1,7 @@
 """`chatproxy export` on sessions recorded through the real proxy with the openai SDK.
 
 The datasets it writes are loaded with Hugging Face `datasets` and run through the encoded rules of
-LLaMA-Factory, FastChat, Unsloth, OpenAI and Axolotl (consumers.py): every profile must load whole.
+LLaMA-Factory, FastChat, Unsloth, OpenAI and Axolotl (commands/trainer_rules.py): every profile must load whole.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 
 from fake_upstream import Chat, Reset
 
-from chatproxy import export
-from chatproxy.consumers import (
+from chatproxy.commands import export
+from chatproxy.commands.trainer_rules import (
     axolotl_problems,
     fastchat_problems,
     llamafactory_problems,

@@ -11,7 +11,7 @@ import pytest
 
 from fake_upstream import Chat, Completion
 from chatproxy.config import RecordOptions
-from chatproxy.sharegpt import llamafactory_problems
+from chatproxy.chats.sharegpt import llamafactory_problems
 
 SYSTEM = "You are Seraphina, a kind forest guardian. Stay in character."
 GREETING = "*Seraphina smiles warmly.* Welcome to my glade, traveller."

@@ -12,8 +12,8 @@ from typing import List, NamedTuple, Optional
 
 import pytest
 
-from chatproxy.housekeeping import housekeeping_kind
-from chatproxy.templates import parse_prompt
+from chatproxy.chats.housekeeping import housekeeping_kind
+from chatproxy.apis.templates import parse_prompt
 
 
 def system(text: str) -> dict:

@@ -9,7 +9,7 @@ import pytest
 
 from test_export import MONDAY_RECORDS, TUESDAY_RECORDS, client_for, record_week
 
-from chatproxy import inspect
+from chatproxy.commands import inspect
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ def relay_path_bytes(snapshot: tracemalloc.Snapshot) -> int:
 
 def live_objects(proxy) -> dict:
     """Connection and exchange objects alive anywhere, and tasks on the proxy's loop."""
-    from chatproxy.capture import Exchange, ExchangeCapture
+    from chatproxy.recorder.capture import Exchange, ExchangeCapture
     from chatproxy.server import ClientConnection
     from chatproxy.upstream import UpstreamConnection
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatproxy.normalize import (
+from chatproxy.apis.openai_completions import (
     StreamAccumulator,
     assistant_from_choice,
     chat_choices,

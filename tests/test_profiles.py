@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from chatproxy.consumers import (
+from chatproxy.commands.trainer_rules import (
     axolotl_problems,
     fastchat_problems,
     llamafactory_problems,
@@ -16,8 +16,8 @@ from chatproxy.consumers import (
     unsloth_dataset_problems,
     unsloth_problems,
 )
-from chatproxy.openai_chat import openai_tools, to_openai_chat
-from chatproxy.profiles import PROFILES, Unusable, tool_call_problem
+from chatproxy.chats.openai_chat import openai_tools, to_openai_chat
+from chatproxy.commands.profiles import PROFILES, Unusable, tool_call_problem
 
 HERE = Path(".")
 WEATHER = {"type": "function", "function": {"name": "get_weather",

@@ -12,8 +12,8 @@ from typing import List
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatproxy.capture import ExchangeCapture
-from chatproxy.journal import encode_record, parse_journal
+from chatproxy.recorder.capture import ExchangeCapture
+from chatproxy.recorder.journal import encode_record, parse_journal
 
 # Any text, lone surrogates included (a "\ud800" escape in a request decodes to one), line and
 # paragraph separators, NUL and the rest of the C0 controls.

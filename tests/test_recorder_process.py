@@ -29,9 +29,9 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 import pytest
 
 from chatproxy.config import RecordOptions
-from chatproxy.durable import SessionLock
-from chatproxy.recorder import Recorder
-from chatproxy.recorder_process import RecorderProcess
+from chatproxy.recorder.durable import SessionLock
+from chatproxy.recorder.in_process import Recorder
+from chatproxy.recorder.process import RecorderProcess
 from fake_upstream import Behaviour, Chat
 from subproc import ROOT, ProxyProcess, chat
 from support_faults import journal, post_chat, replies, wait_until
@@ -73,7 +73,7 @@ def children_of(pid: int) -> Set[int]:
 
 def is_recorder(pid: int) -> bool:
     try:
-        return b"chatproxy.recorder_worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"chatproxy.recorder.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -456,7 +456,7 @@ HOLDER = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from chatproxy import durable
+from chatproxy.recorder import durable
 durable.lock_owner_pid = int(sys.argv[3])  # as in a recorder whose proxy has died
 lock = durable.SessionLock(Path(sys.argv[2]))
 lock.acquire()

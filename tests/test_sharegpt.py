@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatproxy.sharegpt import llamafactory_problems, to_sharegpt
+from chatproxy.chats.sharegpt import llamafactory_problems, to_sharegpt
 
 
 def system(text: str, **extra: Any) -> dict:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatproxy.sse import SSEDecoder
+from chatproxy.apis.sse import SSEDecoder
 
 
 class Case(NamedTuple):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chatproxy.durable import SessionLock, SessionLocked
+from chatproxy.recorder.durable import SessionLock, SessionLocked
 from support_faults import journal, post_chat, replies, wait_until
 
 SESSION = "test-session"  # what conftest's make_proxy uses
@@ -256,7 +256,7 @@ def test_stale_lock_of_a_killed_process_is_taken_over(upstream, make_proxy, tmp_
     folder.mkdir(mode=0o700)
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from chatproxy.durable import SessionLock;"
+         "import sys; from pathlib import Path; from chatproxy.recorder.durable import SessionLock;"
          f"SessionLock(Path({str(folder / (SESSION + '.lock'))!r})).acquire(); print('locked', flush=True);"
          "sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).parent.parent),

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatproxy.templates import ParsedPrompt, parse_prompt
+from chatproxy.apis.templates import ParsedPrompt, parse_prompt
 
 
 def system(text: str) -> dict:

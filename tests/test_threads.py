@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any, Dict, List, Optional
 
-from chatproxy.journal import encode_record
-from chatproxy.threads import ThreadIndex
+from chatproxy.recorder.journal import encode_record
+from chatproxy.chats.tree import ThreadIndex
 
 SYSTEM = {"role": "system", "content": "You are Seraphina."}
 GREETING = {"role": "assistant", "content": "*waves* Hello, traveller."}

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from chatproxy import durable
+from chatproxy.recorder import durable
 from chatproxy.config import RecordOptions
-from chatproxy.journal import JOURNAL_VERSION, JournalScan, encode_json, encode_record
-from chatproxy.sharegpt import to_sharegpt
-from chatproxy.threads import Node, ThreadIndex
+from chatproxy.recorder.journal import JOURNAL_VERSION, JournalScan, encode_json, encode_record
+from chatproxy.chats.sharegpt import to_sharegpt
+from chatproxy.chats.tree import Node, ThreadIndex
 
 log = logging.getLogger("chatproxy.store")
 

@@ -5,11 +5,11 @@ A journal line (`SESSION.jsonl`) is one record, compact JSON, UTF-8:
     {"v": 1, "id": "<16 hex>", "parent": "<id>" | null, "base": <int>,
      "messages": [<canonical message>, ...], "meta": {...}, "tools": [...]   # "tools" only when changed}
 
-The record's whole conversation is `full(parent)[:base] + messages` (see threads.py): a record stores
+The record's whole conversation is `full(parent)[:base] + messages` (see chats/tree.py): a record stores
 only what its exchange added to the chat it continues. The last message is the assistant's reply.
 `meta` holds time, model, endpoint, stream, finish_reason, usage, tags, complete, choice, response_id,
 and for text completions the template the prompt was parsed with. Canonical messages are described in
-normalize.py.
+apis/openai_completions.py.
 """
 
 from __future__ import annotations

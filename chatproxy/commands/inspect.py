@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any, Counter, Dict, List, Optional, Tuple
 
-from chatproxy import sessions
+from chatproxy.commands import sessions
 from chatproxy.config import ConfigError
-from chatproxy.profiles import PROFILES, Unusable
-from chatproxy.subcommand import add_datasets_option, fail, new_parser, parse, tolerant_output
+from chatproxy.commands.profiles import PROFILES, Unusable
+from chatproxy.commands.common import add_datasets_option, fail, new_parser, parse, tolerant_output
 
 COMMANDS = ("stats", "show")
 SHOWN_CHARACTERS = 2000  # per message in `show` unless --full: a pasted document should not fill the screen

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import List, NoReturn, Union
 
-from chatproxy.sessions import DATASETS_ENV, default_datasets
+from chatproxy.commands.sessions import DATASETS_ENV, default_datasets
 
 USAGE_ERROR = 2
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
 
 from chatproxy.config import ConfigError, check_session_id
-from chatproxy.journal import JournalContents, read_journal
-from chatproxy.threads import Node, ThreadIndex
+from chatproxy.recorder.journal import JournalContents, read_journal
+from chatproxy.chats.tree import Node, ThreadIndex
 
 JOURNAL_SUFFIX = ".jsonl"
 DATASETS_ENV = "CHATPROXY_DATASETS"  # the proxy's own --datasets environment default

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any, List
 
-from chatproxy.sharegpt import llamafactory_problems
+from chatproxy.chats.sharegpt import llamafactory_problems
 
 __all__ = [
     "axolotl_problems",

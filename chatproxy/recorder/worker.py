@@ -17,10 +17,10 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from chatproxy import durable
-from chatproxy.capture import Exchange
-from chatproxy.recordbook import CLOSING_ATTEMPTS, RecordBook
-from chatproxy.recorder_wire import FrameReader, Message, exchange_from, frame, log_fields
+from chatproxy.recorder import durable
+from chatproxy.recorder.capture import Exchange
+from chatproxy.recorder.core import CLOSING_ATTEMPTS, RecordBook
+from chatproxy.recorder.pipe import FrameReader, Message, exchange_from, frame, log_fields
 
 COMMIT_SPACING = 0.02  # seconds between journal commits (fsyncs) while records keep coming
 READ_SIZE = 1 << 20

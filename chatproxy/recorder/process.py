@@ -1,7 +1,7 @@
 """The proxy's side of the recorder process: hands it exchanges, keeps them until they are on disk.
 
 Parsing, matching and storing records costs more CPU than relaying them, so it runs in a process
-of its own (recorder_worker.py), on the other core. Here, on the event loop, each exchange is only
+of its own (recorder/worker.py), on the other core. Here, on the event loop, each exchange is only
 pickled and queued; everything queued within a couple of milliseconds goes down the pipe in one write.
 
 An exchange stays in memory until the recorder reports it on disk. If the recorder process dies,
@@ -20,17 +20,19 @@ import sys
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Set
 
-from chatproxy.capture import Exchange
+import chatproxy
+from chatproxy.recorder.capture import Exchange
 from chatproxy.config import RecordOptions
-from chatproxy.durable import SessionLocked
-from chatproxy.recorder_wire import FrameReader, Message, emit_forwarded, exchange_fields, frame, status_fields
+from chatproxy.recorder.durable import SessionLocked
+from chatproxy.recorder.pipe import FrameReader, Message, emit_forwarded, exchange_fields, frame, status_fields
 
 log = logging.getLogger("chatproxy.recorder")
 
 FLUSH_DELAY = 0.005  # seconds exchanges wait to share one write to the pipe (and one wake-up of the recorder)
 MAX_WRITE = 1 << 20  # bytes handed to the pipe at once; the rest waits for the recorder to catch up
 RESTART_DELAYS = (0.1, 0.5, 1, 2, 5)  # seconds before starting a recorder process that died, again
-_WORKER_CODE = "import sys; sys.path.append(sys.argv[1]); from chatproxy.recorder_worker import main; main()"
+WORKER_MODULE = __name__.rpartition(".")[0] + ".worker"  # named, not imported: the proxy never loads the recorder's code
+_WORKER_CODE = "import sys; sys.path.append(sys.argv[1]); from {module} import main; main()"
 
 
 def can_start_process() -> bool:
@@ -41,8 +43,9 @@ def can_start_process() -> bool:
 def worker_command() -> List[str]:
     # -I -S: only the standard library and this package, wherever it was loaded from (a zipapp too);
     # appended, so that nothing installed beside the package can shadow a standard module.
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [sys.executable, "-I", "-S", "-c", _WORKER_CODE, package_root]
+    # The folder that holds the package is found from where it was imported (a zipapp, a wheel).
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(chatproxy.__file__)))
+    return [sys.executable, "-I", "-S", "-c", _WORKER_CODE.format(module=WORKER_MODULE), package_root]
 
 
 class RecorderFailed(Exception):

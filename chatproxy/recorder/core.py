@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from chatproxy.capture import Exchange
+from chatproxy.recorder.capture import Exchange
 from chatproxy.config import ConfigError, RecordOptions, check_session_id
-from chatproxy.extract import NotRecordable, extract
-from chatproxy.recorder_wire import status_fields
-from chatproxy.store import DatasetStore
-from chatproxy.threads import Node
+from chatproxy.recorder.extract import NotRecordable, extract
+from chatproxy.recorder.pipe import status_fields
+from chatproxy.recorder.store import DatasetStore
+from chatproxy.chats.tree import Node
 
 log = logging.getLogger("chatproxy.recorder")
 

@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, TextIO, Tuple
 
-from chatproxy import durable, sessions
+from chatproxy.recorder import durable
+from chatproxy.commands import sessions
 from chatproxy.config import ConfigError
-from chatproxy.consumers import unsloth_dataset_problems
-from chatproxy.journal import encode_json
-from chatproxy.profiles import PROFILES, Profile, Unusable
-from chatproxy.snippets import dataset_name, snippets
-from chatproxy.subcommand import Parser, UsageError, add_datasets_option, fail, new_parser, parse, tolerant_output
+from chatproxy.commands.trainer_rules import unsloth_dataset_problems
+from chatproxy.recorder.journal import encode_json
+from chatproxy.commands.profiles import PROFILES, Profile, Unusable
+from chatproxy.commands.trainer_config import dataset_name, snippets
+from chatproxy.commands.common import Parser, UsageError, add_datasets_option, fail, new_parser, parse, tolerant_output
 
 PROG = "chatproxy export"
 OUT_SUFFIXES = (".json", ".jsonl")

@@ -13,7 +13,7 @@ import zlib
 from typing import List, Optional, Sequence, Tuple
 
 from chatproxy import headers as hdr
-from chatproxy.sse import SSEDecoder
+from chatproxy.apis.sse import SSEDecoder
 
 log = logging.getLogger("chatproxy.capture")
 

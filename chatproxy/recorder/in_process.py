@@ -3,7 +3,7 @@
 `submit()` only enqueues. One writer task takes everything queued, does the file work in a worker
 thread, and commits all records of a batch with one fsync per journal (group commit). A failed write
 keeps its records in memory and is retried, loudly, until it succeeds. The recorder process
-(recorder_process.py) is the default; this one serves where a second process cannot be started.
+(recorder/process.py) is the default; this one serves where a second process cannot be started.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Union
 
-from chatproxy.capture import Exchange
+from chatproxy.recorder.capture import Exchange
 from chatproxy.config import RecordOptions
-from chatproxy.recordbook import CLOSING_ATTEMPTS, RecordBook
+from chatproxy.recorder.core import CLOSING_ATTEMPTS, RecordBook
 
 INLINE_LIMIT = 32 * 1024  # bytes of an exchange parsed on the event loop; larger ones in the worker thread
 COMMIT_SPACING = 0.005  # seconds between journal commits while records keep coming

@@ -16,7 +16,7 @@ import struct
 import traceback
 from typing import Any, Dict, List, Tuple
 
-from chatproxy.capture import Exchange
+from chatproxy.recorder.capture import Exchange
 
 HEADER = struct.Struct("!I")
 Message = Tuple[Any, ...]

@@ -1,7 +1,7 @@
 """Export profiles: for each consumer, how a recorded conversation becomes a record it accepts.
 
 A profile builds a record from canonical messages and then runs it through the validators of its
-consumers (consumers.py). A conversation that cannot be made valid raises `Unusable` with a one-line
+consumers (trainer_rules.py). A conversation that cannot be made valid raises `Unusable` with a one-line
 reason, and is counted and explained rather than written.
 
 - sharegpt: LLaMA-Factory's ShareGPT convention, exactly as the live SESSION.json (sharegpt.py), with
@@ -29,15 +29,15 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from chatproxy.consumers import (
+from chatproxy.commands.trainer_rules import (
     axolotl_problems,
     fastchat_problems,
     llamafactory_problems,
     openai_problems,
     unsloth_problems,
 )
-from chatproxy.openai_chat import openai_tools, to_openai_chat
-from chatproxy.sharegpt import to_sharegpt
+from chatproxy.chats.openai_chat import openai_tools, to_openai_chat
+from chatproxy.chats.sharegpt import to_sharegpt
 
 Message = Dict[str, Any]
 Record = Dict[str, Any]

@@ -1,0 +1,1 @@
+"""One module per wire API: what a request and its reply mean."""

@@ -1,0 +1,1 @@
+"""A conversation as data: canonical messages, the thread tree, housekeeping rules, renderings."""

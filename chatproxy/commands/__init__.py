@@ -1,0 +1,1 @@
+"""The commands that read recorded sessions; never imported while serving."""

@@ -1,0 +1,1 @@
+"""The copy's path to disk: capture beside the relay, the recorder process, the store."""
