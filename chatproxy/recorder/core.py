@@ -26,8 +26,9 @@ DETAILED_LINES_PER_SECOND = 10  # "recorded …" lines per second before they ar
 
 
 class RecordBook:
-    def __init__(self, folder: Path, session: str, options: RecordOptions) -> None:
+    def __init__(self, folder: Path, session: str, options: RecordOptions, owner_pid: Optional[int] = None) -> None:
         self.folder = folder
+        self.owner_pid = owner_pid  # named in the lock files; None: this process
         self.session = session
         self.options = options
         self.stores: Dict[str, DatasetStore] = {}
@@ -47,7 +48,7 @@ class RecordBook:
 
     def open_session(self, name: str) -> DatasetStore:
         """Lock a session and read its journal back (raises SessionLocked or OSError)."""
-        store = DatasetStore(self.folder, name, self.options)
+        store = DatasetStore(self.folder, name, self.options, self.owner_pid)
         store.open()
         self.stores[name] = store
         return store

@@ -132,9 +132,10 @@ class SessionLocked(Exception):
     """Another live process records into this session."""
 
 
-# The PID written into a lock file: the proxy's, also when its recorder process holds the lock.
-lock_owner_pid = os.getpid()
 ORPHAN_WAIT = 30.0  # seconds to wait for the recorder of a proxy that died to finish writing
+# A held lock whose file names nobody is being taken or given up this instant (the pid is written
+# just after the lock is taken and erased just before it is released): worth a short wait.
+CHANGING_HANDS_WAIT = 1.0
 
 
 class SessionLock:
@@ -145,20 +146,24 @@ class SessionLock:
     process is writing what it was handed; it ends on its own, so the lock is retried meanwhile.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, owner_pid: Optional[int] = None) -> None:
         self.path = path
+        # The PID written into the file: the proxy's, also when its recorder process holds the lock.
+        self.owner_pid = os.getpid() if owner_pid is None else owner_pid
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:
         fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, FILE_MODE)
-        deadline = time.monotonic() + ORPHAN_WAIT
+        started = time.monotonic()
         while True:
             try:
                 _lock_fd(fd)
                 break
             except OSError:
                 holder = _read_pid(fd)
-                if holder.isdigit() and not _alive(int(holder)) and time.monotonic() < deadline:
+                waited = time.monotonic() - started
+                orphaned = holder.isdigit() and not _alive(int(holder)) and waited < ORPHAN_WAIT
+                if orphaned or (not holder and waited < CHANGING_HANDS_WAIT):
                     time.sleep(0.05)
                     continue
                 os.close(fd)
@@ -169,7 +174,7 @@ class SessionLock:
                 ) from None
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)  # _read_pid may have left the offset after the old contents
-        os.write(fd, f"{lock_owner_pid}\n".encode())
+        os.write(fd, f"{self.owner_pid}\n".encode())
         self._fd = fd
 
     def release(self) -> None:

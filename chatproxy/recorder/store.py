@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg"
 
 
 class DatasetStore:
-    def __init__(self, folder: Path, session: str, options: RecordOptions) -> None:
+    def __init__(self, folder: Path, session: str, options: RecordOptions, owner_pid: Optional[int] = None) -> None:
         self.folder = folder
         self.session = session
         self.options = options
@@ -42,7 +42,7 @@ class DatasetStore:
         self._id_prefix = os.urandom(5).hex()
         self._id_counter = itertools.count(1)
         self._log = durable.AppendLog(self.journal_path)
-        self._lock = durable.SessionLock(folder / f"{session}.lock")
+        self._lock = durable.SessionLock(folder / f"{session}.lock", owner_pid)
 
     # -- opening -----------------------------------------------------------------------------
 

@@ -107,8 +107,7 @@ def main(inbox_fd: int = 0, outbox_fd: int = 1) -> None:
     if settings is None:
         return
     handler = _route_logging(outbox, settings["log_level"])
-    durable.lock_owner_pid = settings["owner_pid"]
-    book = RecordBook(settings["folder"], settings["session"], settings["options"])
+    book = RecordBook(settings["folder"], settings["session"], settings["options"], settings["owner_pid"])
     try:
         store = book.open_session(settings["session"])
     except durable.SessionLocked as exc:

@@ -1,4 +1,4 @@
-"""Properties (hypothesis) the fault suites rely on and test_sse.py does not already cover:
+"""Properties (hypothesis) the fault suites rely on and apis/test_sse.py does not already cover:
 the journal reader against any truncation and any damage, and the capture's SSE copy (through
 gzip, as compressed upstreams send it) against any way of splitting the stream into reads."""
 

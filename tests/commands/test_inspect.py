@@ -9,6 +9,7 @@ import pytest
 
 from test_export import MONDAY_RECORDS, TUESDAY_RECORDS, client_for, record_week
 
+from subproc import ROOT
 from chatproxy.commands import inspect
 
 
@@ -172,7 +173,7 @@ def test_show_survives_an_output_that_cannot_encode_the_text(week):
     week.wait_recorded(MONDAY_RECORDS + TUESDAY_RECORDS + 1)
     done = subprocess.run(
         [sys.executable, "-m", "chatproxy", "show", "unicode", "--datasets", str(week.datasets)],
-        capture_output=True, timeout=60, cwd=str(Path(__file__).parent.parent),
+        capture_output=True, timeout=60, cwd=str(ROOT),
         env=dict(os.environ, PYTHONIOENCODING="ascii"),
     )
     assert done.returncode == 0, done.stderr

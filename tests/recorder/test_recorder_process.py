@@ -457,8 +457,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from chatproxy.recorder import durable
-durable.lock_owner_pid = int(sys.argv[3])  # as in a recorder whose proxy has died
-lock = durable.SessionLock(Path(sys.argv[2]))
+lock = durable.SessionLock(Path(sys.argv[2]), owner_pid=int(sys.argv[3]))  # a recorder whose proxy has died
 lock.acquire()
 print("locked", flush=True)
 sys.stdin.read()  # until the test closes stdin, like a recorder finishing its writes

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from subproc import ROOT
 from chatproxy.recorder.durable import SessionLock, SessionLocked
 from support_faults import journal, post_chat, replies, wait_until
 
@@ -242,7 +243,7 @@ def test_second_chatproxy_process_on_the_same_session_exits_with_a_clear_message
     done = subprocess.run(
         [sys.executable, "-m", "chatproxy", "--target", upstream.url, "--port", "0",
          "--session", SESSION, "--datasets", str(first.datasets)],
-        capture_output=True, text=True, timeout=20, cwd=str(Path(__file__).parent.parent),
+        capture_output=True, text=True, timeout=20, cwd=str(ROOT),
     )
     assert done.returncode == 1
     assert "session is already being recorded by another chatproxy" in done.stderr
@@ -259,7 +260,7 @@ def test_stale_lock_of_a_killed_process_is_taken_over(upstream, make_proxy, tmp_
          "import sys; from pathlib import Path; from chatproxy.recorder.durable import SessionLock;"
          f"SessionLock(Path({str(folder / (SESSION + '.lock'))!r})).acquire(); print('locked', flush=True);"
          "sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).parent.parent),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

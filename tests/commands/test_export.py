@@ -19,6 +19,7 @@ import pytest
 
 from fake_upstream import Chat, Reset
 
+from subproc import ROOT
 from chatproxy.commands import export
 from chatproxy.commands.trainer_rules import (
     axolotl_problems,
@@ -484,13 +485,13 @@ def test_cli_dispatches_export(week, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "chatproxy", "export", "monday", "--datasets", str(week.datasets),
          "--format", "openai", "--out", str(out)],
-        capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).parent.parent),
+        capture_output=True, text=True, timeout=60, cwd=str(ROOT),
     )
     assert done.returncode == 0, done.stderr
     assert len(read_dataset(out)) == 7
     bad = subprocess.run([sys.executable, "-m", "chatproxy", "export", "--format", "openai", "--out", "x.txt"],
                          capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
-                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
