@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple
 
 from chatproxy.recorder.capture import Exchange
+from chatproxy.recorder.interface import Recorder
 from chatproxy.config import Config
 from chatproxy.recorder.process import RecorderFailed, RecorderProcess, can_start_process
 from chatproxy.relay import Relay
@@ -14,11 +15,6 @@ from chatproxy.server import ProxyServer
 from chatproxy.upstream import UpstreamPool, make_ssl_context
 
 log = logging.getLogger("chatproxy")
-
-if TYPE_CHECKING:
-    from chatproxy.recorder.in_process import Recorder
-
-    AnyRecorder = Union[Recorder, RecorderProcess]
 
 
 class Proxy:
@@ -35,7 +31,7 @@ class Proxy:
         ssl_context = make_ssl_context(config.insecure, config.ca_file) if config.target.is_tls else None
         self.pool = UpstreamPool(config.target, config.timeouts, ssl_context)
         # Made in start(): before Python 3.10 an asyncio.Queue binds to the loop current at creation.
-        self.recorder: Optional[AnyRecorder] = None
+        self.recorder: Optional[Recorder] = None
         submit = self._submit if config.record.enabled else None
         self.relay = Relay(config, self.pool, submit)
         self.server = ProxyServer(config, self.relay, self._recorder_status if config.record.enabled else None)
@@ -84,7 +80,7 @@ class Proxy:
             raise
         return self
 
-    async def _start_recorder(self) -> "AnyRecorder":
+    async def _start_recorder(self) -> Recorder:
         folder, session, options = self.config.datasets, self.config.session, self.config.record
         if not options.in_process and can_start_process():
             recorder = RecorderProcess(folder, session, options)
@@ -93,15 +89,16 @@ class Proxy:
                 return recorder
             except RecorderFailed as exc:
                 log.warning("%s; recording in this process instead", exc)
-        from chatproxy.recorder.in_process import Recorder  # only here: the recorder process is the usual case
+        from chatproxy.recorder.in_process import InProcessRecorder  # only here: the recorder process is the usual case
 
-        in_process = Recorder(folder, session, options)
+        in_process = InProcessRecorder(folder, session, options)
         await in_process.start()
         return in_process
 
     async def stop(self) -> None:
         """Finish or cut in-flight exchanges, then write what is queued and the final dataset."""
         await self.server.shutdown()
+        self.pool.close()  # after the last exchange: built here, closed here
         if self.recorder is not None:
             await self.recorder.close()
 

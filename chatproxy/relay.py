@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import logging
 from typing import Callable, List, Optional, Protocol, Tuple
 
@@ -68,6 +68,32 @@ class UpstreamFailedMidResponse(Exception):
     """The response already started, so the client can only be cut off, not answered."""
 
 
+@dataclasses.dataclass
+class Forwarding:
+    """One exchange as the relay carries it: where it goes, who waits for it, and who keeps a copy."""
+
+    method: bytes
+    path: str  # as the client sent it
+    upstream_target: bytes
+    upstream_headers: List[Tuple[bytes, bytes]]
+    downstream: Downstream
+    capture: Optional[ExchangeCapture]  # the recorder's copy, on recorded routes
+    sent: Optional[BodySample] = None  # with --debug, the start of each body
+    received: Optional[BodySample] = None
+
+    def request_chunk(self, chunk: bytes) -> None:
+        if self.capture is not None:
+            self.capture.request_chunk(chunk)
+        if self.sent is not None:
+            self.sent.add(chunk)
+
+    def response_chunk(self, chunk: bytes) -> None:
+        if self.capture is not None:
+            self.capture.response_chunk(chunk)
+        if self.received is not None:
+            self.received.add(chunk)
+
+
 class Relay:
     """Shared by every connection: the pool, the recorder hand-off and the options."""
 
@@ -79,31 +105,36 @@ class Relay:
     async def exchange(self, request: h11.Request, downstream: Downstream) -> None:
         """Relay one request. Raises ProxyError before the response starts (the caller answers it),
         UpstreamFailedMidResponse or ClientGone after."""
-        target_path = request.target.decode("latin-1")
+        path = request.target.decode("latin-1")
         raw_headers = request.headers.raw_items()
-        capture = self._capture_for(request.method, target_path, raw_headers)
-        upstream_headers = hdr.for_upstream(raw_headers, self.config.target.authority, hdr.is_chunked(raw_headers))
-        upstream_target = self.config.target.url_path(target_path).encode("latin-1")
-        sent: Optional[BodySample] = None
-        received: Optional[BodySample] = None
+        forwarding = Forwarding(
+            method=request.method,
+            path=path,
+            upstream_target=self.config.target.url_path(path).encode("latin-1"),
+            upstream_headers=hdr.for_upstream(raw_headers, self.config.target.authority, hdr.is_chunked(raw_headers)),
+            downstream=downstream,
+            capture=self._capture_for(request.method, path, raw_headers),
+        )
         if log.isEnabledFor(logging.DEBUG):
             # headers.masked() is the only way headers reach a log line: keys and cookies show as ***.
-            log.debug("-> %s %s %s", request.method.decode("latin-1"), target_path, hdr.masked(raw_headers))
-            sent, received = BodySample(), BodySample()
+            log.debug("-> %s %s %s", request.method.decode("latin-1"), path, hdr.masked(raw_headers))
+            forwarding.sent, forwarding.received = BodySample(), BodySample()
         complete = False
         try:
-            conn, response = await self._open_exchange(
-                request.method, upstream_target, upstream_headers, downstream, capture, sent
-            )
-            complete = await self._relay_response(conn, response, request.method, downstream, capture, received)
+            conn, response = await self._open_exchange(forwarding)
+            complete = await self._relay_response(conn, response, forwarding)
         finally:
-            if sent is not None:
-                log.debug("-> %s body %s", target_path, sent)
-                log.debug("<- %s body %s", target_path, received)
-            if capture is not None and self.record is not None:
-                finished = capture.finish(complete)
-                if finished is not None and (complete or finished.stream):
-                    self.record(finished)
+            if forwarding.sent is not None:
+                log.debug("-> %s body %s", path, forwarding.sent)
+                log.debug("<- %s body %s", path, forwarding.received)
+            self._hand_over(forwarding.capture, complete)
+
+    def _hand_over(self, capture: Optional[ExchangeCapture], complete: bool) -> None:
+        """The recorder gets whole exchanges, and streams cut short (marked incomplete)."""
+        if capture is not None and self.record is not None:
+            finished = capture.finish(complete)
+            if finished is not None and (complete or finished.stream):
+                self.record(finished)
 
     def _capture_for(self, method: bytes, path: str, raw_headers: List[Tuple[bytes, bytes]]) -> Optional[ExchangeCapture]:
         if self.record is None:
@@ -115,15 +146,7 @@ class Relay:
             return None
         return ExchangeCapture(endpoint, path, raw_headers, self.config.max_body)
 
-    async def _open_exchange(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: List[Tuple[bytes, bytes]],
-        downstream: Downstream,
-        capture: Optional[ExchangeCapture],
-        sample: Optional[BodySample] = None,
-    ) -> Tuple[UpstreamConnection, h11.Response]:
+    async def _open_exchange(self, forwarding: Forwarding) -> Tuple[UpstreamConnection, h11.Response]:
         """Send the request and wait for the response head.
 
         A pooled connection the server closed while idle fails before any response byte; the
@@ -133,7 +156,7 @@ class Relay:
         reused = conn.requests > 0
         body: Optional[List[bytes]] = None
         try:
-            body = await self._send_request(conn, method, target, headers, downstream, capture, sample)
+            body = await self._send_request(conn, forwarding)
             return conn, await conn.receive_response()
         except UpstreamClosed:
             self.pool.release(conn, clean=False)
@@ -145,7 +168,7 @@ class Relay:
         log.debug("pooled upstream connection was stale; sending the request again on a new one")
         conn = await self.pool.acquire(fresh=True)
         try:
-            await conn.send_request(method, target, headers)
+            await conn.send_request(forwarding.method, forwarding.upstream_target, forwarding.upstream_headers)
             for chunk in body:
                 await conn.send_body(chunk)
             await conn.end_request()
@@ -154,28 +177,16 @@ class Relay:
             self.pool.release(conn, clean=False)
             raise
 
-    async def _send_request(
-        self,
-        conn: UpstreamConnection,
-        method: bytes,
-        target: bytes,
-        headers: List[Tuple[bytes, bytes]],
-        downstream: Downstream,
-        capture: Optional[ExchangeCapture],
-        sample: Optional[BodySample] = None,
-    ) -> Optional[List[bytes]]:
+    async def _send_request(self, conn: UpstreamConnection, forwarding: Forwarding) -> Optional[List[bytes]]:
         """Forward head and body as the body arrives; returns the body if it was small enough to keep."""
         copy: Optional[List[bytes]] = []
         copied = 0
-        await conn.send_request(method, target, headers)
+        await conn.send_request(forwarding.method, forwarding.upstream_target, forwarding.upstream_headers)
         while True:
-            chunk = await downstream.receive_body()
+            chunk = await forwarding.downstream.receive_body()
             if chunk is None:
                 break
-            if capture is not None:
-                capture.request_chunk(chunk)
-            if sample is not None:
-                sample.add(chunk)
+            forwarding.request_chunk(chunk)
             if copy is not None:
                 copied += len(chunk)
                 if copied <= RETRY_COPY_LIMIT:
@@ -186,15 +197,8 @@ class Relay:
         await conn.end_request()
         return copy
 
-    async def _relay_response(
-        self,
-        conn: UpstreamConnection,
-        response: h11.Response,
-        method: bytes,
-        downstream: Downstream,
-        capture: Optional[ExchangeCapture],
-        sample: Optional[BodySample] = None,
-    ) -> bool:
+    async def _relay_response(self, conn: UpstreamConnection, response: h11.Response, forwarding: Forwarding) -> bool:
+        downstream = forwarding.downstream
         clean = False
         try:
             response_headers = response.headers.raw_items()
@@ -204,17 +208,14 @@ class Relay:
                 # h11 lets Transfer-Encoding win silently; relaying the Content-Length beside the
                 # de-chunked body would frame the client's response wrongly (h11 refuses mid-send).
                 raise UpstreamProtocolError("upstream response has both Content-Length and Transfer-Encoding")
-            if capture is not None:
-                capture.response_head(response.status_code, response_headers)
+            if forwarding.capture is not None:
+                forwarding.capture.response_head(response.status_code, response_headers)
             await downstream.start_response(response.status_code, hdr.for_client(response_headers), response.reason)
             try:
                 async for chunk in conn.iter_body(before_wait=downstream.flush):
-                    if method != b"HEAD":
+                    if forwarding.method != b"HEAD":
                         await downstream.send_data(chunk)
-                    if capture is not None:
-                        capture.response_chunk(chunk)
-                    if sample is not None:
-                        sample.add(chunk)
+                    forwarding.response_chunk(chunk)
             except ProxyError as exc:
                 raise UpstreamFailedMidResponse(str(exc)) from None
             await downstream.end_response()

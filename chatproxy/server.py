@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -27,8 +28,19 @@ MAX_REQUEST_HEAD = 16 * 1024
 STATUS_PATH = b"/_chatproxy/status"
 
 
+@dataclasses.dataclass
+class Cycle:
+    """The state of one request/response cycle on a connection; a new one for every request."""
+
+    response_started: bool = False
+    body_bytes: int = 0  # of the request body so far, for --max-body on chunked bodies
+    client_gone: bool = False  # the client's EOF arrived once the request was in
+
+
 class ClientConnection:
-    """Serves requests on one client connection until it closes, relaying each to the target."""
+    """Serves requests on one client connection until it closes, relaying each to the target.
+
+    It is the relay's Downstream: the relay reads the request body and writes the response through it."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: ProxyServer) -> None:
         self._reader = reader
@@ -39,13 +51,20 @@ class ClientConnection:
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.label = f"{peer[0]}:{peer[1]}"
         self.busy = False
-        self.response_started = False
-        self._body_bytes = 0
-        self._task: Optional[asyncio.Task] = None
-        self._client_gone = False
+        self.cycle = Cycle()
+        self._task: Optional["asyncio.Task[None]"] = None
         self._loop = asyncio.get_running_loop()
         self._held = b""  # bytes sent to h11 but not yet written: one write for head and body
         _, self._high_water = writer.transport.get_write_buffer_limits()
+
+    @property
+    def response_started(self) -> bool:
+        return self.cycle.response_started
+
+    def close_if_idle(self) -> None:
+        """On shutdown: a connection waiting for its next request is closed now, a busy one finishes."""
+        if not self.busy and self._task is not None:
+            self._task.cancel()
 
     # -- the request/response cycle ----------------------------------------------------------
 
@@ -101,10 +120,8 @@ class ClientConnection:
             return b""
 
     async def _handle(self, request: h11.Request) -> None:
-        self.response_started = False
-        self._body_bytes = 0
-        self._client_gone = False
-        self._server.counts["requests"] += 1
+        self.cycle = Cycle()
+        self._server.count_request()
         try:
             request = self._check(request)
             if request.target.split(b"?", 1)[0] == STATUS_PATH:
@@ -113,19 +130,18 @@ class ClientConnection:
             await self._server.relay.exchange(request, self)
         except ProxyError as exc:
             if exc.status >= 500:
-                self._server.note_error(str(exc))
+                self._server.note_error(str(exc))  # counted as an error when the answer is sent
             log.warning("%s - %s %s -> %d %s", self.label, request.method.decode(), request.target.decode("latin-1"), exc.status, exc)
             await self._send_error(exc.status, str(exc), exc.code)
         except UpstreamFailedMidResponse as exc:
-            self._server.counts["errors"] += 1
-            self._server.note_error(str(exc))
+            self._server.count_error(str(exc))
             log.warning("%s - upstream failed mid-response, cutting the client off: %s", self.label, exc)
             self._abort()
         except ClientGone:
             log.info("%s - client went away before the response was complete", self.label)
             self._abort()
         except asyncio.CancelledError:
-            if not self._client_gone:
+            if not self.cycle.client_gone:
                 raise
             task = asyncio.current_task()
             if task is not None and hasattr(task, "uncancel"):
@@ -182,8 +198,8 @@ class ClientConnection:
             except h11.RemoteProtocolError as exc:
                 raise RequestRejected(exc.error_status_hint, f"malformed request body: {exc}") from None
             if isinstance(event, h11.Data):
-                self._body_bytes += len(event.data)
-                if self._body_bytes > self._config.max_body:
+                self.cycle.body_bytes += len(event.data)
+                if self.cycle.body_bytes > self._config.max_body:
                     raise RequestRejected(413, f"request body larger than --max-body ({self._config.max_body} bytes)")
                 return bytes(event.data)
             if isinstance(event, h11.EndOfMessage):
@@ -199,7 +215,7 @@ class ClientConnection:
             self._h11.receive_data(data)
 
     async def start_response(self, status: int, headers: List[Tuple[bytes, bytes]], reason: bytes) -> None:
-        self.response_started = True
+        self.cycle.response_started = True
         if self._server.stopping:
             headers = headers + [(b"Connection", b"close")]
         # The head goes out with the first body bytes, or by flush() before the relay waits for them.
@@ -241,10 +257,10 @@ class ClientConnection:
 
     async def _send_error(self, status: int, message: str, code: str) -> None:
         """An OpenAI-style error answer, then the connection closes; only if no response started."""
-        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self.response_started:
+        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self.cycle.response_started:
             self._abort()
             return
-        self._server.counts["errors"] += 1
+        self._server.count_error()
         body = openai_error_body(status, message, code)
         headers = [
             (b"Content-Type", b"application/json"),
@@ -263,7 +279,7 @@ class ClientConnection:
         headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
         while await self.receive_body() is not None:
             pass
-        self.response_started = True
+        self.cycle.response_started = True
         await self._send(h11.Response(status_code=200, headers=headers))
         await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
@@ -280,7 +296,7 @@ class ClientConnection:
             reader.on_end = self._client_left
 
     def _client_left(self) -> None:
-        self._client_gone = True
+        self.cycle.client_gone = True
         if self._task is not None:
             self._task.cancel()
 
@@ -354,7 +370,16 @@ class ProxyServer:
             if task is not None:
                 self._tasks.discard(task)
 
+    def count_request(self) -> None:
+        self.counts["requests"] += 1
+
+    def count_error(self, message: Optional[str] = None) -> None:
+        self.counts["errors"] += 1
+        if message is not None:
+            self.note_error(message)
+
     def note_error(self, message: str) -> None:
+        """The last failure, for /_chatproxy/status."""
         self.last_error = message
 
     def status(self) -> Dict[str, Any]:
@@ -379,8 +404,7 @@ class ProxyServer:
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
-            if not conn.busy and conn._task is not None:
-                conn._task.cancel()
+            conn.close_if_idle()
         deadline = time.monotonic() + self.config.timeouts.shutdown_grace
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -390,4 +414,3 @@ class ProxyServer:
             await asyncio.wait(list(self._tasks), timeout=2)
         if self._server is not None:
             await self._server.wait_closed()
-        self.relay.pool.close()

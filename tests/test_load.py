@@ -20,8 +20,8 @@ WARM_UP = CHATS  # as many as the load, so the upstream pool already holds what 
 # Allocations still held by these files after the load must be back at the baseline: they make up
 # the relay path (per-connection and per-exchange state), as opposed to the dataset index, which
 # rightly grows by one entry per record.
-RELAY_PATH = ("/chatproxy/server.py", "/chatproxy/relay.py", "/chatproxy/upstream.py", "/chatproxy/capture.py",
-              "/chatproxy/sse.py", "/h11/", "/asyncio/")
+RELAY_PATH = ("/chatproxy/server.py", "/chatproxy/relay.py", "/chatproxy/upstream.py", "/chatproxy/recorder/capture.py",
+              "/chatproxy/apis/sse.py", "/h11/", "/asyncio/")
 
 
 class Interleaved(Behaviour):

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from chatproxy.recorder.capture import Exchange
 from chatproxy.config import ConfigError, RecordOptions, check_session_id
 from chatproxy.recorder.extract import NotRecordable, extract
-from chatproxy.recorder.pipe import status_fields
+from chatproxy.recorder.interface import status_fields, zero_counts
 from chatproxy.recorder.store import DatasetStore
 from chatproxy.chats.tree import Node
 
@@ -32,7 +32,7 @@ class RecordBook:
         self.session = session
         self.options = options
         self.stores: Dict[str, DatasetStore] = {}
-        self.counts = {"recorded": 0, "skipped": 0, "unrecordable": 0, "write_errors": 0}
+        self.counts = zero_counts()
         self.last_error: Optional[str] = None
         self.failures = 0  # consecutive failed writes
         # Exchanges whose session could not be opened (folder read-only, disk full): retried with

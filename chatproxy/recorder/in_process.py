@@ -29,11 +29,13 @@ class _Sync:
         self.done: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
 
 
-class Recorder:
+class InProcessRecorder:
+    """The fallback Recorder (interface.py): a writer task on the proxy's loop and a worker thread."""
+
     def __init__(self, folder: Path, session: str, options: RecordOptions) -> None:
         self.book = RecordBook(folder, session, options)
         self.session = session
-        # Made here, so a Recorder must be built inside the running loop (Python 3.9 binds queues
+        # Made here, so an InProcessRecorder must be built inside the running loop (Python 3.9 binds queues
         # and events to the loop current at construction).
         self._queue: "asyncio.Queue[Union[Exchange, _Sync, None]]" = asyncio.Queue()
         self._closing = asyncio.Event()

@@ -24,7 +24,8 @@ import chatproxy
 from chatproxy.recorder.capture import Exchange
 from chatproxy.config import RecordOptions
 from chatproxy.recorder.durable import SessionLocked
-from chatproxy.recorder.pipe import FrameReader, Message, emit_forwarded, exchange_fields, frame, status_fields
+from chatproxy.recorder.interface import status_fields, zero_counts
+from chatproxy.recorder.pipe import FrameReader, Message, emit_forwarded, exchange_fields, frame
 
 log = logging.getLogger("chatproxy.recorder")
 
@@ -53,11 +54,13 @@ class RecorderFailed(Exception):
 
 
 class RecorderProcess:
+    """The default Recorder (interface.py): the recorder process, started, fed and restarted from here."""
+
     def __init__(self, folder: Path, session: str, options: RecordOptions) -> None:
         self.folder = folder
         self.session = session
         self.options = options
-        self.counts = {"recorded": 0, "skipped": 0, "unrecordable": 0, "write_errors": 0}
+        self._counts = zero_counts()
         self._counts_before: Dict[str, int] = {}  # what the recorder processes before this one counted
         self.last_error: Optional[str] = None
         self.paths: Dict[str, Optional[str]] = {"dataset": None, "journal": None}
@@ -98,6 +101,10 @@ class RecorderProcess:
         await done
 
     @property
+    def counts(self) -> Dict[str, int]:
+        return self._counts
+
+    @property
     def pending(self) -> int:
         return len(self._unconfirmed)
 
@@ -110,7 +117,7 @@ class RecorderProcess:
         return self._process.pid if self._process is not None else None
 
     def status(self) -> Dict[str, Any]:
-        return status_fields(self.counts, self.pending, self.paths["dataset"], self.paths["journal"])
+        return status_fields(self._counts, self.pending, self.paths["dataset"], self.paths["journal"])
 
     async def close(self) -> None:
         """Hand over what is queued, let the recorder write it and the final live file, and wait for it."""
@@ -153,7 +160,7 @@ class RecorderProcess:
                     "owner_pid": os.getpid(), "log_level": _forwarded_level()}
         process.stdin.write(frame(("open", settings)))
         self._process, self._on_disk = process, 0
-        self._counts_before = dict(self.counts)
+        self._counts_before = dict(self._counts)
         self._ready = loop.create_future()
         self._reader = asyncio.ensure_future(self._read(process))
         try:
@@ -213,7 +220,7 @@ class RecorderProcess:
         for _ in range(min(state["on_disk"] - self._on_disk, len(self._unconfirmed))):
             self._unconfirmed.popleft()
         self._on_disk = state["on_disk"]
-        self.counts = {k: self._counts_before.get(k, 0) + v for k, v in state["counts"].items()}
+        self._counts = {k: self._counts_before.get(k, 0) + v for k, v in state["counts"].items()}
         self.last_error = state["last_error"]
 
     async def _restart(self) -> None:

@@ -30,7 +30,7 @@ import pytest
 
 from chatproxy.config import RecordOptions
 from chatproxy.recorder.durable import SessionLock
-from chatproxy.recorder.in_process import Recorder
+from chatproxy.recorder.in_process import InProcessRecorder
 from chatproxy.recorder.process import RecorderProcess
 from fake_upstream import Behaviour, Chat
 from subproc import ROOT, ProxyProcess, chat
@@ -567,7 +567,7 @@ def test_in_process_recorder_when_embedding_starts_no_child(upstream, make_proxy
     process of this one, and chats are recorded and written to the live file."""
     before = recorder_children(os.getpid())
     proxy = make_proxy(upstream.url, record=RecordOptions(in_process=True, snapshot_interval=0.05))
-    assert isinstance(proxy.proxy.recorder, Recorder)
+    assert isinstance(proxy.proxy.recorder, InProcessRecorder)
     for text in ("one", "two"):
         assert post_chat(proxy.port, text).status == 200
     proxy.wait_recorded(2)
@@ -595,7 +595,7 @@ def test_recorder_falls_back_to_this_process_when_no_child_can_start(upstream, m
     monkeypatch.setattr(sys, "executable", executable)
     before = recorder_children(os.getpid())
     proxy = make_proxy(upstream.url)
-    assert isinstance(proxy.proxy.recorder, Recorder)
+    assert isinstance(proxy.proxy.recorder, InProcessRecorder)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and FALLBACK in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].name == "chatproxy", [r.getMessage() for r in caplog.records]
     assert "recorder process" in warnings[0].getMessage()

@@ -1,0 +1,64 @@
+"""What the proxy asks of a recorder, whichever process it records in.
+
+Two implementations: `process.RecorderProcess` (the default: parsing and disk work in a second
+process) and `in_process.InProcessRecorder` (the fallback where no child process can be started).
+The proxy and the tests see only this interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Dict, Optional, Protocol, Set
+
+from chatproxy.recorder.capture import Exchange
+
+# What a recorder counts, by key: written by the one that records, read for /_chatproxy/status.
+COUNT_NAMES = ("recorded", "skipped", "unrecordable", "write_errors")
+
+
+def zero_counts() -> Dict[str, int]:
+    return dict.fromkeys(COUNT_NAMES, 0)
+
+
+def status_fields(counts: Dict[str, int], pending: int, dataset: Optional[object], journal: Optional[object]) -> Dict[str, Any]:
+    """A recorder's part of /_chatproxy/status, whichever process it runs in."""
+    return {
+        "recorded": counts["recorded"],
+        "skipped_housekeeping": counts["skipped"],
+        "not_recordable": counts["unrecordable"],
+        "write_errors": counts["write_errors"],
+        "pending_records": pending,
+        "dataset": dataset and str(dataset),
+        "journal": journal and str(journal),
+    }
+
+
+class Recorder(Protocol):
+    """Takes finished exchanges from the relay and gets them onto disk, never blocking the loop."""
+
+    @property
+    def counts(self) -> Dict[str, int]:
+        """Totals by COUNT_NAMES since the proxy started."""
+
+    @property
+    def pending(self) -> int:
+        """Exchanges and records handed over but not yet on disk."""
+
+    @property
+    def tasks(self) -> Set["asyncio.Task[Any]"]:
+        """The recorder's own tasks on the proxy's loop (for embedders and tests that check for leaks)."""
+
+    async def start(self) -> None:
+        """Open the running session; raises SessionLocked or OSError."""
+
+    def submit(self, exchange: Exchange) -> None:
+        """Hand over one finished exchange; only enqueues."""
+
+    async def sync(self, snapshot: bool = False) -> None:
+        """Until everything submitted so far is on disk (and, with `snapshot`, in the live files)."""
+
+    def status(self) -> Dict[str, Any]:
+        """The recorder's part of /_chatproxy/status (see status_fields)."""
+
+    async def close(self) -> None:
+        """Write what is queued and the final live files, then release the session."""
