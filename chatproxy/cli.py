@@ -301,12 +301,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run_subcommand(name: str, argv: List[str]) -> int:
     _setup_logging(False, False, "text")
+    # Imported here, never while serving: a command's modules cost the proxy nothing.
     if name == "export":
         from chatproxy.commands.export import main as run
+    elif name == "stats":
+        from chatproxy.commands.stats import main as run
     else:
-        from chatproxy.commands.inspect import main as run_inspect
-
-        return run_inspect([name] + argv)
+        from chatproxy.commands.show import main as run
     return run(argv)
 
 

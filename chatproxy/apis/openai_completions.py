@@ -43,6 +43,8 @@ import logging
 from typing import Any, Callable, Tuple
 from urllib.parse import unquote_to_bytes
 
+from chatproxy.chats.messages import AUDIO, FILE, IMAGE, as_text
+
 __all__ = [
     "AUDIO",
     "FILE",
@@ -60,9 +62,6 @@ log = logging.getLogger("chatproxy.normalize")
 # Saves decoded image bytes of the given MIME type and returns the path to list in "images".
 ImageSink = Callable[[bytes, str], str]
 
-IMAGE = "<image>"
-AUDIO = "<audio>"
-FILE = "<file>"
 
 _ROLES = {
     "system": "system",
@@ -108,9 +107,9 @@ def _normalize_message(raw: Any, save_image: ImageSink) -> dict | None:
     _put_content(message, raw.get("content"), save_image)
     if role == "assistant":
         message.update(_assistant_extras(raw))
-    if role == "tool" and _text(raw.get("tool_call_id")):
+    if role == "tool" and as_text(raw.get("tool_call_id")):
         message["tool_call_id"] = raw["tool_call_id"]
-    if _text(raw.get("name")):
+    if as_text(raw.get("name")):
         message["name"] = raw["name"]
     return message
 
@@ -156,9 +155,9 @@ def _render_part(part: Any, save_image: ImageSink | None) -> tuple[str | None, s
     if kind == "file":
         return FILE, None
     if kind == "refusal":
-        return _text(part.get("refusal")), None
+        return as_text(part.get("refusal")), None
     # "text" and any unknown part that carries text.
-    return _text(part.get("text")), None
+    return as_text(part.get("text")), None
 
 
 def _image_reference(value: Any, save_image: ImageSink | None) -> str | None:
@@ -231,8 +230,8 @@ def _tool_calls(raw: Any) -> list[dict]:
             function = item["function"]
             calls.append(
                 {
-                    "id": _text(item.get("id")),
-                    "name": _text(function.get("name")),
+                    "id": as_text(item.get("id")),
+                    "name": as_text(function.get("name")),
                     "arguments": _arguments_text(function.get("arguments")),
                 }
             )
@@ -242,7 +241,7 @@ def _tool_calls(raw: Any) -> list[dict]:
 def _legacy_call(raw: Any) -> dict | None:
     if not isinstance(raw, dict):
         return None
-    return {"id": "", "name": _text(raw.get("name")), "arguments": _arguments_text(raw.get("arguments"))}
+    return {"id": "", "name": as_text(raw.get("name")), "arguments": _arguments_text(raw.get("arguments"))}
 
 
 def _arguments_text(value: Any) -> str:
@@ -261,7 +260,7 @@ def assistant_from_choice(message: dict) -> dict:
         return canonical
     # A response carries no image sink: data: URL images in answers are not expected and are dropped.
     _put_content(canonical, message.get("content"), None)
-    refusal = _text(message.get("refusal"))
+    refusal = as_text(message.get("refusal"))
     if "content" not in canonical and refusal:
         # OpenAI puts a refusal beside a null content; it is the answer the model gave.
         canonical["content"] = refusal
@@ -280,7 +279,7 @@ def chat_choices(body: dict) -> list[tuple[int, dict, str | None]]:
 
 def completion_choices(body: dict) -> list[tuple[int, str, str | None]]:
     """A non-streaming /completions body -> (index, text, finish_reason) by index."""
-    choices = [(index, _text(raw.get("text")), _finish_reason(raw)) for index, raw in _choices_of(body)]
+    choices = [(index, as_text(raw.get("text")), _finish_reason(raw)) for index, raw in _choices_of(body)]
     return sorted(choices, key=lambda choice: choice[0])
 
 
@@ -313,14 +312,14 @@ class _ChoiceState:
 
     def add_fragment(self, fragment: dict) -> None:
         call = self.calls.setdefault(self._call_key(fragment), _CallState())
-        call_id = _text(fragment.get("id"))
+        call_id = as_text(fragment.get("id"))
         # id and name come whole in a call's first fragment; servers that repeat them later must not
         # double them, so both are set once and only arguments are concatenated.
         if call_id and not call.id:
             call.id = call_id
         function = fragment.get("function")
         if isinstance(function, dict):
-            name = _text(function.get("name"))
+            name = as_text(function.get("name"))
             if name and not call.name:
                 call.name = name
             if function.get("arguments") is not None:
@@ -334,7 +333,7 @@ class _ChoiceState:
         # fragment carrying a different id starts the next call, so whole parallel calls sent one per
         # fragment are not glued together.
         current = self.unindexed_call
-        call_id = _text(fragment.get("id"))
+        call_id = as_text(fragment.get("id"))
         if current is None or (call_id and self.calls[current].id and self.calls[current].id != call_id):
             current = max(self.calls, default=-1) + 1
             self.unindexed_call = current
@@ -391,9 +390,9 @@ class StreamAccumulator:
         return [(index, state.message(), state.finish_reason) for index, state in ordered]
 
     def _note_metadata(self, chunk: dict) -> None:
-        if self._model is None and _text(chunk.get("model")):
+        if self._model is None and as_text(chunk.get("model")):
             self._model = chunk["model"]
-        if self._response_id is None and _text(chunk.get("id")):
+        if self._response_id is None and as_text(chunk.get("id")):
             self._response_id = chunk["id"]
         # With stream_options.include_usage, OpenAI and vLLM send usage in a last chunk with empty
         # choices; some servers also send a running total on every chunk. The last one is the total.
@@ -432,10 +431,6 @@ def _add_delta(state: _ChoiceState, delta: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def _first_text(raw: dict, keys: Tuple[str, ...]) -> str:

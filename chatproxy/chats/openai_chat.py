@@ -32,11 +32,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Set
 
-Message = Dict[str, Any]
+from chatproxy.chats.messages import Message, as_list, as_text, neutral
+
 Record = Dict[str, Any]
 
 KEEP = "keep"
-_NEUTRAL = {"<image>": "[image]", "<video>": "[video]", "<audio>": "[audio]"}
 
 
 def to_openai_chat(messages: List[Message], tools: Optional[List[Any]] = None, reasoning: str = KEEP) -> Optional[Record]:
@@ -98,8 +98,8 @@ class _Builder:
             self.out.append({"role": "user", "content": joined})
 
     def _assistant(self, message: Message) -> None:
-        text, thought = _text(message), _neutral(_str(message.get("reasoning"))) if self.reasoning == KEEP else ""
-        calls = [self._call(c) for c in _list(message.get("tool_calls")) if isinstance(c, dict)]
+        text, thought = _text(message), neutral(as_text(message.get("reasoning"))) if self.reasoning == KEEP else ""
+        calls = [self._call(c) for c in as_list(message.get("tool_calls")) if isinstance(c, dict)]
         if not (text or thought or calls):
             return  # nothing said: as if it had not been sent
         last = self.out[-1] if self.out else None
@@ -112,24 +112,24 @@ class _Builder:
         self.open_calls = [call["id"] for call in last["tool_calls"]]
 
     def _call(self, call: Message) -> Message:
-        call_id = _str(call.get("id"))
+        call_id = as_text(call.get("id"))
         if not call_id or call_id in self.used_ids:
             call_id = f"call_{len(self.used_ids) + 1}"
             while call_id in self.used_ids:
                 call_id += "_"
         self.used_ids.add(call_id)
-        arguments = _str(call.get("arguments"))
+        arguments = as_text(call.get("arguments"))
         return {
             "id": call_id,
             "type": "function",
-            "function": {"name": _str(call.get("name")), "arguments": arguments if arguments.strip() else "{}"},
+            "function": {"name": as_text(call.get("name")), "arguments": arguments if arguments.strip() else "{}"},
         }
 
     def _tool(self, message: Message) -> None:
         if not self.open_calls:
             self._user_text(_text(message))
             return
-        wanted = _str(message.get("tool_call_id"))
+        wanted = as_text(message.get("tool_call_id"))
         call_id = wanted if wanted in self.open_calls else self.open_calls[0]
         self.open_calls.remove(call_id)
         self.out.append({"role": "tool", "tool_call_id": call_id, "content": _text(message)})
@@ -176,21 +176,7 @@ def openai_tools(tools: Optional[List[Any]]) -> List[Record]:
 
 
 def _text(message: Message) -> str:
-    return _neutral(_str(message.get("content")))
-
-
-def _neutral(text: str) -> str:
-    for token, spelling in _NEUTRAL.items():
-        text = text.replace(token, spelling)
-    return text
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _list(value: Any) -> List[Any]:
-    return value if isinstance(value, list) else []
+    return neutral(as_text(message.get("content")))
 
 
 __all__ = ["openai_tools", "to_openai_chat"]

@@ -49,15 +49,14 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator, List, NamedTuple
 
+from chatproxy.chats.messages import IMAGE, UNBACKED, as_list, as_text, neutral
+
 __all__ = ["DROP", "KEEP", "llamafactory_problems", "to_sharegpt"]
 
 KEEP = "keep"
 DROP = "drop"
 _REASONING_MODES = (KEEP, DROP)
 
-IMAGE = "<image>"
-# LLaMA-Factory's IMAGE/VIDEO/AUDIO_PLACEHOLDER (extras/constants.py) and their unbacked spellings.
-_NEUTRAL = {"<image>": "[image]", "<video>": "[video]", "<audio>": "[audio]"}
 
 ASKING_TAGS = ("human", "observation")  # odd positions
 ANSWERING_TAGS = ("gpt", "function_call")  # even positions
@@ -114,8 +113,8 @@ def _record(system: str, turns: list[_Turn], tools: list | None) -> dict:
 
 
 def _system_text(preamble: list[dict]) -> str:
-    systems = [_neutral(_content(m)) for m in preamble if m.get("role") == "system"]
-    greetings = [_neutral(_content(m)) for m in preamble if m.get("role") == "assistant"]
+    systems = [neutral(_content(m)) for m in preamble if m.get("role") == "system"]
+    greetings = [neutral(_content(m)) for m in preamble if m.get("role") == "assistant"]
     return "\n\n".join(text for text in systems + greetings if text)
 
 
@@ -140,8 +139,8 @@ def _pieces(chat: list[dict], reasoning: str) -> Iterator[_Piece]:
 def _has_answer(message: dict, reasoning: str) -> bool:
     return bool(
         _content(message)
-        or _list(message.get("tool_calls"))
-        or (reasoning == KEEP and _str(message.get("reasoning")))
+        or as_list(message.get("tool_calls"))
+        or (reasoning == KEEP and as_text(message.get("reasoning")))
     )
 
 
@@ -191,11 +190,11 @@ def _results_value(results: list[_Piece]) -> str:
 
 
 def _answer_turn(group: list[_Piece], reasoning: str) -> _Turn:
-    calls = [call for piece in group for call in _list(piece.message.get("tool_calls")) if isinstance(call, dict)]
+    calls = [call for piece in group for call in as_list(piece.message.get("tool_calls")) if isinstance(call, dict)]
     if calls:
         return _Turn("function_call", _calls_value(calls), [])
     text = "\n\n".join(piece.text for piece in group if piece.text)
-    thoughts = [_neutral(_str(piece.message.get("reasoning"))) for piece in group]
+    thoughts = [neutral(as_text(piece.message.get("reasoning"))) for piece in group]
     thought = "\n\n".join(t for t in thoughts if t)
     if reasoning == KEEP and thought:
         text = "<think>\n" + thought + "\n</think>\n\n" + text
@@ -209,12 +208,12 @@ def _answer_turn(group: list[_Piece], reasoning: str) -> _Turn:
 
 def _calls_value(calls: list[dict]) -> str:
     entries = [
-        {"name": _str(call.get("name")), "arguments": _parsed_arguments(call.get("arguments"))} for call in calls
+        {"name": as_text(call.get("name")), "arguments": _parsed_arguments(call.get("arguments"))} for call in calls
     ]
     text = json.dumps(entries[0] if len(entries) == 1 else entries, ensure_ascii=False)
     # "<" only ever occurs inside JSON strings, and "\u003c" decodes back to it: the placeholder count
     # LLaMA-Factory takes on the raw value drops to zero while the arguments stay exact.
-    for token in _NEUTRAL:
+    for token in UNBACKED:
         text = text.replace(token, "\\u003c" + token[1:])
     return text
 
@@ -222,7 +221,7 @@ def _calls_value(calls: list[dict]) -> str:
 def _parsed_arguments(raw: Any) -> Any:
     if isinstance(raw, dict):
         return raw
-    text = _str(raw)
+    text = as_text(raw)
     if not text.strip():
         return {}
     try:
@@ -262,27 +261,12 @@ def _backed(message: dict) -> tuple[str, list[str]]:
     images = message.get("images")
     images = [image for image in images if isinstance(image, str)] if isinstance(images, list) else []
     if text.count(IMAGE) == len(images):
-        return _neutral(text, keep_images=True), images
-    return _neutral(text), []
-
-
-def _neutral(text: str, keep_images: bool = False) -> str:
-    for token, spelling in _NEUTRAL.items():
-        if not (keep_images and token == IMAGE):
-            text = text.replace(token, spelling)
-    return text
+        return neutral(text, keep_images=True), images
+    return neutral(text), []
 
 
 def _content(message: dict) -> str:
-    return _str(message.get("content"))
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
+    return as_text(message.get("content"))
 
 
 # ---------------------------------------------------------------------------------------------------------

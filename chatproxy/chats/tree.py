@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from chatproxy.recorder.journal import encode_json
+from chatproxy.chats.messages import encode_json
 
 try:
     # hashlib's own blake2b, without the OpenSSL library `import hashlib` loads (4 MB of memory).

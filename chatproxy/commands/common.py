@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
-from typing import List, NoReturn, Union
+from typing import List, NoReturn, Optional, Union
 
-from chatproxy.commands.sessions import DATASETS_ENV, default_datasets
+from chatproxy.commands.sessions import DATASETS_ENV, Session, default_datasets
 
 USAGE_ERROR = 2
 
@@ -60,3 +61,13 @@ def tolerant_output() -> None:
 def fail(prog: str, message: str) -> int:
     print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
     return USAGE_ERROR
+
+
+def print_warnings(session: Session) -> None:
+    """What reading a session found wrong (damaged lines, …), on stderr."""
+    for line in session.warnings():
+        print(f"chatproxy: warning: {line}", file=sys.stderr)
+
+
+def local_time(moment: Optional[datetime.datetime]) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %z") if moment else "-"

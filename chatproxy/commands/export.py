@@ -25,7 +25,7 @@ from chatproxy.recorder import durable
 from chatproxy.commands import sessions
 from chatproxy.config import ConfigError
 from chatproxy.commands.trainer_rules import unsloth_dataset_problems
-from chatproxy.recorder.journal import encode_json
+from chatproxy.chats.messages import encode_json
 from chatproxy.commands.profiles import PROFILES, Profile, Unusable
 from chatproxy.commands.trainer_config import dataset_name, snippets
 from chatproxy.commands.common import Parser, UsageError, add_datasets_option, fail, new_parser, parse, tolerant_output

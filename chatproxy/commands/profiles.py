@@ -36,6 +36,7 @@ from chatproxy.commands.trainer_rules import (
     openai_problems,
     unsloth_problems,
 )
+from chatproxy.chats.messages import IMAGE, UNBACKED, as_text
 from chatproxy.chats.openai_chat import openai_tools, to_openai_chat
 from chatproxy.chats.sharegpt import to_sharegpt
 
@@ -44,8 +45,6 @@ Record = Dict[str, Any]
 Builder = Callable[[List[Message], Optional[List[Any]], str, Path], Optional[Record]]
 Validator = Callable[[Any], List[str]]
 
-IMAGE = "<image>"
-UNBACKED_IMAGE = "[image]"
 
 
 class Unusable(Exception):
@@ -166,7 +165,7 @@ def _localise_images(record: Record, image_root: Path) -> None:
             local = _local_image(next(paths, ""), image_root)
             if local:
                 kept.append(local)
-            value += (IMAGE if local else UNBACKED_IMAGE) + piece
+            value += (IMAGE if local else UNBACKED[IMAGE]) + piece
         turn["value"] = value
     if kept:
         record["images"] = kept
@@ -207,7 +206,7 @@ def _as_text_chat(messages: List[Message]) -> List[Message]:
         role = message.get("role")
         started = started or role == "user"
         # Without its "images", a message's placeholders are neutralised by to_sharegpt (rule 10).
-        text = _str(message.get("content"))
+        text = as_text(message.get("content"))
         if role == "tool":
             if started:
                 chat.append({"role": "user", "content": "<tool_response>\n" + text + "\n</tool_response>"})
@@ -223,7 +222,7 @@ def _as_text_chat(messages: List[Message]) -> List[Message]:
 
 
 def _call_text(call: Message) -> str:
-    raw = _str(call.get("arguments"))
+    raw = as_text(call.get("arguments"))
     try:
         arguments: Any = json.loads(raw) if raw.strip() else {}
     except ValueError:
@@ -251,10 +250,6 @@ def _tools_block(tools: Optional[List[Any]]) -> str:
 
 def _build_openai(messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path) -> Optional[Record]:
     return to_openai_chat(messages, tools, reasoning)
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
 
 
 PROFILES: Dict[str, Profile] = {

@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from chatproxy.chats.messages import encode_json
+
 JOURNAL_VERSION = 1
 
 
@@ -105,9 +107,3 @@ def encode_record(record: Dict[str, Any]) -> bytes:
     return encode_json(record) + b"\n"
 
 
-def encode_json(value: Any) -> bytes:
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (from a "\\ud800" escape in the request) has no UTF-8 form: escape it.
-        return json.dumps(value, separators=(",", ":")).encode("ascii")

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from chatproxy.recorder import durable
 from chatproxy.config import RecordOptions
-from chatproxy.recorder.journal import JOURNAL_VERSION, JournalScan, encode_json, encode_record
+from chatproxy.chats.messages import encode_json
+from chatproxy.recorder.journal import JOURNAL_VERSION, JournalScan, encode_record
 from chatproxy.chats.sharegpt import to_sharegpt
 from chatproxy.chats.tree import Node, ThreadIndex
 

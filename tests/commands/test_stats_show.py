@@ -10,7 +10,7 @@ import pytest
 from test_export import MONDAY_RECORDS, TUESDAY_RECORDS, client_for, record_week
 
 from subproc import ROOT
-from chatproxy.commands import inspect
+from chatproxy.commands import show, stats
 
 
 @pytest.fixture
@@ -19,7 +19,8 @@ def week(upstream: Any, make_proxy: Any) -> Any:
 
 
 def run(capsys: Any, *argv: str) -> Any:
-    code = inspect.main(list(argv))
+    command = {"stats": stats, "show": show}[argv[0]]
+    code = command.main(list(argv[1:]))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
