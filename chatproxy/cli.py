@@ -106,48 +106,97 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--target", metavar="URL",
-                        help="backend base URL, http:// or https://, with or without a path (required)")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to listen on (default {DEFAULT_HOST}; anything else is reachable by others)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
-    parser.add_argument("--session", metavar="ID",
-                        help="record into this session, resuming its dataset if it exists (default: a new UUID)")
-    parser.add_argument("--datasets", metavar="DIR", default="datasets",
-                        help="folder for journals and datasets (default ./datasets)")
-    parser.add_argument("--no-record", action="store_true",
-                        help="relay only, record nothing")
-    parser.add_argument("--branches", choices=("all", "last"), default="all",
-                        help="regenerated replies and edits: keep every branch (default) or only the newest per chat")
-    parser.add_argument("--reasoning", choices=("keep", "drop"), default="keep",
-                        help="write model reasoning as <think>...</think> before the answer (default) or drop it")
-    parser.add_argument("--keep-incomplete", action="store_true",
-                        help="also put replies cut short (client gone, upstream reset) into the dataset")
-    parser.add_argument("--record-all", action="store_true",
-                        help="also record frontends' housekeeping calls (title, tag, follow-up generation, ...)")
-    parser.add_argument("--in-process-recorder", action="store_true",
-                        help="record in the proxy's own process instead of a second one (half the "
-                             "throughput under load; for hosts that allow no child processes)")
-    parser.add_argument("--proxy-key", metavar="KEY",
-                        help="require this key (X-Chatproxy-Key header, or Authorization: Bearer KEY)")
-    parser.add_argument("--max-body", metavar="BYTES", type=int, default=DEFAULT_MAX_BODY,
-                        help=f"largest request body accepted (default {DEFAULT_MAX_BODY}); larger gets 413")
-    parser.add_argument("--timeout", metavar="SECONDS", type=float, default=600.0,
-                        help="longest wait for the backend's next byte (default 600)")
-    parser.add_argument("--connect-timeout", metavar="SECONDS", type=float, default=10.0,
-                        help="longest wait to connect to the backend (default 10)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="do not verify the backend's TLS certificate")
-    parser.add_argument("--ca-file", metavar="PEM",
-                        help="trust this CA bundle for the backend instead of the system store")
-    parser.add_argument("--debug", action="store_true",
-                        help="log every exchange's headers and bodies (secret headers masked)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="log only warnings and errors (no start-up line, record lines or status line)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text",
-                        help="text (default): plain lines, with a live status line in a terminal; "
-                             "json: one JSON object per line (time, level, message, fields), for services")
+    parser.add_argument(
+        "--target", metavar="URL", help="backend base URL, http:// or https://, with or without a path (required)"
+    )
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}; anything else is reachable by others)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
+    parser.add_argument(
+        "--session",
+        metavar="ID",
+        help="record into this session, resuming its dataset if it exists (default: a new UUID)",
+    )
+    parser.add_argument(
+        "--datasets", metavar="DIR", default="datasets", help="folder for journals and datasets (default ./datasets)"
+    )
+    parser.add_argument("--no-record", action="store_true", help="relay only, record nothing")
+    parser.add_argument(
+        "--branches",
+        choices=("all", "last"),
+        default="all",
+        help="regenerated replies and edits: keep every branch (default) or only the newest per chat",
+    )
+    parser.add_argument(
+        "--reasoning",
+        choices=("keep", "drop"),
+        default="keep",
+        help="write model reasoning as <think>...</think> before the answer (default) or drop it",
+    )
+    parser.add_argument(
+        "--keep-incomplete",
+        action="store_true",
+        help="also put replies cut short (client gone, upstream reset) into the dataset",
+    )
+    parser.add_argument(
+        "--record-all",
+        action="store_true",
+        help="also record frontends' housekeeping calls (title, tag, follow-up generation, ...)",
+    )
+    parser.add_argument(
+        "--in-process-recorder",
+        action="store_true",
+        help="record in the proxy's own process instead of a second one (half the "
+        "throughput under load; for hosts that allow no child processes)",
+    )
+    parser.add_argument(
+        "--proxy-key", metavar="KEY", help="require this key (X-Chatproxy-Key header, or Authorization: Bearer KEY)"
+    )
+    parser.add_argument(
+        "--max-body",
+        metavar="BYTES",
+        type=int,
+        default=DEFAULT_MAX_BODY,
+        help=f"largest request body accepted (default {DEFAULT_MAX_BODY}); larger gets 413",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=600.0,
+        help="longest wait for the backend's next byte (default 600)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=10.0,
+        help="longest wait to connect to the backend (default 10)",
+    )
+    parser.add_argument("--insecure", action="store_true", help="do not verify the backend's TLS certificate")
+    parser.add_argument(
+        "--ca-file", metavar="PEM", help="trust this CA bundle for the backend instead of the system store"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="log every exchange's headers and bodies (secret headers masked)"
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="log only warnings and errors (no start-up line, record lines or status line)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default): plain lines, with a live status line in a terminal; "
+        "json: one JSON object per line (time, level, message, fields), for services",
+    )
     parser.add_argument("--version", action="version", version=f"chatproxy {__version__}")
     return parser
 
@@ -312,8 +361,8 @@ def _run_subcommand(name: str, argv: List[str]) -> int:
 
 
 async def _serve_until_signal(config: Config, status_line: Optional[StatusLine]) -> int:
-    from chatproxy.recorder.durable import SessionLocked
     from chatproxy.proxy import Proxy
+    from chatproxy.recorder.durable import SessionLocked
 
     stop = asyncio.Event()
     _on_signals(stop.set)
@@ -338,9 +387,18 @@ async def _serve_until_signal(config: Config, status_line: Optional[StatusLine])
     _warn_about_exposure(config)
     dataset = str(proxy.dataset_path) if proxy.dataset_path else "not recording (--no-record)"
     log.info(
-        "chatproxy %s listening on %s -> %s, dataset %s", __version__, proxy.url, config.target.url, dataset,
-        extra={"event": "listening", "url": proxy.url, "target": config.target.url,
-               "session": config.session, "dataset": proxy.dataset_path and str(proxy.dataset_path)},
+        "chatproxy %s listening on %s -> %s, dataset %s",
+        __version__,
+        proxy.url,
+        config.target.url,
+        dataset,
+        extra={
+            "event": "listening",
+            "url": proxy.url,
+            "target": config.target.url,
+            "session": config.session,
+            "dataset": proxy.dataset_path and str(proxy.dataset_path),
+        },
     )
     refresher = None
     if status_line is not None:
@@ -358,10 +416,17 @@ async def _serve_until_signal(config: Config, status_line: Optional[StatusLine])
     unwritten = status.get("pending_records", 0)
     log.info(
         "stopped: %d requests relayed, %d conversations recorded, %d errors%s",
-        status["requests"], status.get("recorded", 0), status["errors"],
+        status["requests"],
+        status.get("recorded", 0),
+        status["errors"],
         f", dataset {proxy.dataset_path}" if proxy.dataset_path else "",
-        extra={"event": "stopped", "requests": status["requests"], "recorded": status.get("recorded", 0),
-               "errors": status["errors"], "unwritten": unwritten},
+        extra={
+            "event": "stopped",
+            "requests": status["requests"],
+            "recorded": status.get("recorded", 0),
+            "errors": status["errors"],
+            "unwritten": unwritten,
+        },
     )
     return 1 if unwritten else 0
 
@@ -385,7 +450,9 @@ def _warn_about_exposure(config: Config) -> None:
     if not loopback:
         log.warning(
             "warning: listening on %s: anyone who can reach this port can use the backend with the key "
-            "your frontend sends%s", config.host, "" if config.proxy_key else " (set --proxy-key to require a key)"
+            "your frontend sends%s",
+            config.host,
+            "" if config.proxy_key else " (set --proxy-key to require a key)",
         )
 
 
@@ -443,7 +510,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: Dict[str, Any] = {
             "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -544,10 +612,7 @@ class StatusLine(logging.Handler):
 def status_text(status: Mapping[str, Any], dataset: Optional[Path]) -> str:
     errors = status.get("errors", 0) + status.get("write_errors", 0)
     where = f"-> {dataset}" if dataset is not None else "(not recording)"
-    return (
-        f"[{status.get('requests', 0)} requests | {status.get('recorded', 0)} recorded | "
-        f"{errors} errors] {where}"
-    )
+    return f"[{status.get('requests', 0)} requests | {status.get('recorded', 0)} recorded | {errors} errors] {where}"
 
 
 def fit(text: str, width: int) -> str:

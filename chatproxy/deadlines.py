@@ -54,7 +54,7 @@ class WatchedReader(asyncio.StreamReader):
         super().feed_eof()
         self._notify()
 
-    def set_exception(self, exc: BaseException) -> None:
+    def set_exception(self, exc: Exception) -> None:
         super().set_exception(exc)
         self._notify()
 

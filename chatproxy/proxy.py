@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from chatproxy.config import Config
 from chatproxy.recorder.capture import Exchange
 from chatproxy.recorder.interface import Recorder
-from chatproxy.config import Config
 from chatproxy.recorder.process import RecorderFailed, RecorderProcess, can_start_process
 from chatproxy.relay import Relay
 from chatproxy.server import ProxyServer
@@ -68,7 +68,7 @@ class Proxy:
         """Counters and state, as served at /_chatproxy/status: requests, errors, recorded, dataset, ..."""
         return self.server.status()
 
-    async def start(self) -> "Proxy":
+    async def start(self) -> Proxy:
         """Open the dataset (raises SessionLocked / OSError) and start listening."""
         if self.config.record.enabled:
             self.recorder = await self._start_recorder()
@@ -102,7 +102,7 @@ class Proxy:
         if self.recorder is not None:
             await self.recorder.close()
 
-    async def __aenter__(self) -> "Proxy":
+    async def __aenter__(self) -> Proxy:
         return await self.start() if self.address is None else self
 
     async def __aexit__(self, *exc_info: Any) -> None:

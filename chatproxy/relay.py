@@ -6,14 +6,12 @@ import dataclasses
 import logging
 from typing import Callable, List, Optional, Protocol, Tuple
 
-from chatproxy._h11 import h11
-
 from chatproxy import headers as hdr
-from chatproxy.recorder.capture import Exchange, ExchangeCapture, completion_endpoint
+from chatproxy._h11 import h11
 from chatproxy.config import Config
-from chatproxy.errors import ProxyError, RequestRejected, UpstreamClosed, UpstreamProtocolError
+from chatproxy.errors import ProxyError, UpstreamClosed, UpstreamProtocolError
+from chatproxy.recorder.capture import Exchange, ExchangeCapture, completion_endpoint
 from chatproxy.upstream import UpstreamConnection, UpstreamPool
-
 
 log = logging.getLogger("chatproxy.relay")
 
@@ -25,7 +23,8 @@ RETRY_COPY_LIMIT = 1024 * 1024
 class Downstream(Protocol):
     """The client side of an exchange, as the relay sees it (implemented by server.ClientConnection)."""
 
-    response_started: bool
+    @property
+    def response_started(self) -> bool: ...
 
     async def receive_body(self) -> Optional[bytes]: ...  # None at the end of the body
 
@@ -136,7 +135,9 @@ class Relay:
             if finished is not None and (complete or finished.stream):
                 self.record(finished)
 
-    def _capture_for(self, method: bytes, path: str, raw_headers: List[Tuple[bytes, bytes]]) -> Optional[ExchangeCapture]:
+    def _capture_for(
+        self, method: bytes, path: str, raw_headers: List[Tuple[bytes, bytes]]
+    ) -> Optional[ExchangeCapture]:
         if self.record is None:
             return None
         endpoint = completion_endpoint(method, path)

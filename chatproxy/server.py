@@ -10,10 +10,9 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from chatproxy._h11 import h11
-
 from chatproxy import __version__
 from chatproxy import headers as hdr
+from chatproxy._h11 import h11
 from chatproxy.config import Config
 from chatproxy.deadlines import WatchedReader, read_within
 from chatproxy.errors import ProxyError, RequestRejected, openai_error_body
@@ -52,7 +51,7 @@ class ClientConnection:
         self.label = f"{peer[0]}:{peer[1]}"
         self.busy = False
         self.cycle = Cycle()
-        self._task: Optional["asyncio.Task[None]"] = None
+        self._task: Optional[asyncio.Task[None]] = None
         self._loop = asyncio.get_running_loop()
         self._held = b""  # bytes sent to h11 but not yet written: one write for head and body
         _, self._high_water = writer.transport.get_write_buffer_limits()
@@ -80,9 +79,7 @@ class ClientConnection:
                 self.busy = False
                 if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
                     return  # MUST_CLOSE, an error, or a body the client still owes us
-                if self._server.stopping:
-                    return
-                self._h11.start_next_cycle()
+                self._h11.start_next_cycle()  # the loop's test ends a connection the shutdown wants closed
         finally:
             await self._close()
 
@@ -131,7 +128,14 @@ class ClientConnection:
         except ProxyError as exc:
             if exc.status >= 500:
                 self._server.note_error(str(exc))  # counted as an error when the answer is sent
-            log.warning("%s - %s %s -> %d %s", self.label, request.method.decode(), request.target.decode("latin-1"), exc.status, exc)
+            log.warning(
+                "%s - %s %s -> %d %s",
+                self.label,
+                request.method.decode(),
+                request.target.decode("latin-1"),
+                exc.status,
+                exc,
+            )
             await self._send_error(exc.status, str(exc), exc.code)
         except UpstreamFailedMidResponse as exc:
             self._server.count_error(str(exc))
@@ -153,7 +157,9 @@ class ClientConnection:
 
     def _check(self, request: h11.Request) -> h11.Request:
         """Refuse what a transparent gateway to one target must not relay; returns what to relay."""
-        head_size = len(request.method) + len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers.raw_items())
+        head_size = (
+            len(request.method) + len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers.raw_items())
+        )
         if head_size > MAX_REQUEST_HEAD:
             raise RequestRejected(431, f"request head larger than {MAX_REQUEST_HEAD // 1024} KiB")
         if not request.target.startswith(b"/"):
@@ -328,7 +334,9 @@ class ClientConnection:
 class ProxyServer:
     """The listener, its live connections, counters, and a graceful shutdown."""
 
-    def __init__(self, config: Config, relay: Relay, status_extra: Optional[Callable[[], Dict[str, Any]]] = None) -> None:
+    def __init__(
+        self, config: Config, relay: Relay, status_extra: Optional[Callable[[], Dict[str, Any]]] = None
+    ) -> None:
         self.config = config
         self.relay = relay
         self.stopping = False
@@ -338,7 +346,7 @@ class ProxyServer:
         self.started = time.time()
         self._status_extra = status_extra
         self._server: Optional[asyncio.AbstractServer] = None
-        self._tasks: Set[asyncio.Task] = set()
+        self._tasks: Set["asyncio.Task[None]"] = set()
 
     async def start(self) -> Tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -347,9 +355,7 @@ class ProxyServer:
             # What asyncio.start_server builds, with a reader that reports the client leaving.
             return asyncio.StreamReaderProtocol(WatchedReader(limit=READ_SIZE), self._handle_client)
 
-        self._server = await loop.create_server(
-            protocol, self.config.host, self.config.port, reuse_address=True
-        )
+        self._server = await loop.create_server(protocol, self.config.host, self.config.port, reuse_address=True)
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
 

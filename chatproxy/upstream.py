@@ -11,7 +11,6 @@ import time
 from typing import AsyncIterator, Callable, Deque, List, Optional, Tuple
 
 from chatproxy._h11 import h11
-
 from chatproxy.config import Target, Timeouts
 from chatproxy.deadlines import read_within
 from chatproxy.errors import UpstreamClosed, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
@@ -185,7 +184,9 @@ class UpstreamConnection:
             self._writer.transport.abort()
 
 
-async def open_connection(target: Target, ssl_context: Optional[ssl.SSLContext], timeouts: Timeouts) -> UpstreamConnection:
+async def open_connection(
+    target: Target, ssl_context: Optional[ssl.SSLContext], timeouts: Timeouts
+) -> UpstreamConnection:
     tls = ssl_context if target.is_tls else None
     try:
         reader, writer = await asyncio.wait_for(
@@ -202,8 +203,7 @@ async def open_connection(target: Target, ssl_context: Optional[ssl.SSLContext],
         raise UpstreamTimeout(f"connecting to {target.url} timed out after {timeouts.connect:g} s") from None
     except ssl.SSLCertVerificationError as exc:
         raise UpstreamConnectError(
-            f"TLS certificate of {target.url} not trusted ({exc.verify_message}); "
-            "set SSL_CERT_FILE or use --insecure"
+            f"TLS certificate of {target.url} not trusted ({exc.verify_message}); set SSL_CERT_FILE or use --insecure"
         ) from None
     except (OSError, ssl.SSLError) as exc:
         # asyncio's strerror is "Connect call failed (host, port)", which hides the reason (refused,

@@ -92,10 +92,30 @@ class Settings:
     startups: int
 
 
-QUICK = Settings(rounds=1, seconds=1, warmup=1, probe_samples=500, slow_streams=1000, slow_chunks=3,
-                 growth_sizes=(0, 1000, 20000), growth_seconds=1, turns=200, startups=3)
-FULL = Settings(rounds=3, seconds=5, warmup=1, probe_samples=3000, slow_streams=1000, slow_chunks=10,
-                growth_sizes=(0, 1000, 20000), growth_seconds=5, turns=200, startups=10)
+QUICK = Settings(
+    rounds=1,
+    seconds=1,
+    warmup=1,
+    probe_samples=500,
+    slow_streams=1000,
+    slow_chunks=3,
+    growth_sizes=(0, 1000, 20000),
+    growth_seconds=1,
+    turns=200,
+    startups=3,
+)
+FULL = Settings(
+    rounds=3,
+    seconds=5,
+    warmup=1,
+    probe_samples=3000,
+    slow_streams=1000,
+    slow_chunks=10,
+    growth_sizes=(0, 1000, 20000),
+    growth_seconds=5,
+    turns=200,
+    startups=10,
+)
 LOAD_CELLS = (("c1", 1, False), ("c32", 32, False), ("c256", 256, False), ("stream32", 32, True))
 STREAM_CHUNKS = 200
 REPLY_CHARS = 600
@@ -153,6 +173,7 @@ class Bench:
 
 def measure_load(bench: Bench, connections: int, stream: bool) -> Callable[[int, Optional[ChatProxy]], Dict[str, Any]]:
     """A measured closed-loop run; a fresh chatproxy gets a warm-up run first (direct and nginx stay up)."""
+
     def measure(port: int, proxy: Optional[ChatProxy]) -> Dict[str, Any]:
         if proxy is not None:
             load.run_load(port, connections, bench.settings.warmup, stream, STREAM_CHUNKS)
@@ -162,23 +183,30 @@ def measure_load(bench: Bench, connections: int, stream: bool) -> Callable[[int,
         if proxy is not None:
             result.update(kb_fields("rss_kb_after", proxy.memory_kb()))
         return result
+
     return measure
 
 
 def measure_probe(bench: Bench) -> Callable[[int, Optional[ChatProxy]], Dict[str, float]]:
     """Latency of non-streaming requests and time to the first streamed byte, one request at a time."""
+
     def measure(port: int, proxy: Optional[ChatProxy]) -> Dict[str, float]:
         plain = load.timed_requests(port, bench.settings.probe_samples, stream=False)["total"]
         first = load.timed_requests(port, bench.settings.probe_samples, stream=True)["first"]
-        return {"latency_p50_us": load.median(plain) * 1e6, "latency_p99_us": load.percentile(plain, 0.99) * 1e6,
-                "ttfb_p50_us": load.median(first) * 1e6, "ttfb_p99_us": load.percentile(first, 0.99) * 1e6}
+        return {
+            "latency_p50_us": load.median(plain) * 1e6,
+            "latency_p99_us": load.percentile(plain, 0.99) * 1e6,
+            "ttfb_p50_us": load.median(first) * 1e6,
+            "ttfb_p99_us": load.percentile(first, 0.99) * 1e6,
+        }
+
     return measure
 
 
 def run_rounds(bench: Bench) -> None:
     """The direct / chatproxy / nginx comparison: every cell, every target, in rotating order."""
     for number in range(bench.settings.rounds):
-        order = bench.targets[number % len(bench.targets):] + bench.targets[:number % len(bench.targets)]
+        order = bench.targets[number % len(bench.targets) :] + bench.targets[: number % len(bench.targets)]
         for cell, connections, stream in LOAD_CELLS:
             for target in order:
                 progress(f"round {number + 1}: {cell} via {target}")
@@ -216,7 +244,9 @@ def run_memory(bench: Bench) -> None:
             if proxy:
                 idle["idle_recorder_private_kb"] = proxy.recorder_private_kb()
             samples: List[int] = []
-            held = load.hold_streams(port, settings.slow_streams, settings.slow_chunks, 1000, lambda: samples.append(rss()))
+            held = load.hold_streams(
+                port, settings.slow_streams, settings.slow_chunks, 1000, lambda: samples.append(rss())
+            )
             time.sleep(1.0)
             held.update(idle, peak_sampled_kb=max(samples, default=0), **measured("after_kb"))
             if proxy:
@@ -240,13 +270,27 @@ def journal_lines(count: int) -> bytes:
     lines = []
     for number in range(count):
         record = {
-            "v": JOURNAL_VERSION, "id": uuid.uuid4().hex[:16], "parent": None, "base": 0,
-            "messages": [{"role": "system", "content": "You are a helpful assistant."},
-                         {"role": "user", "content": f"Earlier question {number}: " + "Tell me more about benchmarks. " * 5},
-                         reply],
-            "meta": {"time": "2025-01-01T00:00:00.000Z", "model": "bench-model", "endpoint": "/v1/chat/completions",
-                     "stream": False, "finish_reason": "stop", "usage": {"prompt_tokens": 20, "completion_tokens": 150,
-                     "total_tokens": 170}, "tags": [], "complete": True, "choice": 0, "response_id": "chatcmpl-bench"},
+            "v": JOURNAL_VERSION,
+            "id": uuid.uuid4().hex[:16],
+            "parent": None,
+            "base": 0,
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": f"Earlier question {number}: " + "Tell me more about benchmarks. " * 5},
+                reply,
+            ],
+            "meta": {
+                "time": "2025-01-01T00:00:00.000Z",
+                "model": "bench-model",
+                "endpoint": "/v1/chat/completions",
+                "stream": False,
+                "finish_reason": "stop",
+                "usage": {"prompt_tokens": 20, "completion_tokens": 150, "total_tokens": 170},
+                "tags": [],
+                "complete": True,
+                "choice": 0,
+                "response_id": "chatcmpl-bench",
+            },
         }
         lines.append(encode_record(record))
     return b"".join(lines)
@@ -291,7 +335,8 @@ def run_long_chat(bench: Bench) -> None:
     _, direct_seconds = load.long_chat(bench.upstream.port, bench.settings.turns)
     text = sum(len(m.get("content", "").encode()) for m in messages)
     bench.raw["long_chat"] = {
-        "turns": bench.settings.turns, "text_bytes": text,
+        "turns": bench.settings.turns,
+        "text_bytes": text,
         "journal_bytes": (datasets / "bench-chat.jsonl").stat().st_size,
         "snapshot_bytes": (datasets / "bench-chat.json").stat().st_size,
         "last10_ms": {"chatproxy": sum(seconds[-10:]) * 100, "direct": sum(direct_seconds[-10:]) * 100},
@@ -331,8 +376,12 @@ def fmt(value: Optional[float], unit: str = "", digits: int = 0) -> str:
 
 def throughput_rows(bench: Bench) -> List[List[str]]:
     rows = []
-    for cell, label in (("c1", "req/s, non-streaming, c=1"), ("c32", "req/s, non-streaming, c=32"),
-                        ("c256", "req/s, non-streaming, c=256"), ("stream32", "chunks/s streamed, c=32, 200-chunk replies")):
+    for cell, label in (
+        ("c1", "req/s, non-streaming, c=1"),
+        ("c32", "req/s, non-streaming, c=32"),
+        ("c256", "req/s, non-streaming, c=256"),
+        ("stream32", "chunks/s streamed, c=32, 200-chunk replies"),
+    ):
         scale = STREAM_CHUNKS if cell == "stream32" else 1
         values = {t: med(bench, cell, t, lambda r: r["rps"] * scale) for t in bench.targets}
         mine, theirs = values["chatproxy"], values.get("nginx")
@@ -342,11 +391,29 @@ def throughput_rows(bench: Bench) -> List[List[str]]:
             target, ok = "≥ 3,000", verdict(bench, label, mine, lambda v: v >= 3000)
         elif cell == "stream32":
             target, ok = "≥ 50,000", verdict(bench, label, mine, lambda v: v >= 50000)
-        rows.append([label, fmt(values["direct"]), fmt(values["chatproxy"]), fmt(values.get("nginx")),
-                     fmt(ratio and ratio * 100, "% of nginx"), target, ok])
+        rows.append(
+            [
+                label,
+                fmt(values["direct"]),
+                fmt(values["chatproxy"]),
+                fmt(values.get("nginx")),
+                fmt(ratio and ratio * 100, "% of nginx"),
+                target,
+                ok,
+            ]
+        )
     opened = {t: med(bench, "c256", t, lambda r: r["upstream_connections"]) for t in bench.targets}
-    rows.append(["  upstream connections opened in the c=256 run", fmt(opened["direct"]), fmt(opened["chatproxy"]),
-                 fmt(opened.get("nginx")), "", "", ""])
+    rows.append(
+        [
+            "  upstream connections opened in the c=256 run",
+            fmt(opened["direct"]),
+            fmt(opened["chatproxy"]),
+            fmt(opened.get("nginx")),
+            "",
+            "",
+            "",
+        ]
+    )
     return rows
 
 
@@ -357,14 +424,25 @@ def added(bench: Bench, key: str, target: str, pick: Callable[[Any], float]) -> 
 
 def latency_rows(bench: Bench) -> List[List[str]]:
     rows = []
-    for label, field, limit in (("added latency p50, c=1", "latency_p50_us", 0.5),
-                                ("added latency p99, c=1", "latency_p99_us", 2.0),
-                                ("time to first byte added (median)", "ttfb_p50_us", 0.5)):
+    for label, field, limit in (
+        ("added latency p50, c=1", "latency_p50_us", 0.5),
+        ("added latency p99, c=1", "latency_p99_us", 2.0),
+        ("time to first byte added (median)", "ttfb_p50_us", 0.5),
+    ):
         pick = lambda r, f=field: r[f]  # noqa: E731
         mine = {t: added(bench, "probe", t, pick) for t in bench.targets if t != "direct"}
         direct = med(bench, "probe", "direct", pick)
-        rows.append([label, fmt(direct and direct / 1000, " ms abs", 3), fmt(mine["chatproxy"], " ms", 3),
-                     fmt(mine.get("nginx"), " ms", 3), "", f"≤ {limit} ms", verdict(bench, label, mine["chatproxy"], lambda v: v <= limit)])
+        rows.append(
+            [
+                label,
+                fmt(direct and direct / 1000, " ms abs", 3),
+                fmt(mine["chatproxy"], " ms", 3),
+                fmt(mine.get("nginx"), " ms", 3),
+                "",
+                f"≤ {limit} ms",
+                verdict(bench, label, mine["chatproxy"], lambda v: v <= limit),
+            ]
+        )
     return rows
 
 
@@ -376,7 +454,7 @@ def parts_mb(bench: Bench, key: str, target: str, name: str) -> Optional[Tuple[f
 
 
 def split(parts: Optional[Tuple[float, float]]) -> str:
-    """"proxy 21.0 + recorder 14.2 MB"; a missing recorder said outright, since the sum would hide it."""
+    """ "proxy 21.0 + recorder 14.2 MB"; a missing recorder said outright, since the sum would hide it."""
     if parts is None:
         return "-"
     if not parts[1]:
@@ -387,27 +465,50 @@ def split(parts: Optional[Tuple[float, float]]) -> str:
 def memory_rows(bench: Bench) -> List[List[str]]:
     mb = lambda kb: kb / 1024  # noqa: E731
     idle = {t: med(bench, "memory", t, lambda r: mb(r["idle_kb"])) for t in ("chatproxy", "nginx")}
-    peak = {"chatproxy": med(bench, "memory", "chatproxy", lambda r: mb(max(r["peak_hwm_kb"], r["peak_sampled_kb"]))),
-            "nginx": med(bench, "memory", "nginx", lambda r: mb(r["peak_sampled_kb"]))}
+    peak = {
+        "chatproxy": med(bench, "memory", "chatproxy", lambda r: mb(max(r["peak_hwm_kb"], r["peak_sampled_kb"]))),
+        "nginx": med(bench, "memory", "nginx", lambda r: mb(r["peak_sampled_kb"])),
+    }
     left = med(bench, "memory", "chatproxy", lambda r: mb(r["after_kb"]))
     runs = bench.raw.get("memory", {}).get("chatproxy", [{}])
     streams = f"RSS, {bench.settings.slow_streams} slow streams (peak {runs[-1].get('peak_concurrent', '?')} open)"
     after = med(bench, "c32", "chatproxy", lambda r: mb(r["rss_kb_after"]))
     recorded = med(bench, "c32", "chatproxy", lambda r: r["requests"])
-    parts = {name: split(parts_mb(bench, key, "chatproxy", name))
-             for key, name in (("memory", "idle_kb"), ("memory", "peak_hwm_kb"), ("c32", "rss_kb_after"))}
+    parts = {
+        name: split(parts_mb(bench, key, "chatproxy", name))
+        for key, name in (("memory", "idle_kb"), ("memory", "peak_hwm_kb"), ("c32", "rss_kb_after"))
+    }
     own = med(bench, "memory", "chatproxy", lambda r: mb(r.get("idle_recorder_private_kb", 0)))
     if own:  # the rest of the recorder's RSS is the interpreter's files, the same pages as the proxy's
         parts["idle_kb"] += f" ({own:.1f} MB its own)"
     return [
-        ["RSS idle (proxy + recorder)", "", fmt(idle["chatproxy"], " MB", 1), fmt(idle.get("nginx"), " MB", 1),
-         parts["idle_kb"], "≤ 30 MB",
-         verdict(bench, "RSS idle, proxy + recorder (MB)", idle["chatproxy"], lambda v: v <= 30)],
-        [streams, "", fmt(peak["chatproxy"], " MB", 1), fmt(peak.get("nginx"), " MB", 1),
-         f"peak of each: {parts['peak_hwm_kb']}; {fmt(left, ' MB', 1)} 1 s after they ended",
-         "≤ 100 MB", verdict(bench, streams + ", sum of peaks (MB)", peak["chatproxy"], lambda v: v <= 100)],
-        ["  RSS after the c=32 run", "", fmt(after, " MB", 1), "",
-         f"{parts['rss_kb_after']}; {fmt(recorded)} chats recorded (+ warm-up)", "", ""],
+        [
+            "RSS idle (proxy + recorder)",
+            "",
+            fmt(idle["chatproxy"], " MB", 1),
+            fmt(idle.get("nginx"), " MB", 1),
+            parts["idle_kb"],
+            "≤ 30 MB",
+            verdict(bench, "RSS idle, proxy + recorder (MB)", idle["chatproxy"], lambda v: v <= 30),
+        ],
+        [
+            streams,
+            "",
+            fmt(peak["chatproxy"], " MB", 1),
+            fmt(peak.get("nginx"), " MB", 1),
+            f"peak of each: {parts['peak_hwm_kb']}; {fmt(left, ' MB', 1)} 1 s after they ended",
+            "≤ 100 MB",
+            verdict(bench, streams + ", sum of peaks (MB)", peak["chatproxy"], lambda v: v <= 100),
+        ],
+        [
+            "  RSS after the c=32 run",
+            "",
+            fmt(after, " MB", 1),
+            "",
+            f"{parts['rss_kb_after']}; {fmt(recorded)} chats recorded (+ warm-up)",
+            "",
+            "",
+        ],
     ]
 
 
@@ -415,10 +516,22 @@ def recording_rows(bench: Bench) -> List[List[str]]:
     rps = lambda label: med(bench, "recording_c32", label, lambda r: r["rps"])  # noqa: E731
     on, off = rps("record"), rps("no-record")
     cost = (1 - on / off) * 100 if on and off else None
-    rows = [["req/s c=32 recording on / --no-record", "", f"{fmt(on)} / {fmt(off)}", "", fmt(cost, "% cost", 1),
-             "≤ 10% cost", verdict(bench, "recording cost, % of c=32 req/s", cost, lambda v: v <= 10)]]
-    for label, field in (("added latency p50, c=1", "latency_p50_us"), ("added latency p99, c=1", "latency_p99_us"),
-                         ("time to first byte added", "ttfb_p50_us")):
+    rows = [
+        [
+            "req/s c=32 recording on / --no-record",
+            "",
+            f"{fmt(on)} / {fmt(off)}",
+            "",
+            fmt(cost, "% cost", 1),
+            "≤ 10% cost",
+            verdict(bench, "recording cost, % of c=32 req/s", cost, lambda v: v <= 10),
+        ]
+    ]
+    for label, field in (
+        ("added latency p50, c=1", "latency_p50_us"),
+        ("added latency p99, c=1", "latency_p99_us"),
+        ("time to first byte added", "ttfb_p50_us"),
+    ):
         pick = lambda r, f=field: r[f]  # noqa: E731
         direct = med(bench, "probe", "direct", pick)
         on, off = (med(bench, "recording_probe", which, pick) for which in ("record", "no-record"))
@@ -442,17 +555,42 @@ def growth_rows(bench: Bench) -> List[List[str]]:
         label = f"time/request c=1 after {size:,} conversations"
         last = size == sizes[-1]
         ok = verdict(bench, label + ", % over 0", growth, lambda v: v <= 10) if last else ""
-        rows.append([label, "", fmt(value, " µs"), "", f"{fmt(growth, '%', 1)}; start {fmt(start, ' ms')}; RSS {rss_note}",
-                     "≤ +10% vs 0" if last else "", ok])
+        rows.append(
+            [
+                label,
+                "",
+                fmt(value, " µs"),
+                "",
+                f"{fmt(growth, '%', 1)}; start {fmt(start, ' ms')}; RSS {rss_note}",
+                "≤ +10% vs 0" if last else "",
+                ok,
+            ]
+        )
     chat = bench.raw.get("long_chat")
     if chat:
         ratio = chat["journal_bytes"] / chat["text_bytes"]
-        rows.append([f"journal bytes, one {chat['turns']}-turn chat / its text", "",
-                     f"{chat['journal_bytes']:,} / {chat['text_bytes']:,}", "", f"{ratio:.2f}×", "≤ 2×",
-                     verdict(bench, "journal bytes / chat text", ratio, lambda v: v <= 2)])
-        rows.append([f"time/turn at turns {chat['turns'] - 9}-{chat['turns']} (whole history each)",
-                     fmt(chat["last10_ms"]["direct"], " ms", 2), fmt(chat["last10_ms"]["chatproxy"], " ms", 2), "",
-                     f"turns 1-10: {chat['first10_ms']['chatproxy']:.2f} ms", "", ""])
+        rows.append(
+            [
+                f"journal bytes, one {chat['turns']}-turn chat / its text",
+                "",
+                f"{chat['journal_bytes']:,} / {chat['text_bytes']:,}",
+                "",
+                f"{ratio:.2f}×",
+                "≤ 2×",
+                verdict(bench, "journal bytes / chat text", ratio, lambda v: v <= 2),
+            ]
+        )
+        rows.append(
+            [
+                f"time/turn at turns {chat['turns'] - 9}-{chat['turns']} (whole history each)",
+                fmt(chat["last10_ms"]["direct"], " ms", 2),
+                fmt(chat["last10_ms"]["chatproxy"], " ms", 2),
+                "",
+                f"turns 1-10: {chat['first10_ms']['chatproxy']:.2f} ms",
+                "",
+                "",
+            ]
+        )
     return rows
 
 
@@ -460,13 +598,28 @@ def startup_rows(bench: Bench) -> List[List[str]]:
     runs = [seconds * 1000 for seconds in bench.raw.get("startup", {}).get("chatproxy", [])]
     value = load.median(runs) if runs else None
     worst = max(runs) if runs else None
-    return [["start-up to listening (median)", "", fmt(value, " ms"), "", f"max {fmt(worst, ' ms')}", "≤ 300 ms",
-             verdict(bench, "start-up to listening (ms)", value, lambda v: v <= 300)]]
+    return [
+        [
+            "start-up to listening (median)",
+            "",
+            fmt(value, " ms"),
+            "",
+            f"max {fmt(worst, ' ms')}",
+            "≤ 300 ms",
+            verdict(bench, "start-up to listening (ms)", value, lambda v: v <= 300),
+        ]
+    ]
 
 
 def all_rows(bench: Bench) -> List[List[str]]:
-    return (throughput_rows(bench) + latency_rows(bench) + memory_rows(bench) + recording_rows(bench)
-            + growth_rows(bench) + startup_rows(bench))
+    return (
+        throughput_rows(bench)
+        + latency_rows(bench)
+        + memory_rows(bench)
+        + recording_rows(bench)
+        + growth_rows(bench)
+        + startup_rows(bench)
+    )
 
 
 HEADER = ["figure", "direct", "chatproxy", "nginx", "ratio / notes", "target", "verdict"]
@@ -497,8 +650,11 @@ def cpu_seconds() -> Tuple[float, float]:
     with open("/proc/stat") as stat:
         user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
     machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    own = sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-              for field in ("ru_utime", "ru_stime"))
+    own = sum(
+        getattr(resource.getrusage(who), field)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for field in ("ru_utime", "ru_stime")
+    )
     return machine, own
 
 
@@ -506,8 +662,12 @@ def chatproxy_version() -> str:
     """The package version, and the checkout's commit when it is a git checkout (+ if chatproxy/ has edits)."""
     version = f"chatproxy {chatproxy.__version__}"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        edits = subprocess.run(["git", "status", "--porcelain", "--", "chatproxy"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+        edits = subprocess.run(
+            ["git", "status", "--porcelain", "--", "chatproxy"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return version
     if commit.returncode != 0:
@@ -518,7 +678,9 @@ def chatproxy_version() -> str:
 def environment(settings: Settings, nginx_workers: Optional[str]) -> Dict[str, Any]:
     return {
         "chatproxy": chatproxy_version(),
-        "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(), "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "python": sys.version.split()[0],
         "load_generator": "wrk " + (load.WRK or "") if load.WRK else "scripts/bench_client.py",
         "nginx": f"worker_processes {nginx_workers}" if nginx_workers else "not run",
         "settings": dataclasses.asdict(settings),
@@ -529,15 +691,29 @@ def print_report(bench: Bench, env: Dict[str, Any], as_json: bool) -> None:
     rows = all_rows(bench)
     if as_json:
         keyed = [dict(zip(HEADER, row)) for row in rows]
-        json.dump({"environment": env, "targets": bench.checks, "rows": keyed, "errors": error_lines(bench),
-                   "proxy_log": bench.problems, "raw": bench.raw}, sys.stdout, indent=1, default=str)
+        json.dump(
+            {
+                "environment": env,
+                "targets": bench.checks,
+                "rows": keyed,
+                "errors": error_lines(bench),
+                "proxy_log": bench.problems,
+                "raw": bench.raw,
+            },
+            sys.stdout,
+            indent=1,
+            default=str,
+        )
         print()
         return
-    print(f"{env['chatproxy']} benchmark: {env['cpus']} CPUs, load average {env['load_average_at_start'][0]:.2f} at start, "
-          f"{env['load_average_at_end'][0]:.2f} at end; other processes used {env['other_processes_cpu_share']:.0%} "
-          "of the CPUs meanwhile; "
-          f"Python {env['python']}, load by {env['load_generator']}, nginx {env['nginx']}, "
-          f"{bench.settings.rounds} round(s) of {bench.settings.seconds} s runs; medians over rounds")
+    print(
+        f"{env['chatproxy']} benchmark: {env['cpus']} CPUs, "
+        f"load average {env['load_average_at_start'][0]:.2f} at start, "
+        f"{env['load_average_at_end'][0]:.2f} at end; other processes used {env['other_processes_cpu_share']:.0%} "
+        "of the CPUs meanwhile; "
+        f"Python {env['python']}, load by {env['load_generator']}, nginx {env['nginx']}, "
+        f"{bench.settings.rounds} round(s) of {bench.settings.seconds} s runs; medians over rounds"
+    )
     print(render_table(rows))
     errors = error_lines(bench)
     print("\nfailed requests: " + ("none" if not errors else ""))
@@ -559,8 +735,10 @@ def summarise_problems(lines: List[str], limit: int = 20) -> List[str]:
     for line in lines:
         line = _ADDRESS.sub("ADDR", line)
         counts[line] = counts.get(line, 0) + 1
-    shown = [f"{count}× {line}" + (" (expected when a run ends)" if _RUN_END in line else "")
-             for line, count in sorted(counts.items(), key=lambda item: (_RUN_END in item[0], -item[1]))]
+    shown = [
+        f"{count}× {line}" + (" (expected when a run ends)" if _RUN_END in line else "")
+        for line, count in sorted(counts.items(), key=lambda item: (_RUN_END in item[0], -item[1]))
+    ]
     return shown[:limit] + ([f"... and {len(shown) - limit} more distinct lines"] if len(shown) > limit else [])
 
 
@@ -573,15 +751,20 @@ def run_profile(bench: Bench, output: Path) -> None:
         sys.exit("py-spy not found: pip install py-spy")
     output.mkdir(parents=True, exist_ok=True)
     seconds = 5 if bench.settings.rounds == 1 else 15
-    for name, stream, extra in (("c32-json", False, ()), ("c32-json-no-record", False, ("--no-record",)),
-                                ("c32-stream", True, ())):
+    for name, stream, extra in (
+        ("c32-json", False, ()),
+        ("c32-json-no-record", False, ("--no-record",)),
+        ("c32-stream", True, ()),
+    ):
         proxy = bench.fresh_proxy(extra)
         try:
             load.run_load(proxy.port, 32, 1, stream=stream, chunks=STREAM_CHUNKS)
             # The proxy, and its recorder process where there is one (not with --no-record).
             sampled = {name: proxy.pid, **{f"{name}-recorder": pid for pid in proxy.recorder_pids()}}
             progress(f"profiling {' and '.join(sampled)} for {seconds} s")
-            samplers = [bench_profile.record(py_spy, pid, seconds, output / f"{file}.folded") for file, pid in sampled.items()]
+            samplers = [
+                bench_profile.record(py_spy, pid, seconds, output / f"{file}.folded") for file, pid in sampled.items()
+            ]
             result = load.run_load(proxy.port, 32, seconds + 2, stream=stream, chunks=STREAM_CHUNKS)
             for sampler in samplers:
                 sampler.join()
@@ -589,7 +772,11 @@ def run_profile(bench: Bench, output: Path) -> None:
             bench.finish(proxy, f"profile {name}")
         rate = f"{result['rps'] * STREAM_CHUNKS:,.0f} chunks/s" if stream else f"{result['rps']:,.0f} req/s"
         for file in sampled:
-            print(bench_profile.report(f"{file} ({rate} while sampled)", bench_profile.summarise(output / f"{file}.folded")))
+            print(
+                bench_profile.report(
+                    f"{file} ({rate} while sampled)", bench_profile.summarise(output / f"{file}.folded")
+                )
+            )
             print()
 
 
@@ -599,7 +786,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--profile", metavar="DIR", type=Path, help="profile chatproxy with py-spy instead")
     parser.add_argument("--nginx-workers", default="1", help="nginx worker_processes (default 1)")
-    parser.add_argument("--no-wrk", action="store_true", help="use the built-in load generator even if wrk is installed")
+    parser.add_argument(
+        "--no-wrk", action="store_true", help="use the built-in load generator even if wrk is installed"
+    )
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even if it is installed")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, datasets)")
     args = parser.parse_args(argv)
@@ -622,7 +811,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         bench.close()
         running = reap_adopted()  # before cpu_seconds(): an orphaned recorder's CPU is chatproxy's too
         if running:
-            bench.problems.append(f"{running} process(es) still running 30 s after the end: their CPU counts as other processes'")
+            bench.problems.append(
+                f"{running} process(es) still running 30 s after the end: their CPU counts as other processes'"
+            )
         if args.keep:
             progress(f"work folder kept: {workdir}")
         else:

@@ -29,7 +29,9 @@ class Stats:
 class LoopClient(asyncio.Protocol):
     """One connection: send, read the whole answer (Content-Length or chunked), repeat."""
 
-    def __init__(self, options: argparse.Namespace, number: int, stats: Stats, deadline: float, done: asyncio.Future) -> None:
+    def __init__(
+        self, options: argparse.Namespace, number: int, stats: Stats, deadline: float, done: asyncio.Future
+    ) -> None:
         self.options = options
         self.number = number
         self.stats = stats
@@ -52,12 +54,21 @@ class LoopClient(asyncio.Protocol):
     def send(self) -> None:
         self.counter += 1
         stream = "true" if self.options.stream else "false"
-        body = (f'{{"model":"bench-model","stream":{stream},"messages":[{{"role":"system","content":"You are a helpful assistant."}},'
-                f'{{"role":"user","content":"Question {self.options.nonce}-{self.number}-{self.counter}. {QUESTION}"}}]}}').encode()
-        extra = f"X-Bench-Chunks: {self.options.chunks}\r\nX-Bench-Gap-Ms: {self.options.gap_ms}\r\n" if self.options.stream else ""
-        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {self.options.host}:{self.options.port}\r\n"
-                f"Content-Type: application/json\r\nAuthorization: Bearer sk-bench\r\n{extra}"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        body = (
+            f'{{"model":"bench-model","stream":{stream},"messages":['
+            '{"role":"system","content":"You are a helpful assistant."},'
+            f'{{"role":"user","content":"Question {self.options.nonce}-{self.number}-{self.counter}. {QUESTION}"}}]}}'
+        ).encode()
+        extra = (
+            f"X-Bench-Chunks: {self.options.chunks}\r\nX-Bench-Gap-Ms: {self.options.gap_ms}\r\n"
+            if self.options.stream
+            else ""
+        )
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {self.options.host}:{self.options.port}\r\n"
+            f"Content-Type: application/json\r\nAuthorization: Bearer sk-bench\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         self.sent_at = time.perf_counter()
         assert self.transport is not None
         self.transport.write(head + body)
@@ -87,7 +98,7 @@ class LoopClient(asyncio.Protocol):
         head = bytes(self.buffer[:head_end]).lower()
         marker = head.find(b"\r\ncontent-length:")
         if marker >= 0:
-            length = int(head[marker + 17:].split(b"\r\n", 1)[0])
+            length = int(head[marker + 17 :].split(b"\r\n", 1)[0])
             total = head_end + 4 + length
             return total if len(self.buffer) >= total else None
         # Chunked: SSE payloads end in "\n\n", so "\r\n0\r\n\r\n" can only be the last chunk.
@@ -110,7 +121,9 @@ async def run(options: argparse.Namespace) -> dict:
     for number in range(options.connections):
         done = loop.create_future()
         try:
-            await loop.create_connection(lambda: LoopClient(options, number, stats, deadline, done), options.host, options.port)
+            await loop.create_connection(
+                lambda: LoopClient(options, number, stats, deadline, done), options.host, options.port
+            )
         except OSError:
             stats.errors["connect"] += 1
             continue
@@ -120,9 +133,17 @@ async def run(options: argparse.Namespace) -> dict:
     lat = sorted(stats.latencies)
     micro = [round(percentile(lat, f) * 1e6) for f in (0.5, 0.9, 0.99)]
     return {
-        "requests": len(lat), "duration_us": round(elapsed * 1e6), "bytes": stats.bytes, "errors": stats.errors,
-        "latency_us": {"mean": sum(lat) / max(len(lat), 1) * 1e6, "p50": micro[0], "p90": micro[1], "p99": micro[2],
-                       "max": round(lat[-1] * 1e6) if lat else 0},
+        "requests": len(lat),
+        "duration_us": round(elapsed * 1e6),
+        "bytes": stats.bytes,
+        "errors": stats.errors,
+        "latency_us": {
+            "mean": sum(lat) / max(len(lat), 1) * 1e6,
+            "p50": micro[0],
+            "p90": micro[1],
+            "p99": micro[2],
+            "max": round(lat[-1] * 1e6) if lat else 0,
+        },
     }
 
 

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from bench_procs import SCRIPTS
 
@@ -26,22 +26,52 @@ def next_nonce() -> str:
     return f"{time.time_ns() % 10**9:x}{_nonce}"
 
 
-def run_load(port: int, connections: int, seconds: int, stream: bool = False, chunks: int = 200, gap_ms: float = 0) -> Dict[str, Any]:
+def run_load(
+    port: int, connections: int, seconds: int, stream: bool = False, chunks: int = 200, gap_ms: float = 0
+) -> Dict[str, Any]:
     """Closed loop for `seconds`: counts, errors, latency in microseconds, and requests/s."""
     mode = "stream" if stream else "json"
     if WRK:
         threads = 1 if connections < 8 else 2
-        cmd = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s",
-               "-s", str(SCRIPTS / "bench_wrk.lua"), f"http://127.0.0.1:{port}", "--", mode, next_nonce(), str(chunks), str(gap_ms)]
+        cmd = [
+            WRK,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(SCRIPTS / "bench_wrk.lua"),
+            f"http://127.0.0.1:{port}",
+            "--",
+            mode,
+            next_nonce(),
+            str(chunks),
+            str(gap_ms),
+        ]
     else:
-        cmd = [sys.executable, str(SCRIPTS / "bench_client.py"), "--port", str(port), "-c", str(connections),
-               "-d", str(seconds), "--nonce", next_nonce(), "--chunks", str(chunks), "--gap-ms", str(gap_ms)]
+        cmd = [
+            sys.executable,
+            str(SCRIPTS / "bench_client.py"),
+            "--port",
+            str(port),
+            "-c",
+            str(connections),
+            "-d",
+            str(seconds),
+            "--nonce",
+            next_nonce(),
+            "--chunks",
+            str(chunks),
+            "--gap-ms",
+            str(gap_ms),
+        ]
         cmd += ["--stream"] if stream else []
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    line = next((text for text in done.stdout.splitlines() if text.startswith("BENCH_JSON ")), None)
     if line is None:
         raise RuntimeError(f"load generator failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
-    result = json.loads(line[len("BENCH_JSON "):])
+    result = json.loads(line[len("BENCH_JSON ") :])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["error_count"] = sum(result["errors"].values())
     return result
@@ -49,8 +79,10 @@ def run_load(port: int, connections: int, seconds: int, stream: bool = False, ch
 
 def chat_request(port: int, messages: List[Dict[str, str]], stream: bool = False, extra: str = "") -> bytes:
     body = json.dumps({"model": "bench-model", "stream": stream, "messages": messages}).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Authorization: Bearer sk-bench\r\n{extra}Content-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer sk-bench\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -102,10 +134,16 @@ def timed_requests(port: int, samples: int, stream: bool, warmup: int = 100) -> 
     return times
 
 
-async def _one_stream(port: int, tag: str, chunks: int, gap_ms: float, gate: asyncio.Semaphore, live: Dict[str, int]) -> None:
+async def _one_stream(
+    port: int, tag: str, chunks: int, gap_ms: float, gate: asyncio.Semaphore, live: Dict[str, int]
+) -> None:
     async with gate:  # connects in flight are limited, as a frontend's users arrive over time
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(chat_request(port, question(tag), stream=True, extra=f"X-Bench-Chunks: {chunks}\r\nX-Bench-Gap-Ms: {gap_ms}\r\n"))
+        writer.write(
+            chat_request(
+                port, question(tag), stream=True, extra=f"X-Bench-Chunks: {chunks}\r\nX-Bench-Gap-Ms: {gap_ms}\r\n"
+            )
+        )
         head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
@@ -120,13 +158,19 @@ async def _one_stream(port: int, tag: str, chunks: int, gap_ms: float, gate: asy
 
 async def _hold(port: int, count: int, chunks: int, gap_ms: float, sample: Callable[[], None]) -> Dict[str, Any]:
     nonce, gate, live = next_nonce(), asyncio.Semaphore(100), {"now": 0, "peak": 0}
-    tasks = [asyncio.ensure_future(_one_stream(port, f"slow-{nonce}-{i}", chunks, gap_ms, gate, live)) for i in range(count)]
+    tasks = [
+        asyncio.ensure_future(_one_stream(port, f"slow-{nonce}-{i}", chunks, gap_ms, gate, live)) for i in range(count)
+    ]
     while not all(t.done() for t in tasks):
         sample()
         await asyncio.sleep(0.2)
     failures = [t.exception() for t in tasks if t.exception() is not None]
-    return {"streams": count, "peak_concurrent": live["peak"], "failed": len(failures),
-            "first_failure": repr(failures[0]) if failures else None}
+    return {
+        "streams": count,
+        "peak_concurrent": live["peak"],
+        "failed": len(failures),
+        "first_failure": repr(failures[0]) if failures else None,
+    }
 
 
 def hold_streams(port: int, count: int, chunks: int, gap_ms: float, sample: Callable[[], None]) -> Dict[str, Any]:
@@ -141,7 +185,12 @@ def long_chat(port: int, turns: int) -> Tuple[List[Dict[str, str]], List[float]]
     seconds: List[float] = []
     nonce = next_nonce()
     for turn in range(turns):
-        messages.append({"role": "user", "content": f"Turn {turn} of chat {nonce}: " + "please go on with the story, and add detail. " * 3})
+        messages.append(
+            {
+                "role": "user",
+                "content": f"Turn {turn} of chat {nonce}: " + "please go on with the story, and add detail. " * 3,
+            }
+        )
         body = json.dumps({"model": "bench-model", "messages": messages})
         started = time.perf_counter()
         connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})

@@ -21,7 +21,9 @@ SCRIPTS = Path(__file__).resolve().parent
 _LISTENING = re.compile(rb"listening on http://[^\s]+:(\d+) ")
 _PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
 # Start-up, per-record and shutdown lines; a "stopped:" summary is noise only when it counts no errors.
-_NOISE = re.compile(r"listening on http://|^chatproxy: recorded |^chatproxy: stopping:|^chatproxy: stopped: .* 0 errors")
+_NOISE = re.compile(
+    r"listening on http://|^chatproxy: recorded |^chatproxy: stopping:|^chatproxy: stopped: .* 0 errors"
+)
 
 
 def free_port() -> int:
@@ -39,7 +41,7 @@ def wait_until_accepting(port: int, proc: subprocess.Popen, timeout: float = 30.
             return
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args!r} exited with status {proc.returncode} before listening")
+                raise RuntimeError(f"{proc.args!r} exited with status {proc.returncode} before listening") from None
             time.sleep(0.0005)
     raise RuntimeError(f"nothing accepted on port {port} within {timeout:g} s")
 
@@ -145,7 +147,8 @@ class Upstream:
         self.log = open(workdir / "upstream.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, str(SCRIPTS / "bench_upstream.py"), "--port", "0", "--reply-chars", str(reply_chars)],
-            stdout=subprocess.PIPE, stderr=self.log,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -172,12 +175,25 @@ class ChatProxy:
 
     count = 0
 
-    def __init__(self, upstream: Upstream, datasets: Path, workdir: Path, extra: Sequence[str] = (), port: int = 0) -> None:
+    def __init__(
+        self, upstream: Upstream, datasets: Path, workdir: Path, extra: Sequence[str] = (), port: int = 0
+    ) -> None:
         ChatProxy.count += 1
         self.log_path = workdir / f"chatproxy-{ChatProxy.count}.log"
         self.datasets = datasets
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        cmd = [sys.executable, "-m", "chatproxy", "--target", upstream.url, "--port", str(port), "--datasets", str(datasets), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "chatproxy",
+            "--target",
+            upstream.url,
+            "--port",
+            str(port),
+            "--datasets",
+            str(datasets),
+            *extra,
+        ]
         with open(self.log_path, "wb") as log:
             started = time.perf_counter()
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
@@ -206,7 +222,10 @@ class ChatProxy:
         """A /proc/PID/status figure of the proxy and of its recorder process (of all its children: none
         with --no-record, the new one after a restart), in kB. Summed over VmHWM, these are the sum of
         each process's own peak: at least the peak of the sum, more if they peaked at different times."""
-        return {"proxy": proc_kb(self.pid, field), "recorder": sum(proc_kb(child, field) for child in children(self.pid))}
+        return {
+            "proxy": proc_kb(self.pid, field),
+            "recorder": sum(proc_kb(child, field) for child in children(self.pid)),
+        }
 
     def rss_kb(self) -> int:
         return sum(self.memory_kb().values())
@@ -282,9 +301,14 @@ class Nginx:
         self.port = free_port()
         conf = work / "nginx.conf"
         user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(NGINX_CONF.format(workers=workers, work=work, user=user, upstream_port=upstream.port, port=self.port))
-        self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-p", str(work), "-c", str(conf)],
-                                     stdout=subprocess.DEVNULL, stderr=open(work / "stderr.log", "wb"))
+        conf.write_text(
+            NGINX_CONF.format(workers=workers, work=work, user=user, upstream_port=upstream.port, port=self.port)
+        )
+        self.proc = subprocess.Popen(
+            [shutil.which("nginx") or "nginx", "-p", str(work), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "stderr.log", "wb"),
+        )
         wait_until_accepting(self.port, self.proc)
 
     def rss_kb(self) -> int:

@@ -24,8 +24,11 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # Leaves that are waits, not work: the event loop's epoll_wait, an idle executor thread's queue.get, and
 # the thread asyncio keeps blocked in waitpid() on the recorder process. py-spy counts such a sample as
 # busy when it catches the thread entering or leaving the wait (waitpid: always, it seems).
-_WAITS = ("EpollSelector.select (selectors.py)", "_worker (futures/thread.py)",
-          "ThreadedChildWatcher._do_waitpid (asyncio/unix_events.py)")
+_WAITS = (
+    "EpollSelector.select (selectors.py)",
+    "_worker (futures/thread.py)",
+    "ThreadedChildWatcher._do_waitpid (asyncio/unix_events.py)",
+)
 # The recorder process waits in functions that also work (Inbox.receive selects, then reads): there,
 # only a leaf whose source line is the blocking call is a wait.
 _WAIT_CALL = re.compile(r"\b(?:select\.select|time\.sleep)\(")
@@ -40,8 +43,21 @@ def find_py_spy() -> Optional[str]:
 
 def record(py_spy: str, pid: int, seconds: int, output: Path, rate: int = 250) -> threading.Thread:
     """Start sampling `pid` in the background; join the returned thread to wait for the file."""
-    cmd = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(rate),
-           "--format", "raw", "--threads", "--output", str(output)]
+    cmd = [
+        py_spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(seconds),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--threads",
+        "--output",
+        str(output),
+    ]
 
     def run() -> None:
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
@@ -66,8 +82,11 @@ def _is_wait(frame: str) -> bool:
         return True
     match = _FRAME.match(frame.strip())
     # py-spy names files relative to the target's sys.path; linecache searches this one's (same tree).
-    return bool(match and match.group("line")
-                and _WAIT_CALL.search(linecache.getline(match.group("file"), int(match.group("line")))))
+    return bool(
+        match
+        and match.group("line")
+        and _WAIT_CALL.search(linecache.getline(match.group("file"), int(match.group("line"))))
+    )
 
 
 @dataclasses.dataclass
@@ -119,15 +138,21 @@ def by_area(self_counts: Dict[str, int]) -> Dict[str, int]:
 
 def report(title: str, profile: Profile, limit: int = 15) -> str:
     samples = profile.samples
-    lines = [f"{title}: {samples} samples of busy threads ({profile.waiting} more caught entering or leaving"
-             " a wait, in epoll, select, sleep, waitpid or an idle executor thread: left out)"]
+    lines = [
+        f"{title}: {samples} samples of busy threads ({profile.waiting} more caught entering or leaving"
+        " a wait, in epoll, select, sleep, waitpid or an idle executor thread: left out)"
+    ]
     for thread, count in sorted(profile.threads.items(), key=lambda item: -item[1]):
         lines.append(f"  {100.0 * count / max(samples, 1):5.1f}%  {thread}")
     lines.append("  self%  function (its own code; C calls such as send() or fsync() count as the caller's)")
     lines += [f"  {share:5.1f}  {name}" for share, name in top(profile.self_counts, samples, limit)]
     lines.append("  self%  module")
     lines += [f"  {share:5.1f}  {name}" for share, name in top(by_area(profile.self_counts), samples, 12)]
-    own = {name: count for name, count in profile.total_counts.items() if "(chatproxy/" in name and not _ALWAYS.search(name)}
+    own = {
+        name: count
+        for name, count in profile.total_counts.items()
+        if "(chatproxy/" in name and not _ALWAYS.search(name)
+    }
     lines.append("  total%  chatproxy function (with everything it calls)")
     lines += [f"  {share:5.1f}  {name}" for share, name in top(own, samples, limit)]
     return "\n".join(lines)

@@ -39,11 +39,19 @@ def reply_text(chars: int) -> str:
 
 
 def json_response(chars: int) -> bytes:
-    body = json.dumps({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": CREATED, "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply_text(chars)}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 20, "completion_tokens": chars // 4, "total_tokens": 20 + chars // 4},
-    }, separators=(",", ":")).encode()
+    body = json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": MODEL,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": reply_text(chars)}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 20, "completion_tokens": chars // 4, "total_tokens": 20 + chars // 4},
+        },
+        separators=(",", ":"),
+    ).encode()
     head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
 
@@ -54,13 +62,19 @@ def _http_chunk(payload: bytes) -> bytes:
 
 def _sse_event(delta: Dict[str, str], finish: Optional[str]) -> bytes:
     chunk = {
-        "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": CREATED, "model": MODEL,
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": MODEL,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     return _http_chunk(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
 
 
-SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
 SSE_END = _sse_event({}, "stop") + _http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 STATS_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 _events_cache: Dict[int, List[bytes]] = {}
@@ -70,8 +84,12 @@ def sse_events(count: int) -> List[bytes]:
     """The content events of a `count`-chunk reply, prepared once per count."""
     events = _events_cache.get(count)
     if events is None:
-        events = [_sse_event({"role": "assistant", "content": ""} if i == 0 else {"content": WORDS[i % len(WORDS)] + " "}, None)
-                  for i in range(count)]
+        events = [
+            _sse_event(
+                {"role": "assistant", "content": ""} if i == 0 else {"content": WORDS[i % len(WORDS)] + " "}, None
+            )
+            for i in range(count)
+        ]
         _events_cache[count] = events
     return events
 
@@ -101,12 +119,12 @@ class Canned(asyncio.Protocol):
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 return
-            head = bytes(self.buffer[:end + 2]).lower()
+            head = bytes(self.buffer[: end + 2]).lower()
             match = _CONTENT_LENGTH.search(head)
             total = end + 4 + (int(match.group(1)) if match else 0)
             if len(self.buffer) < total:
                 return
-            body = bytes(self.buffer[end + 4:total])
+            body = bytes(self.buffer[end + 4 : total])
             del self.buffer[:total]
             self.answer(head, body)
 

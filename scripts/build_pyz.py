@@ -26,7 +26,7 @@ H11_MINIMUM = (0, 16)
 
 # Kept to syntax every Python 3 parses, so an interpreter below the floor says why instead of
 # failing on an f-string or annotation inside the package.
-MAIN = '''\
+MAIN = """\
 import sys
 
 if sys.version_info < (3, 9):
@@ -35,7 +35,7 @@ if sys.version_info < (3, 9):
 from chatproxy.cli import main
 
 raise SystemExit(main())
-'''
+"""
 
 
 def _skip_cache(folder: str, names: Sequence[str]) -> Sequence[str]:
@@ -98,8 +98,13 @@ def build(output: Path) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", "-o", type=Path, default=DEFAULT_OUTPUT,
-                        help=f"where to write the archive (default {DEFAULT_OUTPUT.relative_to(ROOT)})")
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help=f"where to write the archive (default {DEFAULT_OUTPUT.relative_to(ROOT)})",
+    )
     args = parser.parse_args(argv)
     description = build(args.output)
     size = args.output.stat().st_size

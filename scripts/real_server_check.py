@@ -73,7 +73,7 @@ litellm_settings:
 
 # Written by the server's own interpreter (it has numpy and gguf): a 1-layer llama with 32-wide
 # embeddings, an SPM vocabulary with byte fallback (any text tokenises), and a chat template.
-MAKE_GGUF = r'''
+MAKE_GGUF = r"""
 import sys
 import numpy as np
 import gguf
@@ -121,7 +121,7 @@ w.write_header_to_file()
 w.write_kv_data_to_file()
 w.write_tensors_to_file()
 w.close()
-'''
+"""
 
 
 def free_port() -> int:
@@ -134,11 +134,36 @@ def server_command(name: str, python: str, port: int, workdir: Path) -> List[str
     if name == "litellm":
         config = workdir / "litellm.yaml"
         config.write_text(LITELLM_CONFIG.format(reply=MOCK_REPLY), encoding="utf-8")
-        return [python, "-m", "litellm.proxy.proxy_cli", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+        return [
+            python,
+            "-m",
+            "litellm.proxy.proxy_cli",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
     model = workdir / "tiny.gguf"
     subprocess.run([python, "-c", MAKE_GGUF, str(model)], check=True, timeout=120)
-    return [python, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny",
-            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "256", "--verbose", "false"]
+    return [
+        python,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "256",
+        "--verbose",
+        "false",
+    ]
 
 
 def server_env(name: str) -> Dict[str, str]:
@@ -192,8 +217,14 @@ def check(name: str, python: str, report: Callable[[str], None] = print) -> None
         server_log = workdir / "server.log"
         started = time.monotonic()
         with open(server_log, "wb") as log_file:
-            server = subprocess.Popen(server_command(name, python, server_port, workdir), stdin=subprocess.DEVNULL,
-                                      stdout=log_file, stderr=subprocess.STDOUT, env=server_env(name), cwd=tmp)
+            server = subprocess.Popen(
+                server_command(name, python, server_port, workdir),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=server_env(name),
+                cwd=tmp,
+            )
         try:
             wait_http(server_port, "/v1/models", START_TIMEOUT, server, server_log)
             report(f"{name}: server up in {time.monotonic() - started:.1f}s on port {server_port}")
@@ -206,8 +237,19 @@ def _through_proxy(name: str, target: str, workdir: Path, openai: Any, report: C
     datasets = workdir / "datasets"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPROXY_")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    command = [sys.executable, "-m", "chatproxy", "--target", target, "--port", "0",
-               "--datasets", str(datasets), "--session", name]
+    command = [
+        sys.executable,
+        "-m",
+        "chatproxy",
+        "--target",
+        target,
+        "--port",
+        "0",
+        "--datasets",
+        str(datasets),
+        "--session",
+        name,
+    ]
     proxy_log = workdir / "proxy.log"
     with open(proxy_log, "wb") as log_file:
         proxy = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
@@ -221,7 +263,9 @@ def _through_proxy(name: str, target: str, workdir: Path, openai: Any, report: C
     log_text = proxy_log.read_text(errors="replace")
     if code != 0:
         raise CheckFailed(f"chatproxy exited with {code}:\n{log_text}")
-    complaints = [line for line in log_text.splitlines() if "Traceback" in line or "warning" in line or "error:" in line]
+    complaints = [
+        line for line in log_text.splitlines() if "Traceback" in line or "warning" in line or "error:" in line
+    ]
     if complaints:
         raise CheckFailed("chatproxy complained:\n" + "\n".join(complaints))
     journal = [json.loads(line) for line in (datasets / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -272,7 +316,9 @@ def _drive(name: str, client: Any, report: Callable[[str], None]) -> List[List[t
 
     question = "Now tell a very short story."
     pieces = []
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], stream=True, **options)
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], stream=True, **options
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
@@ -302,14 +348,17 @@ def _observe_raw_stream(name: str, port: int, report: Callable[[str], None]) -> 
         ("/v1/completions", {"prompt": "hi"}),
     ):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        payload = dict(body, model="mock-gpt" if name == "litellm" else "tiny", stream=True, max_tokens=4, temperature=0)
-        conn.request("POST", path, json.dumps(payload),
-                     {"Content-Type": "application/json", "X-Chatproxy-Record": "no"})
+        payload = dict(
+            body, model="mock-gpt" if name == "litellm" else "tiny", stream=True, max_tokens=4, temperature=0
+        )
+        conn.request(
+            "POST", path, json.dumps(payload), {"Content-Type": "application/json", "X-Chatproxy-Record": "no"}
+        )
         response = conn.getresponse()
         raw = response.read()
         conn.close()
         events = [e for e in raw.replace(b"\r\n", b"\n").split(b"\n\n") if e.strip()]
-        datas = [e[len(b"data: "):] for e in events if e.startswith(b"data: ")]
+        datas = [e[len(b"data: ") :] for e in events if e.startswith(b"data: ")]
         chunks = [json.loads(d) for d in datas if d != b"[DONE]"]
         length = response.getheader("content-length")
         framing = "chunked" if response.getheader("transfer-encoding") else f"content-length {length}"
@@ -329,8 +378,10 @@ def _observe_raw_stream(name: str, port: int, report: Callable[[str], None]) -> 
             notes.append(f"model changes within the stream: {sorted({str(c.get('model')) for c in chunks})}")
         choices = [c["choices"][0] for c in chunks if c.get("choices")]
         before = {"null" if "finish_reason" in c else "omitted" for c in choices[:-1]}
-        notes.append(f"finish_reason {choices[-1].get('finish_reason') if choices else None!r} at the end, "
-                     f"{' or '.join(sorted(before)) or 'no chunks'} before")
+        notes.append(
+            f"finish_reason {choices[-1].get('finish_reason') if choices else None!r} at the end, "
+            f"{' or '.join(sorted(before)) or 'no chunks'} before"
+        )
         if any(c.get("delta", {}).get("role") and c.get("delta", {}).get("content") for c in choices):
             notes.append("role and first text in the same chunk")
         report(f"{name}: observed {path} stream: " + "; ".join(notes))
@@ -361,11 +412,17 @@ def install(venvs: Path, name: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--server", choices=sorted(PACKAGES), action="append", help="check only this server (repeatable)")
-    parser.add_argument("--venvs", type=Path, default=DEFAULT_VENVS,
-                        help=f"where the servers' venvs are (default {DEFAULT_VENVS})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument(
+        "--server", choices=sorted(PACKAGES), action="append", help="check only this server (repeatable)"
+    )
+    parser.add_argument(
+        "--venvs", type=Path, default=DEFAULT_VENVS, help=f"where the servers' venvs are (default {DEFAULT_VENVS})"
+    )
     parser.add_argument("--install", action="store_true", help="create the venvs and install the servers first")
     args = parser.parse_args(argv)
     names = args.server or sorted(PACKAGES)

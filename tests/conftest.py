@@ -15,10 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_upstream import FakeUpstream  # noqa: E402
-
 from chatproxy.config import Config, RecordOptions, Timeouts, parse_target  # noqa: E402
 from chatproxy.proxy import Proxy  # noqa: E402
+
+from fake_upstream import FakeUpstream  # noqa: E402
 
 TEST_TIMEOUTS = Timeouts(
     connect=2.0,
@@ -41,7 +41,7 @@ class RunningProxy:
         self.proxy = Proxy(config)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    def start(self) -> "RunningProxy":
+    def start(self) -> RunningProxy:
         self._thread.start()
         self.call(self.proxy.start())
         return self

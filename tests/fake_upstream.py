@@ -144,9 +144,7 @@ class Exchange:
         self.writer.transport.abort()
         self.keep_alive = False
 
-    def _head(
-        self, status: int, content_type: str, framing: list[tuple[str, str]], extra: HeaderPairs
-    ) -> h11.Response:
+    def _head(self, status: int, content_type: str, framing: list[tuple[str, str]], extra: HeaderPairs) -> h11.Response:
         ours = [("content-type", content_type), *framing, ("x-fake-upstream", "1")]
         echo = self.request.header("x-echo")
         if echo is not None:

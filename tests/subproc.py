@@ -24,7 +24,9 @@ STARTUP = re.compile(r"listening on (http://\S+) -> (\S+), dataset (.+)$")
 class ProxyProcess:
     """A running `chatproxy` command; its stderr lines are collected by a thread for the test to wait on."""
 
-    def __init__(self, command: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None) -> None:
+    def __init__(
+        self, command: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None
+    ) -> None:
         self.command = list(command)
         full_env = dict(os.environ if env is None else env)
         full_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -39,7 +41,7 @@ class ProxyProcess:
             encoding="utf-8",
         )
         self.lines: List[str] = []
-        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._queue: queue.Queue[Optional[str]] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.url: Optional[str] = None
@@ -50,7 +52,7 @@ class ProxyProcess:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
-    def wait_for(self, pattern: str, timeout: float = 15.0) -> "re.Match[str]":
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
         """The first stderr line (new or already seen) that matches `pattern`."""
         regex = re.compile(pattern)
         for line in self.lines:
@@ -76,7 +78,7 @@ class ProxyProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n" + "\n".join(self.lines))
 
-    def wait_started(self, timeout: float = 15.0) -> "re.Match[str]":
+    def wait_started(self, timeout: float = 15.0) -> re.Match[str]:
         match = self.wait_for(STARTUP.pattern, timeout)
         self.url = match.group(1)
         return match
@@ -118,7 +120,7 @@ class ProxyProcess:
             self.proc.kill()
         self.finish(10)
 
-    def __enter__(self) -> "ProxyProcess":
+    def __enter__(self) -> ProxyProcess:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -149,7 +151,9 @@ def _reports_version(executable: str, version: Tuple[int, int]) -> bool:
     try:
         out = subprocess.run(
             [executable, "-I", "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.SubprocessError):
         return False

@@ -83,7 +83,7 @@ class H11Client:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.conn = h11.Connection(h11.CLIENT)
 
-    def __enter__(self) -> "H11Client":
+    def __enter__(self) -> H11Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -23,6 +23,7 @@ from typing import Dict, List
 import pytest
 
 from chatproxy import __version__, cli
+
 from subproc import ROOT, ProxyProcess, chat
 
 UPSTREAM_URL = "http://127.0.0.1:9/v1"  # never contacted: these runs stop before listening
@@ -40,7 +41,7 @@ def clean_environment(monkeypatch):
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
-def run_main(argv: List[str], capsys) -> "tuple[int, str, str]":
+def run_main(argv: List[str], capsys) -> tuple[int, str, str]:
     code = cli.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
@@ -95,11 +96,16 @@ BAD_INVOCATIONS = [
     pytest.param(["--target", "http://example.com:99999"], "--target has an invalid port", id="target-port"),
     pytest.param(["--target", UPSTREAM_URL, "--session", "../x"], "invalid session id '../x'", id="session-path"),
     pytest.param(["--target", UPSTREAM_URL, "--port", "70000"], "--port must be 0-65535", id="port-range"),
-    pytest.param(["--target", UPSTREAM_URL, "--port", "abc"], "argument --port: invalid int value: 'abc'", id="port-type"),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--port", "abc"], "argument --port: invalid int value: 'abc'", id="port-type"
+    ),
     pytest.param(["--target", UPSTREAM_URL, "--branches", "some"], "argument --branches: invalid choice", id="choice"),
     pytest.param(["--target", UPSTREAM_URL, "--timeout", "0"], "--timeout must be a positive number", id="timeout"),
-    pytest.param(["--target", UPSTREAM_URL, "--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem: no such file",
-                 id="ca-file"),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--ca-file", "/nonexistent/ca.pem"],
+        "--ca-file /nonexistent/ca.pem: no such file",
+        id="ca-file",
+    ),
 ]
 
 
@@ -129,7 +135,9 @@ def test_datasets_that_is_a_regular_file_is_refused(tmp_path, capsys):
 
 def test_no_record_does_not_need_a_datasets_folder(tmp_path, capsys):
     """--no-record skips the folder check; the run then fails later for the port, not the folder."""
-    args = cli.build_parser().parse_args(["--target", UPSTREAM_URL, "--no-record", "--datasets", str(_file(tmp_path) / "x")])
+    args = cli.build_parser().parse_args(
+        ["--target", UPSTREAM_URL, "--no-record", "--datasets", str(_file(tmp_path) / "x")]
+    )
     config = cli.config_from_args(args)
     assert config.record.enabled is False
 
@@ -138,7 +146,11 @@ def test_errors_from_a_real_process_have_no_traceback(tmp_path):
     folder = _file(tmp_path) / "sub"
     result = subprocess.run(
         python_m_chatproxy("--target", UPSTREAM_URL, "--datasets", str(folder)),
-        capture_output=True, text=True, timeout=60, env=subprocess_env(), cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert result.stderr == f"chatproxy: error: cannot create --datasets folder {folder}: Not a directory\n"
@@ -154,33 +166,46 @@ def parse_with_env(argv: List[str], environ: Dict[str, str]):
 
 
 def test_environment_sets_option_defaults():
-    args = parse_with_env([], {
-        "CHATPROXY_TARGET": "http://127.0.0.1:8080/v1",
-        "CHATPROXY_PORT": "4000",
-        "CHATPROXY_NO_RECORD": "1",
-        "CHATPROXY_KEEP_INCOMPLETE": "yes",
-        "CHATPROXY_TIMEOUT": "30.5",
-        "CHATPROXY_BRANCHES": "last",
-        "CHATPROXY_LOG_FORMAT": "json",
-        "CHATPROXY_QUIET": "off",
-    })
-    assert (args.target, args.port, args.no_record, args.keep_incomplete) == ("http://127.0.0.1:8080/v1", 4000, True, True)
+    args = parse_with_env(
+        [],
+        {
+            "CHATPROXY_TARGET": "http://127.0.0.1:8080/v1",
+            "CHATPROXY_PORT": "4000",
+            "CHATPROXY_NO_RECORD": "1",
+            "CHATPROXY_KEEP_INCOMPLETE": "yes",
+            "CHATPROXY_TIMEOUT": "30.5",
+            "CHATPROXY_BRANCHES": "last",
+            "CHATPROXY_LOG_FORMAT": "json",
+            "CHATPROXY_QUIET": "off",
+        },
+    )
+    assert (args.target, args.port, args.no_record, args.keep_incomplete) == (
+        "http://127.0.0.1:8080/v1",
+        4000,
+        True,
+        True,
+    )
     assert (args.timeout, args.branches, args.log_format, args.quiet) == (30.5, "last", "json", False)
 
 
 def test_command_line_wins_over_environment():
-    args = parse_with_env(["--port", "5000", "--target", "http://b"], {"CHATPROXY_PORT": "4000", "CHATPROXY_TARGET": "http://a"})
+    args = parse_with_env(
+        ["--port", "5000", "--target", "http://b"], {"CHATPROXY_PORT": "4000", "CHATPROXY_TARGET": "http://a"}
+    )
     assert (args.port, args.target) == (5000, "http://b")
 
 
-@pytest.mark.parametrize("name, value, reason", [
-    ("CHATPROXY_PORT", "abc", "CHATPROXY_PORT='abc': not a whole number"),
-    ("CHATPROXY_MAX_BODY", "1e6", "CHATPROXY_MAX_BODY='1e6': not a whole number"),
-    ("CHATPROXY_TIMEOUT", "soon", "CHATPROXY_TIMEOUT='soon': not a number"),
-    ("CHATPROXY_NO_RECORD", "maybe", "CHATPROXY_NO_RECORD='maybe': use 1/0, true/false, yes/no or on/off"),
-    ("CHATPROXY_REASONING", "hide", "CHATPROXY_REASONING='hide': use one of keep, drop"),
-    ("CHATPROXY_LOG_FORMAT", "xml", "CHATPROXY_LOG_FORMAT='xml': use one of text, json"),
-])
+@pytest.mark.parametrize(
+    "name, value, reason",
+    [
+        ("CHATPROXY_PORT", "abc", "CHATPROXY_PORT='abc': not a whole number"),
+        ("CHATPROXY_MAX_BODY", "1e6", "CHATPROXY_MAX_BODY='1e6': not a whole number"),
+        ("CHATPROXY_TIMEOUT", "soon", "CHATPROXY_TIMEOUT='soon': not a number"),
+        ("CHATPROXY_NO_RECORD", "maybe", "CHATPROXY_NO_RECORD='maybe': use 1/0, true/false, yes/no or on/off"),
+        ("CHATPROXY_REASONING", "hide", "CHATPROXY_REASONING='hide': use one of keep, drop"),
+        ("CHATPROXY_LOG_FORMAT", "xml", "CHATPROXY_LOG_FORMAT='xml': use one of text, json"),
+    ],
+)
 def test_invalid_environment_value_is_one_line_exit_2(name, value, reason, monkeypatch, capsys):
     monkeypatch.setenv(name, value)
     code, out, err = run_main(["--target", UPSTREAM_URL], capsys)
@@ -196,7 +221,11 @@ def test_help_works_despite_an_invalid_environment(monkeypatch, capsys):
 
 def test_invalid_environment_value_in_a_real_process(tmp_path):
     result = subprocess.run(
-        python_m_chatproxy(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        python_m_chatproxy(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
         env=subprocess_env(CHATPROXY_TARGET=UPSTREAM_URL, CHATPROXY_PORT="abc"),
     )
     assert (result.returncode, result.stderr) == (2, "chatproxy: error: CHATPROXY_PORT='abc': not a whole number\n")
@@ -211,9 +240,13 @@ def free_port() -> int:
 def test_proxy_configured_only_from_the_environment(upstream, tmp_path):
     """CHATPROXY_TARGET, CHATPROXY_PORT and CHATPROXY_NO_RECORD=1 with no arguments at all."""
     port = free_port()
-    env = subprocess_env(CHATPROXY_TARGET=upstream.url, CHATPROXY_PORT=str(port),
-                         CHATPROXY_DATASETS=str(tmp_path / "datasets"), CHATPROXY_NO_RECORD="1",
-                         CHATPROXY_SESION="typo")
+    env = subprocess_env(
+        CHATPROXY_TARGET=upstream.url,
+        CHATPROXY_PORT=str(port),
+        CHATPROXY_DATASETS=str(tmp_path / "datasets"),
+        CHATPROXY_NO_RECORD="1",
+        CHATPROXY_SESION="typo",
+    )
     with ProxyProcess(python_m_chatproxy(), env=env, cwd=tmp_path) as proc:
         match = proc.wait_started()
         assert match.group(1) == f"http://127.0.0.1:{port}"
@@ -232,7 +265,9 @@ def test_proxy_configured_only_from_the_environment(upstream, tmp_path):
 def test_run_record_and_stop_on_signal(signum, upstream, tmp_path):
     """Start-up line, one short line per record, exit 0 on the signal with SESSION.json complete."""
     datasets = tmp_path / "datasets"
-    command = python_m_chatproxy("--target", upstream.url, "--port", "0", "--datasets", str(datasets), "--session", "cli-run")
+    command = python_m_chatproxy(
+        "--target", upstream.url, "--port", "0", "--datasets", str(datasets), "--session", "cli-run"
+    )
     with ProxyProcess(command, env=subprocess_env(), cwd=tmp_path) as proc:
         started = proc.wait_started()
         assert started.group(0).startswith("listening on http://127.0.0.1:")
@@ -261,7 +296,11 @@ def test_port_in_use_is_one_line_exit_1(tmp_path):
         port = taken.getsockname()[1]
         result = subprocess.run(
             python_m_chatproxy("--target", UPSTREAM_URL, "--port", str(port), "--datasets", str(tmp_path / "d")),
-            capture_output=True, text=True, timeout=60, env=subprocess_env(), cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=subprocess_env(),
+            cwd=tmp_path,
         )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
@@ -270,8 +309,18 @@ def test_port_in_use_is_one_line_exit_1(tmp_path):
 
 def test_json_log_format(upstream, tmp_path):
     """--log-format json: every line is one JSON object with time, level, message (and fields)."""
-    command = python_m_chatproxy("--target", upstream.url, "--port", "0", "--datasets", str(tmp_path / "d"),
-                                 "--session", "json-run", "--log-format", "json")
+    command = python_m_chatproxy(
+        "--target",
+        upstream.url,
+        "--port",
+        "0",
+        "--datasets",
+        str(tmp_path / "d"),
+        "--session",
+        "json-run",
+        "--log-format",
+        "json",
+    )
     with ProxyProcess(command, env=subprocess_env(), cwd=tmp_path) as proc:
         listening = json.loads(proc.wait_for(r'"event": "listening"').string)
         chat(int(listening["url"].rsplit(":", 1)[1]), "structured")
@@ -324,8 +373,9 @@ class TerminalProcess:
 
     def __init__(self, command: List[str], env: Dict[str, str], cwd: Path) -> None:
         self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
-                                     env=env, cwd=str(cwd))
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env, cwd=str(cwd)
+        )
         os.close(slave)
         self.output = ""
 
@@ -353,7 +403,9 @@ class TerminalProcess:
 
 def test_terminal_shows_a_status_line_below_clean_log_lines(upstream, tmp_path):
     env = subprocess_env(COLUMNS="200", TERM="xterm")
-    command = python_m_chatproxy("--target", upstream.url, "--port", "0", "--datasets", str(tmp_path / "d"), "--session", "tty")
+    command = python_m_chatproxy(
+        "--target", upstream.url, "--port", "0", "--datasets", str(tmp_path / "d"), "--session", "tty"
+    )
     term = TerminalProcess(command, env, tmp_path)
     try:
         term.read_until(r"\[0 requests \| 0 recorded \| 0 errors\] -> ")
@@ -384,7 +436,11 @@ def test_status_line_fits_the_terminal():
     text = cli.status_text(counts, Path("/very/long/path/to/datasets/session.json"))
     assert text == "[3 requests | 2 recorded | 2 errors] -> /very/long/path/to/datasets/session.json"
     short = cli.fit(text, 60)
-    assert len(short) == 60 and short.startswith("[3 requests | 2 recorded | 2 errors] ...") and short.endswith("session.json")
+    assert (
+        len(short) == 60
+        and short.startswith("[3 requests | 2 recorded | 2 errors] ...")
+        and short.endswith("session.json")
+    )
     assert cli.status_text({"requests": 0}, None).endswith("(not recording)")
 
 

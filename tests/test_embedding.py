@@ -19,14 +19,27 @@ from typing import Set
 import pytest
 
 import chatproxy
+
 from subproc import ROOT, chat
 
 PACKAGE = ROOT / "chatproxy"
 # Standard modules of other platforms, which find_spec cannot see here (Python 3.9 has no stdlib_module_names).
-OTHER_PLATFORM_STDLIB = {"msvcrt", "winreg", "winsound", "_winapi", "nt", "fcntl", "termios", "grp", "pwd", "resource", "posix"}
+OTHER_PLATFORM_STDLIB = {
+    "msvcrt",
+    "winreg",
+    "winsound",
+    "_winapi",
+    "nt",
+    "fcntl",
+    "termios",
+    "grp",
+    "pwd",
+    "resource",
+    "posix",
+}
 
 
-def make_config(upstream_url: str, datasets: Path, session: str) -> "chatproxy.Config":
+def make_config(upstream_url: str, datasets: Path, session: str) -> chatproxy.Config:
     return chatproxy.Config(
         target=chatproxy.parse_target(upstream_url),
         host="127.0.0.1",
@@ -37,13 +50,13 @@ def make_config(upstream_url: str, datasets: Path, session: str) -> "chatproxy.C
     )
 
 
-async def chat_async(proxy: "chatproxy.Proxy", text: str) -> dict:
+async def chat_async(proxy: chatproxy.Proxy, text: str) -> dict:
     """A blocking client in the default executor, as an application with a sync SDK would do it."""
     assert proxy.address is not None
     return await asyncio.get_running_loop().run_in_executor(None, chat, proxy.address[1], text)
 
 
-async def wait_recorded(proxy: "chatproxy.Proxy", count: int) -> None:
+async def wait_recorded(proxy: chatproxy.Proxy, count: int) -> None:
     for _ in range(500):
         if proxy.status()["recorded"] >= count:
             return
@@ -80,8 +93,11 @@ def test_two_proxies_in_one_process_keep_separate_state(upstream, tmp_path):
         second = await chatproxy.serve(make_config(upstream.url, tmp_path / "b", "second"))
         try:
             assert first.address != second.address
-            await asyncio.gather(chat_async(first, "to the first"), chat_async(second, "to the second"),
-                                 chat_async(second, "again to the second"))
+            await asyncio.gather(
+                chat_async(first, "to the first"),
+                chat_async(second, "to the second"),
+                chat_async(second, "again to the second"),
+            )
             await wait_recorded(first, 1)
             await wait_recorded(second, 2)
             assert (first.status()["requests"], second.status()["requests"]) == (1, 2)
@@ -94,7 +110,9 @@ def test_two_proxies_in_one_process_keep_separate_state(upstream, tmp_path):
 
     asyncio.run(program())
     first_texts = [r["conversations"][0]["value"] for r in json.loads((tmp_path / "a" / "first.json").read_text())]
-    second_texts = sorted(r["conversations"][0]["value"] for r in json.loads((tmp_path / "b" / "second.json").read_text()))
+    second_texts = sorted(
+        r["conversations"][0]["value"] for r in json.loads((tmp_path / "b" / "second.json").read_text())
+    )
     assert first_texts == ["to the first"]
     assert second_texts == ["again to the second", "second still serves", "to the second"]
 
@@ -107,7 +125,9 @@ def test_proxy_is_an_async_context_manager(upstream, tmp_path):
         assert proxy.server.stopping
 
     asyncio.run(program())
-    assert json.loads((tmp_path / "d" / "ctx.json").read_text())[0]["conversations"][0]["value"] == "inside a with block"
+    assert (
+        json.loads((tmp_path / "d" / "ctx.json").read_text())[0]["conversations"][0]["value"] == "inside a with block"
+    )
 
 
 def test_a_session_recorded_by_one_proxy_is_refused_to_another(upstream, tmp_path):
@@ -143,8 +163,9 @@ def test_proxy_built_outside_the_loop_runs_inside_it(upstream, tmp_path):
 def test_recording_off_has_no_dataset(upstream, tmp_path):
     async def program() -> None:
         config = make_config(upstream.url, tmp_path / "d", "off")
-        config = chatproxy.Config(target=config.target, port=0, datasets=config.datasets,
-                                  record=chatproxy.RecordOptions(enabled=False))
+        config = chatproxy.Config(
+            target=config.target, port=0, datasets=config.datasets, record=chatproxy.RecordOptions(enabled=False)
+        )
         proxy = await chatproxy.serve(config)
         try:
             assert proxy.dataset_path is None
@@ -180,7 +201,9 @@ def test_import_is_instant_and_starts_nothing():
     assert [m for m in eval(new) if m.startswith("chatproxy") or m in ("asyncio", "h11")] == ["chatproxy"]
     assert threads == "1"
     assert after == "True True 1"
-    assert {"serve", "Proxy", "Config", "parse_target", "RecordOptions", "Timeouts", "SessionLocked"} <= set(eval(names))
+    assert {"serve", "Proxy", "Config", "parse_target", "RecordOptions", "Timeouts", "SessionLocked"} <= set(
+        eval(names)
+    )
 
 
 def test_unknown_attribute_is_an_attribute_error():

@@ -196,9 +196,10 @@ def test_close_without_answer(upstream: FakeUpstream) -> None:
 def test_stop_drops_open_connections() -> None:
     fake = FakeUpstream().start()
     fake.push(Stall(30))
-    with socket.create_connection(("127.0.0.1", fake.port), timeout=5) as idle, socket.create_connection(
-        ("127.0.0.1", fake.port), timeout=5
-    ) as stalled:
+    with (
+        socket.create_connection(("127.0.0.1", fake.port), timeout=5) as idle,
+        socket.create_connection(("127.0.0.1", fake.port), timeout=5) as stalled,
+    ):
         stalled.sendall(REQUEST)
         fake.wait_for_requests(1)
         fake.stop()

@@ -161,7 +161,9 @@ def test_slowloris_request_head_gets_408(upstream, make_proxy):
     """The head must be complete within client_header of its first byte, however steadily it drips."""
     proxy = make_proxy(upstream.url, timeouts=SLOW_CLIENT)
     tasks = proxy_tasks(proxy)
-    answer, elapsed = _trickled_reply(proxy.port, b"P", b"OST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100)
+    answer, elapsed = _trickled_reply(
+        proxy.port, b"P", b"OST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100
+    )
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert 0.4 < elapsed < 1.5
     assert upstream.requests == [] and upstream.connections_opened == 0
@@ -199,9 +201,10 @@ def test_idle_keep_alive_connection_is_closed_quietly(upstream, make_proxy):
 
 def test_pipelined_requests_are_answered_in_order(upstream, proxy):
     bodies = [chat_body(f"pipelined {i}", stream=(i == 1)) for i in range(3)]
-    wire = b"".join(
-        CHAT_HEAD + b"Content-Length: %d\r\n\r\n" % len(b) + b for b in bodies
-    ) + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    wire = (
+        b"".join(CHAT_HEAD + b"Content-Length: %d\r\n\r\n" % len(b) + b for b in bodies)
+        + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     with H11Client(proxy.port) as client:
         client.sock.sendall(wire)
         got = []
@@ -222,8 +225,13 @@ def test_pipelined_requests_are_answered_in_order(upstream, proxy):
 def test_expect_100_continue_is_answered_by_the_proxy(upstream, proxy):
     body = chat_body("continue?")
     with H11Client(proxy.port) as client:
-        client.send(h11.Request(method="POST", target="/v1/chat/completions", headers=[
-            ("Host", "x"), ("Content-Length", str(len(body))), ("Expect", "100-continue")]))
+        client.send(
+            h11.Request(
+                method="POST",
+                target="/v1/chat/completions",
+                headers=[("Host", "x"), ("Content-Length", str(len(body))), ("Expect", "100-continue")],
+            )
+        )
         informational = client.next_event()
         assert isinstance(informational, h11.InformationalResponse) and informational.status_code == 100
         client.send(h11.Data(data=body), h11.EndOfMessage())
@@ -236,8 +244,13 @@ def test_expect_100_continue_is_answered_by_the_proxy(upstream, proxy):
 def test_expect_100_continue_with_a_body_over_the_limit_gets_413_without_100(upstream, make_proxy):
     proxy = make_proxy(upstream.url, max_body=1000)
     with H11Client(proxy.port) as client:
-        client.send(h11.Request(method="POST", target="/v1/chat/completions", headers=[
-            ("Host", "x"), ("Content-Length", "5000"), ("Expect", "100-continue")]))
+        client.send(
+            h11.Request(
+                method="POST",
+                target="/v1/chat/completions",
+                headers=[("Host", "x"), ("Content-Length", "5000"), ("Expect", "100-continue")],
+            )
+        )
         reply = client.read_reply()
         assert reply.informational == [] and reply.status == 413
         assert client.at_eof()
@@ -317,7 +330,9 @@ def test_head_over_h11_limit_gets_431(upstream, proxy):
         answer = raw_exchange(proxy.port, wire)
         assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
     # Just under the limit is fine.
-    answer = raw_exchange(proxy.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 15000 + b"\r\n\r\n")
+    answer = raw_exchange(
+        proxy.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 15000 + b"\r\n\r\n"
+    )
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert upstream.requests[0].header("x-big") == "a" * 15000
     assert len(upstream.requests) == 1
@@ -338,7 +353,9 @@ def test_malformed_request_line_gets_400(upstream, proxy):
 def test_invalid_utf8_in_messages_is_relayed_byte_for_byte_and_not_recorded(upstream, proxy, caplog):
     caplog.set_level(logging.WARNING, logger="chatproxy")
     body = b'{"model": "m", "messages": [{"role": "user", "content": "caf\xe9 \xff\xfe"}]}'
-    upstream.push(Json({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}))
+    upstream.push(
+        Json({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})
+    )
     with H11Client(proxy.port) as client:
         reply = client.request("POST", "/v1/chat/completions", body, [("Content-Type", "application/json")])
     assert reply.status == 200
@@ -354,7 +371,9 @@ def test_deeply_nested_json_is_relayed_and_the_recorder_keeps_working(upstream, 
     """Nesting deeper than Python's recursion limit (or just under it) must not stop the writer."""
     for depth in (990, 100_000):
         nested = "[" * depth + "]" * depth
-        reply_obj = '{"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}'
+        reply_obj = (
+            '{"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}'
+        )
         request = '{"model": "m", "messages": [{"role": "user", "content": "deep"}]}'
         if where == "content":
             request = '{"model": "m", "messages": [{"role": "user", "content": %s}]}' % nested

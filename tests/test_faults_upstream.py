@@ -74,7 +74,7 @@ def _answer_once(listener: socket.socket, response: bytes) -> None:
         while b"\r\n\r\n" not in data:
             data += conn.recv(65536)
         head, _, body = data.partition(b"\r\n\r\n")
-        length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+        length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
         while len(body) < length:
             body += conn.recv(65536)
         conn.sendall(response)
@@ -198,7 +198,12 @@ def test_slow_stream_within_the_timeout_is_not_cut(upstream, make_proxy):
 def test_close_delimited_response_is_relayed_whole_and_recorded(upstream, proxy):
     """No Content-Length, no chunking: the body ends when upstream closes; the client gets it chunked."""
     body = json.dumps(
-        {"model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": "until close"}, "finish_reason": "stop"}]}
+        {
+            "model": "m",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "until close"}, "finish_reason": "stop"}
+            ],
+        }
     ).encode()
     upstream.push(Raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + body))
     reply = post_chat(proxy.port, "hello")

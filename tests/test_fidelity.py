@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import openai
 import pytest
 
-from fake_upstream import Chat, Completion
-from chatproxy.config import RecordOptions
 from chatproxy.chats.sharegpt import llamafactory_problems
+from chatproxy.config import RecordOptions
+
+from fake_upstream import Chat, Completion
 
 SYSTEM = "You are Seraphina, a kind forest guardian. Stay in character."
 GREETING = "*Seraphina smiles warmly.* Welcome to my glade, traveller."
@@ -22,7 +22,9 @@ PNG = base64.b64decode(
 
 
 def sdk(proxy, **headers) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-x", max_retries=0, timeout=10, default_headers=headers or None)
+    return openai.OpenAI(
+        base_url=proxy.url + "/v1", api_key="sk-x", max_retries=0, timeout=10, default_headers=headers or None
+    )
 
 
 def assert_llamafactory_valid(records):
@@ -44,7 +46,11 @@ def test_sillytavern_chat_with_regenerate_and_trimmed_context(upstream, proxy):
             client.chat.completions.create(model="fake-model", messages=window, stream=stream)
         upstream.push(Chat(f"Answer {turn}: the glade is calm.", stream=stream))
         reply = client.chat.completions.create(model="fake-model", messages=window, stream=stream)
-        text = "".join(c.choices[0].delta.content or "" for c in reply if c.choices) if stream else reply.choices[0].message.content
+        text = (
+            "".join(c.choices[0].delta.content or "" for c in reply if c.choices)
+            if stream
+            else reply.choices[0].message.content
+        )
         history.append({"role": "assistant", "content": text})
     proxy.wait_recorded(41)
     records = proxy.dataset()
@@ -85,8 +91,20 @@ def test_n_choices_are_branches(upstream, proxy):
 def test_streamed_agent_loop_with_parallel_tool_calls(upstream, proxy):
     client = sdk(proxy)
     tools = [
-        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
-        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}}}},
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        },
+        {
+            "type": "function",
+            "function": {
+                "name": "get_time",
+                "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}},
+            },
+        },
     ]
     calls = [
         {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
@@ -96,8 +114,16 @@ def test_streamed_agent_loop_with_parallel_tool_calls(upstream, proxy):
     upstream.push(Chat("", tool_calls=calls, finish_reason="tool_calls", stream=True))
     for _ in client.chat.completions.create(model="m", messages=messages, tools=tools, stream=True):
         pass
-    messages.append({"role": "assistant", "content": None, "tool_calls": [
-        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]})
+    messages.append(
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in calls
+            ],
+        }
+    )
     messages.append({"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"})
     messages.append({"role": "tool", "tool_call_id": "call_2", "content": "14:05"})
     upstream.push(Chat("It is 18 C and sunny; the time is 14:05.", stream=True))
@@ -118,9 +144,13 @@ def test_streamed_agent_loop_with_parallel_tool_calls(upstream, proxy):
 
 def test_streamed_reasoning_is_inline_think_or_dropped(upstream, make_proxy, tmp_path):
     for mode, expected in (("keep", "<think>\nFirst, 6 times 7.\n</think>\n\n42."), ("drop", "42.")):
-        proxy = make_proxy(upstream.url, session=f"reasoning-{mode}", record=RecordOptions(reasoning=mode, snapshot_interval=0.05))
+        proxy = make_proxy(
+            upstream.url, session=f"reasoning-{mode}", record=RecordOptions(reasoning=mode, snapshot_interval=0.05)
+        )
         upstream.push(Chat("42.", reasoning="First, 6 times 7.", stream=True))
-        for _ in sdk(proxy).chat.completions.create(model="m", stream=True, messages=[{"role": "user", "content": "6*7?"}]):
+        for _ in sdk(proxy).chat.completions.create(
+            model="m", stream=True, messages=[{"role": "user", "content": "6*7?"}]
+        ):
             pass
         proxy.wait_recorded(1)
         assert proxy.dataset()[0]["conversations"][-1] == {"from": "gpt", "value": expected}
@@ -129,10 +159,15 @@ def test_streamed_reasoning_is_inline_think_or_dropped(upstream, make_proxy, tmp
 
 def test_image_is_saved_once_and_referenced(upstream, proxy):
     data_url = "data:image/png;base64," + base64.b64encode(PNG).decode()
-    content = [{"type": "text", "text": "What is in this picture?"}, {"type": "image_url", "image_url": {"url": data_url}}]
+    content = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": data_url}},
+    ]
     client = sdk(proxy)
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
-    client.chat.completions.create(model="m", messages=[{"role": "user", "content": content + [{"type": "text", "text": "again"}]}])
+    client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": content + [{"type": "text", "text": "again"}]}]
+    )
     proxy.wait_recorded(2)
     records = proxy.dataset()
     images = {path for r in records for path in r["images"]}
@@ -170,7 +205,9 @@ def test_chatml_text_completion_becomes_clean_turns(upstream, proxy):
 
 def test_control_headers_route_tag_and_skip(upstream, proxy):
     messages = [{"role": "user", "content": "hello"}]
-    sdk(proxy, **{"X-Chatproxy-Session": "side-project", "X-Chatproxy-Tags": "rp, test"}).chat.completions.create(model="m", messages=messages)
+    sdk(proxy, **{"X-Chatproxy-Session": "side-project", "X-Chatproxy-Tags": "rp, test"}).chat.completions.create(
+        model="m", messages=messages
+    )
     sdk(proxy, **{"X-Chatproxy-Record": "no"}).chat.completions.create(model="m", messages=messages)
     for request in upstream.requests:
         assert not any(k.lower().startswith("x-chatproxy-") for k, _ in request.headers)
@@ -182,7 +219,8 @@ def test_control_headers_route_tag_and_skip(upstream, proxy):
 
 def test_bad_session_header_is_not_recorded_and_traffic_is_unharmed(upstream, proxy):
     reply = sdk(proxy, **{"X-Chatproxy-Session": "../escape"}).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "hi"}])
+        model="m", messages=[{"role": "user", "content": "hi"}]
+    )
     assert reply.choices[0].message.content == "echo: hi"
     proxy.flush()
     assert not list(proxy.datasets.parent.glob("escape*"))
@@ -193,7 +231,7 @@ def test_housekeeping_title_request_is_not_recorded(upstream, proxy):
     title_prompt = (
         "### Task:\nGenerate a concise, 3-5 word title with an emoji summarizing the chat history.\n"
         "### Guidelines:\n- The title should clearly represent the main theme or subject of the conversation.\n"
-        "### Output:\nJSON format: { \"title\": \"your concise title here\" }\n"
+        '### Output:\nJSON format: { "title": "your concise title here" }\n'
         "### Chat History:\n<chat_history>\nUSER: hello\nASSISTANT: hi\n</chat_history>"
     )
     client = sdk(proxy)
@@ -207,16 +245,27 @@ def test_housekeeping_title_request_is_not_recorded(upstream, proxy):
 def test_live_dataset_loads_with_hugging_face_datasets(upstream, proxy, tmp_path):
     datasets = pytest.importorskip("datasets", minversion="2.14")  # not the repo's datasets/ folder
     client = sdk(proxy)
-    client.chat.completions.create(model="m", messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "one"}])
-    upstream.push(Chat("", tool_calls=[{"id": "c", "name": "f", "arguments": "{}"}], finish_reason="tool_calls", stream=False))
-    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "call"}],
-                                   tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+    client.chat.completions.create(
+        model="m", messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "one"}]
+    )
+    upstream.push(
+        Chat("", tool_calls=[{"id": "c", "name": "f", "arguments": "{}"}], finish_reason="tool_calls", stream=False)
+    )
+    client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "call"}],
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    )
     for _ in client.chat.completions.create(model="m", stream=True, messages=[{"role": "user", "content": "two"}]):
         pass
     proxy.wait_recorded(3)
     proxy.flush()
-    loaded = datasets.load_dataset("json", data_files=str(proxy.datasets / f"{proxy.session}.json"), split="train",
-                                   cache_dir=str(tmp_path / "hf-cache"))
+    loaded = datasets.load_dataset(
+        "json",
+        data_files=str(proxy.datasets / f"{proxy.session}.json"),
+        split="train",
+        cache_dir=str(tmp_path / "hf-cache"),
+    )
     assert loaded.num_rows == 3
     assert_llamafactory_valid(proxy.dataset())
 
@@ -228,14 +277,22 @@ def test_stream_finished_before_the_client_hangs_up_is_complete(upstream, proxy)
     from fake_upstream import SSE
 
     def event(delta, finish=None):
-        return json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
-                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        return json.dumps(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+        )
 
     upstream.push(SSE([event({"role": "assistant", "content": "Hi"}), event({}, "stop"), "[DONE]", ""], gap=0.3))
     body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hello"}]}).encode()
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         received = b""
         while b"[DONE]" not in received:
             received += sock.recv(65536)

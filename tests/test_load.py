@@ -20,8 +20,15 @@ WARM_UP = CHATS  # as many as the load, so the upstream pool already holds what 
 # Allocations still held by these files after the load must be back at the baseline: they make up
 # the relay path (per-connection and per-exchange state), as opposed to the dataset index, which
 # rightly grows by one entry per record.
-RELAY_PATH = ("/chatproxy/server.py", "/chatproxy/relay.py", "/chatproxy/upstream.py", "/chatproxy/recorder/capture.py",
-              "/chatproxy/apis/sse.py", "/h11/", "/asyncio/")
+RELAY_PATH = (
+    "/chatproxy/server.py",
+    "/chatproxy/relay.py",
+    "/chatproxy/upstream.py",
+    "/chatproxy/recorder/capture.py",
+    "/chatproxy/apis/sse.py",
+    "/h11/",
+    "/asyncio/",
+)
 
 
 class Interleaved(Behaviour):
@@ -42,8 +49,11 @@ async def stream_chat(port: int, text: str) -> Tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     conn = h11.Connection(h11.CLIENT)
     body = chat_body(text, stream=True)
-    head = h11.Request(method="POST", target="/v1/chat/completions", headers=[
-        ("Host", "proxy.test"), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    head = h11.Request(
+        method="POST",
+        target="/v1/chat/completions",
+        headers=[("Host", "proxy.test"), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
     writer.write(conn.send(head) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
     status, received = 0, bytearray()
     try:
@@ -69,7 +79,11 @@ async def wave(port: int, first: int, count: int) -> List[Tuple[int, bytes]]:
 
 
 def relay_path_bytes(snapshot: tracemalloc.Snapshot) -> int:
-    return sum(stat.size for stat in snapshot.statistics("filename") if any(p in stat.traceback[0].filename for p in RELAY_PATH))
+    return sum(
+        stat.size
+        for stat in snapshot.statistics("filename")
+        if any(p in stat.traceback[0].filename for p in RELAY_PATH)
+    )
 
 
 def live_objects(proxy) -> dict:
@@ -100,8 +114,10 @@ def back_to(baseline: dict, now: dict) -> bool:
 def settle(proxy) -> None:
     """Until every client connection's task has ended and the recorder has nothing pending."""
     server, recorder = proxy.proxy.server, proxy.proxy.recorder
-    wait_until(lambda: proxy.run(lambda: not server.connections and not server._tasks and not recorder.pending),
-               "connections and the recorder to settle")
+    wait_until(
+        lambda: proxy.run(lambda: not server.connections and not server._tasks and not recorder.pending),
+        "connections and the recorder to settle",
+    )
 
 
 def test_200_concurrent_streams_no_loss_no_duplicates_no_cross_talk(upstream, proxy):
@@ -110,7 +126,9 @@ def test_200_concurrent_streams_no_loss_no_duplicates_no_cross_talk(upstream, pr
     assert all(status == 200 for status, _ in asyncio.run(wave(proxy.port, CHATS, WARM_UP)))
     proxy.wait_recorded(WARM_UP, timeout=10)
     settle(proxy)
-    wait_until(lambda: live_objects(proxy)["Exchange"] == live_objects(proxy)["tasks"] == 0, "the first wave to be let go")
+    wait_until(
+        lambda: live_objects(proxy)["Exchange"] == live_objects(proxy)["tasks"] == 0, "the first wave to be let go"
+    )
     baseline_objects = live_objects(proxy)
     tracemalloc.start()
     try:
@@ -151,5 +169,7 @@ def test_200_concurrent_streams_no_loss_no_duplicates_no_cross_talk(upstream, pr
     assert baseline_objects["ClientConnection"] == baseline_objects["tasks"] == 0
     passed = sum(len(chat_body(text_for(i), stream=True)) + len(body) for i, (_, body) in enumerate(results))
     grown = relay_path_bytes(after) - relay_path_bytes(baseline)
-    assert grown < passed // 2, f"the relay path holds {grown} more bytes than before the load ({passed} passed through)"
+    assert grown < passed // 2, (
+        f"the relay path holds {grown} more bytes than before the load ({passed} passed through)"
+    )
     assert elapsed < 10

@@ -11,7 +11,9 @@ from fake_upstream import SSE, Chat
 
 
 def client_for(proxy, **kwargs) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-test-secret-key-123", max_retries=0, timeout=10, **kwargs)
+    return openai.OpenAI(
+        base_url=proxy.url + "/v1", api_key="sk-test-secret-key-123", max_retries=0, timeout=10, **kwargs
+    )
 
 
 def test_non_streaming_chat_is_relayed_and_recorded(upstream, proxy):
@@ -56,11 +58,26 @@ def test_stream_bytes_reach_the_client_unchanged(upstream, proxy):
     import http.client
 
     payloads = [
-        json.dumps({"id": "c1", "object": "chat.completion.chunk", "model": "m",
-                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+        json.dumps(
+            {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+            }
+        )
         for piece in ["Hel", "lo ", "wör", "ld"]
-    ] + [json.dumps({"id": "c1", "object": "chat.completion.chunk", "model": "m",
-                     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}), "[DONE]"]
+    ] + [
+        json.dumps(
+            {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "model": "m",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+        ),
+        "[DONE]",
+    ]
     upstream.push(SSE(payloads, split=7))
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
     body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
@@ -77,7 +94,11 @@ def test_text_completion_streaming_and_not(upstream, proxy):
     """/v1/completions: the prompt is the human turn, the completion the gpt turn."""
     client = client_for(proxy)
     plain = client.completions.create(model="fake-model", prompt="Once upon a time")
-    streamed = "".join(c.choices[0].text for c in client.completions.create(model="fake-model", prompt="Twice upon a time", stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model="fake-model", prompt="Twice upon a time", stream=True)
+        if c.choices
+    )
     assert plain.choices[0].text.startswith("echo: ")
     assert streamed.startswith("echo: ")
     proxy.wait_recorded(2)
@@ -121,13 +142,21 @@ def test_upstream_error_is_relayed_not_recorded(upstream, proxy):
 
 def test_reasoning_and_tool_calls_stream(upstream, proxy):
     """A reasoning model's streamed thinking and parallel tool calls are reassembled."""
-    upstream.push(Chat("", reasoning="Let me think.", tool_calls=[
-        {"id": "call_a", "name": "get_weather", "arguments": '{"city": "Paris"}'},
-        {"id": "call_b", "name": "get_time", "arguments": '{"tz": "CET"}'},
-    ], finish_reason="tool_calls"))
+    upstream.push(
+        Chat(
+            "",
+            reasoning="Let me think.",
+            tool_calls=[
+                {"id": "call_a", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+                {"id": "call_b", "name": "get_time", "arguments": '{"tz": "CET"}'},
+            ],
+            finish_reason="tool_calls",
+        )
+    )
     client = client_for(proxy)
     stream = client.chat.completions.create(
-        model="fake-model", stream=True,
+        model="fake-model",
+        stream=True,
         messages=[{"role": "user", "content": "Weather and time in Paris?"}],
         tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
     )

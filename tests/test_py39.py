@@ -44,7 +44,9 @@ def test_requires_python_is_3_9():
 def test_vermin_finds_nothing_newer_than_3_9():
     result = subprocess.run(
         [_vermin(), "--target=3.9-", "--violations", "--no-tips", "--no-parse-comments", str(PACKAGE)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -53,8 +55,9 @@ def test_python39_compiles_every_module(python39, tmp_path):
     """Syntax from later versions (match, parenthesised with-items, except*) fails here."""
     copy = tmp_path / "chatproxy"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    result = subprocess.run([python39, "-I", "-S", "-m", "compileall", "-q", str(copy)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [python39, "-I", "-S", "-m", "compileall", "-q", str(copy)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -8,8 +8,8 @@ import ssl
 
 import pytest
 
-from fake_upstream import FakeUpstream, Json, Raw
 from conftest import raw_exchange
+from fake_upstream import FakeUpstream, Json, Raw
 
 
 def request(proxy, method, path, body=None, headers=None):
@@ -22,10 +22,20 @@ def request(proxy, method, path, body=None, headers=None):
 
 
 def test_headers_pass_through_and_host_is_rewritten(upstream, proxy):
-    response, _ = request(proxy, "GET", "/v1/models?limit=5", headers={
-        "Authorization": "Bearer sk-abc", "x-api-key": "k", "OpenAI-Organization": "org-1",
-        "X-Custom-Thing": "Keep Me", "Connection": "keep-alive, X-Hop", "X-Hop": "drop me", "x-echo": "round trip",
-    })
+    response, _ = request(
+        proxy,
+        "GET",
+        "/v1/models?limit=5",
+        headers={
+            "Authorization": "Bearer sk-abc",
+            "x-api-key": "k",
+            "OpenAI-Organization": "org-1",
+            "X-Custom-Thing": "Keep Me",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "drop me",
+            "x-echo": "round trip",
+        },
+    )
     seen = upstream.requests[-1]
     assert seen.target == "/v1/models?limit=5"
     assert seen.header("host") == f"127.0.0.1:{upstream.port}"
@@ -40,8 +50,15 @@ def test_headers_pass_through_and_host_is_rewritten(upstream, proxy):
 
 def test_status_reason_and_body_come_back_unchanged(upstream, proxy):
     body = json.dumps({"error": {"message": "nope", "type": "invalid_request_error"}}).encode()
-    upstream.push(Raw(b"HTTP/1.1 418 I'm A Teapot\r\nContent-Type: application/json\r\nContent-Length: "
-                      + str(len(body)).encode() + b"\r\nX-Ratelimit-Remaining: 7\r\n\r\n" + body, close=False))
+    upstream.push(
+        Raw(
+            b"HTTP/1.1 418 I'm A Teapot\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nX-Ratelimit-Remaining: 7\r\n\r\n"
+            + body,
+            close=False,
+        )
+    )
     response, data = request(proxy, "POST", "/v1/anything", body=b"{}", headers={"Content-Type": "application/json"})
     assert (response.status, response.reason) == (418, "I'm A Teapot")
     assert response.getheader("x-ratelimit-remaining") == "7"
@@ -49,10 +66,19 @@ def test_status_reason_and_body_come_back_unchanged(upstream, proxy):
 
 
 def test_options_preflight_and_unknown_routes_are_forwarded(upstream, proxy):
-    upstream.push(Raw(b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\n"
-                      b"Access-Control-Allow-Headers: authorization, content-type\r\n\r\n", close=False))
-    response, data = request(proxy, "OPTIONS", "/v1/chat/completions", headers={
-        "Origin": "http://localhost:8000", "Access-Control-Request-Method": "POST"})
+    upstream.push(
+        Raw(
+            b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\n"
+            b"Access-Control-Allow-Headers: authorization, content-type\r\n\r\n",
+            close=False,
+        )
+    )
+    response, data = request(
+        proxy,
+        "OPTIONS",
+        "/v1/chat/completions",
+        headers={"Origin": "http://localhost:8000", "Access-Control-Request-Method": "POST"},
+    )
     assert response.status == 204 and response.getheader("access-control-allow-origin") == "*"
     assert upstream.requests[-1].method == "OPTIONS"
     response, data = request(proxy, "DELETE", "/some/unknown/route")
@@ -66,9 +92,13 @@ def test_head_request_gets_headers_only(upstream, proxy):
 
 def test_chunked_request_body_is_forwarded_whole(upstream, proxy):
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "chunked " * 1000}]}).encode()
-    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000]) for i in range(0, len(body), 1000))
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 1000]), body[i : i + 1000]) for i in range(0, len(body), 1000)
+    )
     answer = raw_exchange(proxy.port, head + chunks + b"0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200")
     assert upstream.requests[-1].body == body
@@ -87,8 +117,12 @@ def test_chunked_and_close_delimited_responses_reach_the_client(upstream, proxy)
 def test_client_keep_alive_and_upstream_pool_reuse(upstream, proxy):
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
     for i in range(5):
-        conn.request("POST", "/v1/chat/completions", body=json.dumps(
-            {"model": "m", "messages": [{"role": "user", "content": f"n{i}"}]}), headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps({"model": "m", "messages": [{"role": "user", "content": f"n{i}"}]}),
+            headers={"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         assert json.loads(response.read())["choices"][0]["message"]["content"] == f"echo: n{i}"
     conn.close()
@@ -96,12 +130,15 @@ def test_client_keep_alive_and_upstream_pool_reuse(upstream, proxy):
     assert proxy.upstream_connections() == 1  # idle in the pool
 
 
-@pytest.mark.parametrize("base,path,sent", [
-    ("/v1", "/v1/chat/completions", "/v1/chat/completions"),
-    ("/v1", "/chat/completions", "/v1/chat/completions"),
-    ("/api/v1", "/v1/models", "/api/v1/models"),
-    ("/openai", "/v1/models", "/openai/v1/models"),
-])
+@pytest.mark.parametrize(
+    "base,path,sent",
+    [
+        ("/v1", "/v1/chat/completions", "/v1/chat/completions"),
+        ("/v1", "/chat/completions", "/v1/chat/completions"),
+        ("/api/v1", "/v1/models", "/api/v1/models"),
+        ("/openai", "/v1/models", "/openai/v1/models"),
+    ],
+)
 def test_target_path_is_joined_without_doubling(upstream, make_proxy, base, path, sent):
     proxy = make_proxy(upstream.url + base)
     request(proxy, "GET", path)

@@ -13,6 +13,7 @@ import pytest
 
 from chatproxy import cli
 from chatproxy.config import DEFAULT_HOST, Config, parse_target
+
 from conftest import raw_exchange
 from fake_upstream import Json, Raw
 from subproc import ROOT, ProxyProcess
@@ -64,8 +65,17 @@ def test_non_loopback_address_prints_a_warning(upstream, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "host, warned", [("127.0.0.1", False), ("127.3.2.1", False), ("::1", False), ("localhost", False),
-                     ("0.0.0.0", True), ("::", True), ("192.168.1.20", True), ("example.org", True)]
+    "host, warned",
+    [
+        ("127.0.0.1", False),
+        ("127.3.2.1", False),
+        ("::1", False),
+        ("localhost", False),
+        ("0.0.0.0", True),
+        ("::", True),
+        ("192.168.1.20", True),
+        ("example.org", True),
+    ],
 )
 def test_exposure_warning_depends_on_the_address(host, warned, caplog):
     caplog.set_level(logging.WARNING, logger="chatproxy")
@@ -87,15 +97,19 @@ def keyed(upstream, make_proxy):
     return make_proxy(upstream.url, proxy_key=PROXY_KEY)
 
 
-@pytest.mark.parametrize("headers", [
-    [],
-    [("Authorization", "Bearer " + UPSTREAM_KEY)],
-    [("X-Chatproxy-Key", "wrong")],
-    [("X-Chatproxy-Key", PROXY_KEY[:-1])],
-    [("Authorization", "Bearer " + PROXY_KEY + "x")],
-    [("Authorization", "Basic " + PROXY_KEY)],
-    [("X-Chatproxy-Key", "wrong"), ("Authorization", "Bearer " + PROXY_KEY)],  # a wrong key is not rescued
-], ids=["none", "upstream key only", "wrong header", "prefix", "wrong bearer", "not bearer", "wrong header + bearer"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [("Authorization", "Bearer " + UPSTREAM_KEY)],
+        [("X-Chatproxy-Key", "wrong")],
+        [("X-Chatproxy-Key", PROXY_KEY[:-1])],
+        [("Authorization", "Bearer " + PROXY_KEY + "x")],
+        [("Authorization", "Basic " + PROXY_KEY)],
+        [("X-Chatproxy-Key", "wrong"), ("Authorization", "Bearer " + PROXY_KEY)],  # a wrong key is not rescued
+    ],
+    ids=["none", "upstream key only", "wrong header", "prefix", "wrong bearer", "not bearer", "wrong header + bearer"],
+)
 def test_requests_without_the_proxy_key_get_401_and_never_reach_upstream(upstream, keyed, headers):
     reply = post_chat(keyed.port, "let me in", headers=headers)
     assert reply.status == 401
@@ -104,7 +118,9 @@ def test_requests_without_the_proxy_key_get_401_and_never_reach_upstream(upstrea
 
 
 def test_proxy_key_header_is_stripped_and_the_frontend_key_passes_through(upstream, keyed):
-    reply = post_chat(keyed.port, "hi", headers=[("X-Chatproxy-Key", PROXY_KEY), ("Authorization", "Bearer " + UPSTREAM_KEY)])
+    reply = post_chat(
+        keyed.port, "hi", headers=[("X-Chatproxy-Key", PROXY_KEY), ("Authorization", "Bearer " + UPSTREAM_KEY)]
+    )
     assert reply.status == 200
     seen = upstream.requests[-1]
     assert seen.header("authorization") == "Bearer " + UPSTREAM_KEY
@@ -135,10 +151,18 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
 
 def test_dataset_files_are_0600_and_folders_0700(upstream, make_proxy, tmp_path):
     proxy = make_proxy(upstream.url, datasets=tmp_path / "new" / "datasets")
-    body = {"model": "m", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + PNG}},
-    ]}]}
+    body = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64," + PNG}},
+                ],
+            }
+        ],
+    }
     with H11Client(proxy.port) as client:
         assert client.request("POST", "/v1/chat/completions", json.dumps(body).encode()).status == 200
     proxy.wait_recorded(1)
@@ -147,7 +171,10 @@ def test_dataset_files_are_0600_and_folders_0700(upstream, make_proxy, tmp_path)
     found = {p.relative_to(folder).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*")}
     found["."] = stat.S_IMODE(folder.stat().st_mode)
     assert {name for name, mode in found.items() if name.endswith((".json", ".jsonl", ".lock", ".png"))} == {
-        "test-session.json", "test-session.jsonl", "test-session.lock", next(n for n in found if n.endswith(".png"))
+        "test-session.json",
+        "test-session.jsonl",
+        "test-session.lock",
+        next(n for n in found if n.endswith(".png")),
     }
     for name, mode in found.items():
         expected = 0o700 if (folder / name).is_dir() else 0o600
@@ -158,8 +185,12 @@ def test_secrets_never_reach_files_or_debug_logs(upstream, make_proxy, caplog):
     """With debug logging on, exchange heads are logged, and every secret header shows as ***."""
     caplog.set_level(logging.DEBUG, logger="chatproxy")
     proxy = make_proxy(upstream.url)
-    upstream.push(Json({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]},
-                       headers=[("Set-Cookie", "s=" + RESPONSE_SECRET)]))
+    upstream.push(
+        Json(
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]},
+            headers=[("Set-Cookie", "s=" + RESPONSE_SECRET)],
+        )
+    )
     headers = list(SECRETS.items()) + [("X-Chatproxy-Key", "unused-key-7777"), ("X-Chatproxy-Tags", "visible-tag")]
     assert post_chat(proxy.port, "tell no one", headers=headers).status == 200
     proxy.wait_recorded(1)
@@ -193,16 +224,37 @@ def test_debug_flag_logs_masked_heads(upstream, tmp_path):
 # -- smuggling, splitting, open proxy -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("wire, status", [
-    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n", 400),
-    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde", 400),
-    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
-    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length : 4\r\n\r\nabcd", 400),
-    (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Split: a\rSet-Cookie: evil=1\r\n\r\n", 400),
-    (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n", 400),
-    (b"GET /v1/models\r\nX: y HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-], ids=["CL then TE", "TE then CL", "two lengths", "unknown coding", "space before colon", "bare CR", "NUL", "split request line"])
+@pytest.mark.parametrize(
+    "wire, status",
+    [
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde", 400),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length : 4\r\n\r\nabcd", 400),
+        (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Split: a\rSet-Cookie: evil=1\r\n\r\n", 400),
+        (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n", 400),
+        (b"GET /v1/models\r\nX: y HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ],
+    ids=[
+        "CL then TE",
+        "TE then CL",
+        "two lengths",
+        "unknown coding",
+        "space before colon",
+        "bare CR",
+        "NUL",
+        "split request line",
+    ],
+)
 def test_ambiguous_or_malformed_requests_are_refused(upstream, proxy, wire, status):
     answer = raw_exchange(proxy.port, wire)
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:120]
@@ -211,9 +263,15 @@ def test_ambiguous_or_malformed_requests_are_refused(upstream, proxy, wire, stat
     assert_serves_next(proxy)
 
 
-@pytest.mark.parametrize("target", [
-    b"http://evil.example/v1/models", b"https://127.0.0.1:1/v1/models", b"evil.example:443", b"*",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"http://evil.example/v1/models",
+        b"https://127.0.0.1:1/v1/models",
+        b"evil.example:443",
+        b"*",
+    ],
+)
 def test_absolute_and_authority_targets_are_refused_not_an_open_proxy(upstream, proxy, target):
     method = b"CONNECT" if target.endswith(b":443") else (b"OPTIONS" if target == b"*" else b"GET")
     answer = raw_exchange(proxy.port, method + b" " + target + b" HTTP/1.1\r\nHost: evil.example\r\n\r\n")
@@ -231,12 +289,18 @@ def test_a_foreign_host_header_still_only_reaches_the_target(upstream, proxy):
     assert upstream.requests[-1].target == "//evil.example/v1/models"
 
 
-@pytest.mark.parametrize("response", [
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Split: a\rSet-Cookie: evil=1\r\nContent-Length: 2\r\n\r\nhi",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi!",
-    b"HTTP/1.1 200 O\rK\r\nContent-Length: 2\r\n\r\nhi",
-], ids=["CL and TE", "bare CR in a header", "two lengths", "CR in the reason"])
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"X-Split: a\rSet-Cookie: evil=1\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi!",
+        b"HTTP/1.1 200 O\rK\r\nContent-Length: 2\r\n\r\nhi",
+    ],
+    ids=["CL and TE", "bare CR in a header", "two lengths", "CR in the reason"],
+)
 def test_ambiguous_or_split_upstream_responses_become_502(upstream, proxy, response):
     upstream.push(Raw(response))
     reply = post_chat(proxy.port, "hello")

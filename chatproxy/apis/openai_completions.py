@@ -82,7 +82,7 @@ _REASONING_KEYS = ("reasoning_content", "reasoning")
 # ---------------------------------------------------------------------------------------------------------
 
 
-def normalize_messages(messages: list, save_image: ImageSink) -> list[dict]:
+def normalize_messages(messages: list[Any], save_image: ImageSink) -> list[dict[str, Any]]:
     """Convert a request's `messages` to canonical messages; only a non-list raises."""
     if not isinstance(messages, list):
         raise ValueError(f"messages must be a JSON array, not {type(messages).__name__}")
@@ -96,14 +96,14 @@ def normalize_messages(messages: list, save_image: ImageSink) -> list[dict]:
     return canonical
 
 
-def _normalize_message(raw: Any, save_image: ImageSink) -> dict | None:
+def _normalize_message(raw: Any, save_image: ImageSink) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         return None
     role_name = raw.get("role")
     role = _ROLES.get(role_name) if isinstance(role_name, str) else None
     if role is None:
         return None
-    message: dict = {"role": role}
+    message: dict[str, Any] = {"role": role}
     _put_content(message, raw.get("content"), save_image)
     if role == "assistant":
         message.update(_assistant_extras(raw))
@@ -114,7 +114,7 @@ def _normalize_message(raw: Any, save_image: ImageSink) -> dict | None:
     return message
 
 
-def _put_content(message: dict, content: Any, save_image: ImageSink | None) -> None:
+def _put_content(message: dict[str, Any], content: Any, save_image: ImageSink | None) -> None:
     text, images = _render_content(content, save_image)
     if text:
         message["content"] = text
@@ -207,8 +207,8 @@ def _decode_data_url(url: str) -> tuple[bytes, str] | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _assistant_extras(raw: dict) -> dict:
-    extras: dict = {}
+def _assistant_extras(raw: dict[str, Any]) -> dict[str, Any]:
+    extras: dict[str, Any] = {}
     reasoning = _first_text(raw, _REASONING_KEYS)
     if reasoning:
         extras["reasoning"] = reasoning
@@ -221,7 +221,7 @@ def _assistant_extras(raw: dict) -> dict:
     return extras
 
 
-def _tool_calls(raw: Any) -> list[dict]:
+def _tool_calls(raw: Any) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         return []
     calls = []
@@ -238,7 +238,7 @@ def _tool_calls(raw: Any) -> list[dict]:
     return calls
 
 
-def _legacy_call(raw: Any) -> dict | None:
+def _legacy_call(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         return None
     return {"id": "", "name": as_text(raw.get("name")), "arguments": _arguments_text(raw.get("arguments"))}
@@ -253,9 +253,9 @@ def _arguments_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def assistant_from_choice(message: dict) -> dict:
+def assistant_from_choice(message: Any) -> dict[str, Any]:
     """A non-streaming `choices[i].message` -> canonical assistant message."""
-    canonical: dict = {"role": "assistant"}
+    canonical: dict[str, Any] = {"role": "assistant"}
     if not isinstance(message, dict):
         return canonical
     # A response carries no image sink: data: URL images in answers are not expected and are dropped.
@@ -268,22 +268,21 @@ def assistant_from_choice(message: dict) -> dict:
     return canonical
 
 
-def chat_choices(body: dict) -> list[tuple[int, dict, str | None]]:
+def chat_choices(body: dict[str, Any]) -> list[tuple[int, dict[str, Any], str | None]]:
     """A non-streaming chat completion -> (index, canonical assistant message, finish_reason) by index."""
     choices = [
-        (index, assistant_from_choice(raw.get("message")), _finish_reason(raw))
-        for index, raw in _choices_of(body)
+        (index, assistant_from_choice(raw.get("message")), _finish_reason(raw)) for index, raw in _choices_of(body)
     ]
     return sorted(choices, key=lambda choice: choice[0])
 
 
-def completion_choices(body: dict) -> list[tuple[int, str, str | None]]:
+def completion_choices(body: dict[str, Any]) -> list[tuple[int, str, str | None]]:
     """A non-streaming /completions body -> (index, text, finish_reason) by index."""
     choices = [(index, as_text(raw.get("text")), _finish_reason(raw)) for index, raw in _choices_of(body)]
     return sorted(choices, key=lambda choice: choice[0])
 
 
-def _choices_of(body: Any) -> list[tuple[int, dict]]:
+def _choices_of(body: Any) -> list[tuple[int, dict[str, Any]]]:
     choices = body.get("choices") if isinstance(body, dict) else None
     if not isinstance(choices, list):
         return []
@@ -310,7 +309,7 @@ class _ChoiceState:
         self.unindexed_call: int | None = None
         self.finish_reason: str | None = None
 
-    def add_fragment(self, fragment: dict) -> None:
+    def add_fragment(self, fragment: dict[str, Any]) -> None:
         call = self.calls.setdefault(self._call_key(fragment), _CallState())
         call_id = as_text(fragment.get("id"))
         # id and name come whole in a call's first fragment; servers that repeat them later must not
@@ -325,9 +324,9 @@ class _ChoiceState:
             if function.get("arguments") is not None:
                 call.arguments.append(_arguments_text(function["arguments"]))
 
-    def _call_key(self, fragment: dict) -> int:
-        index = fragment.get("index")
-        if _is_int(index):
+    def _call_key(self, fragment: dict[str, Any]) -> int:
+        index = _as_index(fragment.get("index"))
+        if index is not None:
             return index
         # No "index" (some OpenAI-compatible servers omit it): continue the call in progress, but a
         # fragment carrying a different id starts the next call, so whole parallel calls sent one per
@@ -339,8 +338,8 @@ class _ChoiceState:
             self.unindexed_call = current
         return current
 
-    def message(self) -> dict:
-        message: dict = {"role": "assistant"}
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant"}
         content = "".join(self.content)
         reasoning = "".join(self.reasoning)
         if content:
@@ -362,7 +361,7 @@ class StreamAccumulator:
         self._choices: dict[int, _ChoiceState] = {}
         self._model: str | None = None
         self._response_id: str | None = None
-        self._usage: dict | None = None
+        self._usage: dict[str, Any] | None = None
 
     @property
     def model(self) -> str | None:
@@ -373,10 +372,10 @@ class StreamAccumulator:
         return self._response_id
 
     @property
-    def usage(self) -> dict | None:
+    def usage(self) -> dict[str, Any] | None:
         return self._usage
 
-    def add(self, chunk: dict) -> None:
+    def add(self, chunk: Any) -> None:
         """Take one parsed `chat.completion.chunk` or text-completion chunk; anything else is ignored."""
         if not isinstance(chunk, dict):
             return
@@ -384,12 +383,12 @@ class StreamAccumulator:
         for index, raw in _choices_of(chunk):
             self._add_choice(self._choices.setdefault(index, _ChoiceState()), raw)
 
-    def choices(self) -> list[tuple[int, dict, str | None]]:
+    def choices(self) -> list[tuple[int, dict[str, Any], str | None]]:
         """(index, canonical assistant message, finish_reason) for every choice seen, by index."""
         ordered = sorted(self._choices.items())
         return [(index, state.message(), state.finish_reason) for index, state in ordered]
 
-    def _note_metadata(self, chunk: dict) -> None:
+    def _note_metadata(self, chunk: dict[str, Any]) -> None:
         if self._model is None and as_text(chunk.get("model")):
             self._model = chunk["model"]
         if self._response_id is None and as_text(chunk.get("id")):
@@ -399,7 +398,7 @@ class StreamAccumulator:
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
 
-    def _add_choice(self, state: _ChoiceState, raw: dict) -> None:
+    def _add_choice(self, state: _ChoiceState, raw: dict[str, Any]) -> None:
         text = raw.get("text")
         if isinstance(text, str):
             state.content.append(text)
@@ -411,7 +410,7 @@ class StreamAccumulator:
             state.finish_reason = finish_reason
 
 
-def _add_delta(state: _ChoiceState, delta: dict) -> None:
+def _add_delta(state: _ChoiceState, delta: dict[str, Any]) -> None:
     content = delta.get("content")
     if isinstance(content, str):
         state.content.append(content)
@@ -433,7 +432,7 @@ def _add_delta(state: _ChoiceState, delta: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _first_text(raw: dict, keys: Tuple[str, ...]) -> str:
+def _first_text(raw: dict[str, Any], keys: Tuple[str, ...]) -> str:
     for key in keys:
         value = raw.get(key)
         if isinstance(value, str) and value:
@@ -441,16 +440,16 @@ def _first_text(raw: dict, keys: Tuple[str, ...]) -> str:
     return ""
 
 
-def _is_int(value: Any) -> bool:
+def _as_index(value: Any) -> int | None:
     # bool is an int subclass; a JSON true is not an index.
-    return isinstance(value, int) and not isinstance(value, bool)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _index(raw: dict, position: int) -> int:
-    index = raw.get("index")
-    return index if _is_int(index) else position
+def _index(raw: dict[str, Any], position: int) -> int:
+    index = _as_index(raw.get("index"))
+    return position if index is None else index
 
 
-def _finish_reason(raw: dict) -> str | None:
+def _finish_reason(raw: dict[str, Any]) -> str | None:
     reason = raw.get("finish_reason")
     return reason if isinstance(reason, str) and reason else None

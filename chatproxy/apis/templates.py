@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 # (canonical role, raw text) before cleaning.
 Turn = Tuple[str, str]
@@ -42,7 +42,7 @@ Turn = Tuple[str, str]
 
 @dataclass(frozen=True)
 class ParsedPrompt:
-    messages: list[dict]  # canonical system/user/assistant turns from the prompt
+    messages: list[dict[str, Any]]  # canonical system/user/assistant turns from the prompt
     template: str  # "chatml", "llama3", "gemma", "mistral", "alpaca", "vicuna", "transcript" or "none"
     prefill: str  # text of an assistant turn left open at the end ("" for a bare open header)
 

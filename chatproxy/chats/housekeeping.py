@@ -19,10 +19,10 @@ Of a long message only the head and the tail are searched, where the instruction
 from __future__ import annotations
 
 import re
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 
-def housekeeping_kind(messages: list[dict]) -> str | None:
+def housekeeping_kind(messages: list[dict[str, Any]]) -> str | None:
     """The kind of frontend task these canonical messages carry, or None for an ordinary chat."""
     for text in _probes(messages):
         found = [(match.start(), kind) for kind, pattern in _MARKERS for match in [pattern.search(text)] if match]
@@ -31,9 +31,9 @@ def housekeeping_kind(messages: list[dict]) -> str | None:
     return None
 
 
-def _probes(messages: list[dict]) -> List[str]:
+def _probes(messages: list[dict[str, Any]]) -> List[str]:
     """Normalised texts to search: the last user message, the final message, then every system message."""
-    chosen: List[dict] = []
+    chosen: List[dict[str, Any]] = []
     users = [message for message in messages if isinstance(message, dict) and message.get("role") == "user"]
     if users:
         chosen.append(users[-1])
@@ -65,7 +65,7 @@ def _normalise(content: object) -> str:
     return " ".join(content.translate(_QUOTES).lower().split())
 
 
-def _marker(kind: str, phrase: str) -> Tuple[str, "re.Pattern[str]"]:
+def _marker(kind: str, phrase: str) -> Tuple[str, re.Pattern[str]]:
     # Phrases are written in lower case with single spaces, matching the normalised text. Matching the
     # lowered text case-sensitively lets re skip ahead to the literal start of each phrase: 10-15 times
     # faster on long messages than re.IGNORECASE, which checks every position.

@@ -39,7 +39,9 @@ Record = Dict[str, Any]
 KEEP = "keep"
 
 
-def to_openai_chat(messages: List[Message], tools: Optional[List[Any]] = None, reasoning: str = KEEP) -> Optional[Record]:
+def to_openai_chat(
+    messages: List[Message], tools: Optional[List[Any]] = None, reasoning: str = KEEP
+) -> Optional[Record]:
     chat = [m for m in messages if isinstance(m, dict)]
     start = next((i for i, m in enumerate(chat) if m.get("role") == "user"), None)
     if start is None:

@@ -75,10 +75,10 @@ class _Piece(NamedTuple):
     kind: str  # "human", "observation" or "assistant"
     text: str
     images: List[str]
-    message: dict
+    message: dict[str, Any]
 
 
-def to_sharegpt(messages: list[dict], tools: list | None = None, reasoning: str = KEEP) -> dict | None:
+def to_sharegpt(messages: list[dict[str, Any]], tools: list[Any] | None = None, reasoning: str = KEEP) -> dict[str, Any] | None:
     """One ShareGPT record for `messages`, or None when no gpt/function_call turn would remain."""
     if reasoning not in _REASONING_MODES:
         raise ValueError(f"reasoning must be one of {_REASONING_MODES}, not {reasoning!r}")
@@ -94,10 +94,10 @@ def to_sharegpt(messages: list[dict], tools: list | None = None, reasoning: str 
     return _record(_system_text(chat[:start]), turns, tools)
 
 
-def _record(system: str, turns: list[_Turn], tools: list | None) -> dict:
+def _record(system: str, turns: list[_Turn], tools: list[Any] | None) -> dict[str, Any]:
     conversations = [{"from": SYSTEM_TAG, "value": system}] if system else []
     conversations += [{"from": turn.tag, "value": turn.value} for turn in turns]
-    record: dict = {"conversations": conversations}
+    record: dict[str, Any] = {"conversations": conversations}
     tools_text = _tools_text(tools)
     if tools_text:
         record["tools"] = tools_text
@@ -112,13 +112,13 @@ def _record(system: str, turns: list[_Turn], tools: list | None) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _system_text(preamble: list[dict]) -> str:
+def _system_text(preamble: list[dict[str, Any]]) -> str:
     systems = [neutral(_content(m)) for m in preamble if m.get("role") == "system"]
     greetings = [neutral(_content(m)) for m in preamble if m.get("role") == "assistant"]
     return "\n\n".join(text for text in systems + greetings if text)
 
 
-def _pieces(chat: list[dict], reasoning: str) -> Iterator[_Piece]:
+def _pieces(chat: list[dict[str, Any]], reasoning: str) -> Iterator[_Piece]:
     """The chat from its first user message on, with mid-chat system text moved into user pieces."""
     pending: list[tuple[str, list[str]]] = []
     for message in chat:
@@ -136,7 +136,7 @@ def _pieces(chat: list[dict], reasoning: str) -> Iterator[_Piece]:
             yield _Piece("assistant", *_backed(message), message)
 
 
-def _has_answer(message: dict, reasoning: str) -> bool:
+def _has_answer(message: dict[str, Any], reasoning: str) -> bool:
     return bool(
         _content(message)
         or as_list(message.get("tool_calls"))
@@ -206,7 +206,7 @@ def _answer_turn(group: list[_Piece], reasoning: str) -> _Turn:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _calls_value(calls: list[dict]) -> str:
+def _calls_value(calls: list[dict[str, Any]]) -> str:
     entries = [
         {"name": as_text(call.get("name")), "arguments": _parsed_arguments(call.get("arguments"))} for call in calls
     ]
@@ -231,14 +231,14 @@ def _parsed_arguments(raw: Any) -> Any:
     return parsed if isinstance(parsed, dict) else text
 
 
-def _tools_text(tools: list | None) -> str:
+def _tools_text(tools: list[Any] | None) -> str:
     if not isinstance(tools, list):
         return ""
     functions = [_flat_tool(tool) for tool in tools if isinstance(tool, dict)]
     return json.dumps(functions, ensure_ascii=False) if functions else ""
 
 
-def _flat_tool(tool: dict) -> dict:
+def _flat_tool(tool: dict[str, Any]) -> dict[str, Any]:
     if tool.get("type") == "function" and isinstance(tool.get("function"), dict):
         tool = tool["function"]
     parameters = tool.get("parameters")
@@ -255,7 +255,7 @@ def _flat_tool(tool: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _backed(message: dict) -> tuple[str, list[str]]:
+def _backed(message: dict[str, Any]) -> tuple[str, list[str]]:
     """A message's text and images, with every placeholder that no exported file backs neutralised."""
     text = _content(message)
     images = message.get("images")
@@ -265,7 +265,7 @@ def _backed(message: dict) -> tuple[str, list[str]]:
     return neutral(text), []
 
 
-def _content(message: dict) -> str:
+def _content(message: dict[str, Any]) -> str:
     return as_text(message.get("content"))
 
 
@@ -274,7 +274,7 @@ def _content(message: dict) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def llamafactory_problems(record: dict) -> list[str]:
+def llamafactory_problems(record: Any) -> list[str]:
     """Readable reasons LLaMA-Factory would reject or mis-train `record`; an empty list means it loads.
 
     Rules are those of src/llamafactory/data/converter.py (SharegptDatasetConverter), formatter.py,
@@ -296,7 +296,7 @@ def llamafactory_problems(record: dict) -> list[str]:
     )
 
 
-def _turn_shape_problems(turns: list) -> list[str]:
+def _turn_shape_problems(turns: list[Any]) -> list[str]:
     problems = []
     for position, turn in enumerate(turns):
         # The converter reads turn[role_tag] and turn[content_tag]; formatters require string values.
@@ -306,7 +306,7 @@ def _turn_shape_problems(turns: list) -> list[str]:
     return problems
 
 
-def _order_problems(turns: list[dict]) -> list[str]:
+def _order_problems(turns: list[dict[str, Any]]) -> list[str]:
     # SharegptDatasetConverter: a system turn is recognised only as the very first message.
     offset = 1 if turns[0]["from"] == SYSTEM_TAG else 0
     body = turns[offset:]
@@ -326,7 +326,7 @@ def _order_problems(turns: list[dict]) -> list[str]:
     return problems
 
 
-def _function_call_problems(turns: list[dict]) -> list[str]:
+def _function_call_problems(turns: list[dict[str, Any]]) -> list[str]:
     problems = []
     for position, turn in enumerate(turns):
         if turn["from"] != "function_call":
@@ -369,7 +369,7 @@ def _tools_problems(tools: Any) -> list[str]:
     return problems
 
 
-def _media_problems(record: dict, turns: list[dict]) -> list[str]:
+def _media_problems(record: dict[str, Any], turns: list[dict[str, Any]]) -> list[str]:
     problems = []
     images = record.get("images")
     if images is not None and not (isinstance(images, list) and all(isinstance(i, str) for i in images)):

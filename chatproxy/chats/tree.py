@@ -63,8 +63,20 @@ class Node:
     """
 
     __slots__ = (
-        "id", "parent", "base", "line", "keys", "chains", "length", "root", "complete",
-        "tools", "encoded", "seq", "chars", "first_user",
+        "id",
+        "parent",
+        "base",
+        "line",
+        "keys",
+        "chains",
+        "length",
+        "root",
+        "complete",
+        "tools",
+        "encoded",
+        "seq",
+        "chars",
+        "first_user",
     )
 
     def __init__(self, record: Dict[str, Any], parent: Optional[Node], seq: int, line: Optional[bytes] = None) -> None:
@@ -75,7 +87,7 @@ class Node:
         self.line = line if line is not None else encode_json({"messages": messages, "meta": record.get("meta", {})})
         self.length = self.base + len(messages)
         self.complete: bool = bool(record.get("meta", {}).get("complete", True))
-        self.tools = record["tools"] if "tools" in record else (parent.tools if parent else None)
+        self.tools: Optional[List[Any]] = record["tools"] if "tools" in record else (parent.tools if parent else None)
         self.keys = [message_key(m) for m in messages]
         previous = parent.chain_at(self.base) if parent and self.base else b""
         self.chains: List[bytes] = []
@@ -85,8 +97,8 @@ class Node:
         inherited = parent.first_user if parent is not None else None
         shares_user_turn = inherited is not None and inherited < self.base
         own_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
-        self.first_user: Optional[int] = inherited if shares_user_turn else (
-            None if own_user is None else self.base + own_user
+        self.first_user: Optional[int] = (
+            inherited if shares_user_turn else (None if own_user is None else self.base + own_user)
         )
         self.root: str = parent.root if (parent and shares_user_turn) else self.id
         self.chars: int = _chars_before(parent, self.base) + sum(len(m.get("content", "")) for m in messages)
@@ -95,11 +107,13 @@ class Node:
 
     @property
     def messages(self) -> List[Message]:
-        return json.loads(self.line)["messages"]
+        messages: List[Message] = json.loads(self.line)["messages"]
+        return messages
 
     @property
     def meta(self) -> Dict[str, Any]:
-        return json.loads(self.line).get("meta", {})
+        meta: Dict[str, Any] = json.loads(self.line).get("meta", {})
+        return meta
 
     def chain_at(self, position: int) -> bytes:
         """The chained hash of the first `position` (>= 1) messages of the full conversation."""

@@ -34,7 +34,9 @@ def new_parser(prog: str, description: str, epilog: str = "") -> Parser:
 
 def add_datasets_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--datasets", metavar="DIR", default=default_datasets(),
+        "--datasets",
+        metavar="DIR",
+        default=default_datasets(),
         help=f"folder the proxy records into (default ./datasets, or ${DATASETS_ENV})",
     )
 

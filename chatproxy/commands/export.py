@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, TextIO, Tuple
 
-from chatproxy.recorder import durable
-from chatproxy.commands import sessions
-from chatproxy.config import ConfigError
-from chatproxy.commands.trainer_rules import unsloth_dataset_problems
 from chatproxy.chats.messages import encode_json
+from chatproxy.commands import sessions
+from chatproxy.commands.common import Parser, UsageError, add_datasets_option, fail, new_parser, parse, tolerant_output
 from chatproxy.commands.profiles import PROFILES, Profile, Unusable
 from chatproxy.commands.trainer_config import dataset_name, snippets
-from chatproxy.commands.common import Parser, UsageError, add_datasets_option, fail, new_parser, parse, tolerant_output
+from chatproxy.commands.trainer_rules import unsloth_dataset_problems
+from chatproxy.config import ConfigError
+from chatproxy.recorder import durable
 
 PROG = "chatproxy export"
 OUT_SUFFIXES = (".json", ".jsonl")
@@ -108,31 +108,72 @@ def build_parser() -> Parser:
     parser.add_argument("--all", action="store_true", help="export every session in --datasets")
     add_datasets_option(parser)
     parser.add_argument("--format", required=True, choices=sorted(PROFILES), help="who the dataset is for (see below)")
-    parser.add_argument("--out", required=True, metavar="PATH",
-                        help="file to write; .json writes a JSON array, .jsonl one record per line")
-    parser.add_argument("--since", metavar="WHEN",
-                        help="only conversations whose last reply is this recent: 2024-05-01, 2024-05-01T14:00, "
-                             "or a duration back from now (30m, 12h, 7d, 2w); dates without a zone are local")
-    parser.add_argument("--until", metavar="WHEN",
-                        help="only conversations whose last reply is older than this; a date alone includes that day")
-    parser.add_argument("--model", metavar="PATTERN",
-                        help="only conversations whose last reply came from a matching model (glob, case-insensitive, "
-                             "e.g. 'gpt-4o*')")
-    parser.add_argument("--tag", action="append", default=[], metavar="TAG",
-                        help="only conversations tagged TAG (X-Chatproxy-Tags); repeat to require several")
-    parser.add_argument("--min-turns", type=int, default=0, metavar="N",
-                        help="only conversations of at least N written turns, the system prompt not counted")
-    parser.add_argument("--keep-incomplete", action="store_true",
-                        help="also export replies that were cut short (client gone, upstream reset)")
-    parser.add_argument("--branches", choices=("all", "last"), default="all",
-                        help="regenerated replies and edited messages: every branch (default) or the newest per chat")
-    parser.add_argument("--reasoning", choices=("keep", "drop"), default="keep",
-                        help="model reasoning as <think>...</think> before the answer (default), or dropped")
-    parser.add_argument("--split", type=float, metavar="FRACTION",
-                        help="write a train and a test file, FRACTION of the conversations in train (e.g. 0.9): "
-                             "--out chats.jsonl writes chats.train.jsonl and chats.test.jsonl")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the shuffle before --split (default 0); the same seed and data give the same split")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="file to write; .json writes a JSON array, .jsonl one record per line",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only conversations whose last reply is this recent: 2024-05-01, 2024-05-01T14:00, "
+        "or a duration back from now (30m, 12h, 7d, 2w); dates without a zone are local",
+    )
+    parser.add_argument(
+        "--until",
+        metavar="WHEN",
+        help="only conversations whose last reply is older than this; a date alone includes that day",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="PATTERN",
+        help="only conversations whose last reply came from a matching model (glob, case-insensitive, e.g. 'gpt-4o*')",
+    )
+    parser.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="only conversations tagged TAG (X-Chatproxy-Tags); repeat to require several",
+    )
+    parser.add_argument(
+        "--min-turns",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only conversations of at least N written turns, the system prompt not counted",
+    )
+    parser.add_argument(
+        "--keep-incomplete",
+        action="store_true",
+        help="also export replies that were cut short (client gone, upstream reset)",
+    )
+    parser.add_argument(
+        "--branches",
+        choices=("all", "last"),
+        default="all",
+        help="regenerated replies and edited messages: every branch (default) or the newest per chat",
+    )
+    parser.add_argument(
+        "--reasoning",
+        choices=("keep", "drop"),
+        default="keep",
+        help="model reasoning as <think>...</think> before the answer (default), or dropped",
+    )
+    parser.add_argument(
+        "--split",
+        type=float,
+        metavar="FRACTION",
+        help="write a train and a test file, FRACTION of the conversations in train (e.g. 0.9): "
+        "--out chats.jsonl writes chats.train.jsonl and chats.test.jsonl",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the shuffle before --split (default 0); the same seed and data give the same split",
+    )
     return parser
 
 
@@ -160,8 +201,10 @@ def main(argv: List[str]) -> int:
     _warn_dataset(options, written["train"][1])
     print(_summary(options, written, collected))
     files = {name: path for name, (path, _) in written.items()}
-    print(snippets(options.profile.name, files, dataset_name(options.out), sorted(collected.columns), options.reasoning),
-          end="")
+    print(
+        snippets(options.profile.name, files, dataset_name(options.out), sorted(collected.columns), options.reasoning),
+        end="",
+    )
     return 0
 
 
@@ -212,8 +255,9 @@ def _check_out(options: Options) -> None:
         if path.stem in sessions.session_names(options.folder):
             raise UsageError(f"--out {path} would replace a session's own file; choose another name")
         if path.suffix.lower() == sessions.JOURNAL_SUFFIX:
-            raise UsageError(f"--out {path}: a .jsonl file in the datasets folder would be read as a session; "
-                             "write it elsewhere")
+            raise UsageError(
+                f"--out {path}: a .jsonl file in the datasets folder would be read as a session; write it elsewhere"
+            )
 
 
 RELATIVE = re.compile(r"(\d+)\s*([mhdw])")
@@ -244,7 +288,7 @@ def parse_when(text: str, option: str, end: bool, now: Optional[datetime.datetim
 # ---------------------------------------------------------------------------------------------------------
 
 
-def collect(options: Options, progress: "Progress") -> Collected:
+def collect(options: Options, progress: Progress) -> Collected:
     collected = Collected([], Tally(), set())
     seen: Set[bytes] = set()
     for name in options.sessions:
@@ -367,8 +411,10 @@ class Progress:
             return
         self.last = now
         tally = collected.tally
-        self.stream.write(f"\rreading {session}: {tally.records} records read, {len(collected.records)} written, "
-                          f"{tally.skipped} skipped\x1b[K")
+        self.stream.write(
+            f"\rreading {session}: {tally.records} records read, {len(collected.records)} written, "
+            f"{tally.skipped} skipped\x1b[K"
+        )
         self.stream.flush()
         self.shown = True
 
@@ -385,10 +431,16 @@ class Progress:
 
 
 def _counts(tally: Tally) -> str:
-    parts = [f"{tally.sessions} session{_s(tally.sessions)}", f"{tally.records} record{_s(tally.records)}",
-             f"{tally.conversations} conversation{_s(tally.conversations)}"]
-    dropped = [f"{tally.filtered} filtered out", f"{tally.duplicates} duplicate{_s(tally.duplicates)}",
-               f"{tally.skipped} skipped"]
+    parts = [
+        f"{tally.sessions} session{_s(tally.sessions)}",
+        f"{tally.records} record{_s(tally.records)}",
+        f"{tally.conversations} conversation{_s(tally.conversations)}",
+    ]
+    dropped = [
+        f"{tally.filtered} filtered out",
+        f"{tally.duplicates} duplicate{_s(tally.duplicates)}",
+        f"{tally.skipped} skipped",
+    ]
     return "read " + ", ".join(parts) + "; " + ", ".join(dropped)
 
 
@@ -404,19 +456,20 @@ def _skip_report(tally: Tally) -> str:
 
 def _summary(options: Options, written: Dict[str, Tuple[Path, List[bytes]]], collected: Collected) -> str:
     wrote = " and ".join(f"{len(records)} to {path}" for path, records in written.values())
-    lines = [f"wrote {len(collected.records)} conversation{_s(len(collected.records))} ({options.profile.name}): {wrote}",
-             _counts(collected.tally)]
+    lines = [
+        f"wrote {len(collected.records)} conversation{_s(len(collected.records))} ({options.profile.name}): {wrote}",
+        _counts(collected.tally),
+    ]
     return "\n".join(lines) + "\n" + _skip_report(collected.tally)
 
 
 def _warn_dataset(options: Options, records: List[bytes]) -> None:
     if options.profile.name != "sharegpt-plain":
         return
-    first = [json.loads(record) for record in records[: 10]]
+    first = [json.loads(record) for record in records[:10]]
     for problem in unsloth_dataset_problems(first):
         print(f"chatproxy: warning: {problem}", file=sys.stderr)
 
 
 def _s(count: int) -> str:
     return "" if count == 1 else "s"
-

@@ -29,6 +29,9 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from chatproxy.chats.messages import IMAGE, UNBACKED, as_text
+from chatproxy.chats.openai_chat import openai_tools, to_openai_chat
+from chatproxy.chats.sharegpt import to_sharegpt
 from chatproxy.commands.trainer_rules import (
     axolotl_problems,
     fastchat_problems,
@@ -36,15 +39,11 @@ from chatproxy.commands.trainer_rules import (
     openai_problems,
     unsloth_problems,
 )
-from chatproxy.chats.messages import IMAGE, UNBACKED, as_text
-from chatproxy.chats.openai_chat import openai_tools, to_openai_chat
-from chatproxy.chats.sharegpt import to_sharegpt
 
 Message = Dict[str, Any]
 Record = Dict[str, Any]
 Builder = Callable[[List[Message], Optional[List[Any]], str, Path], Optional[Record]]
 Validator = Callable[[Any], List[str]]
-
 
 
 class Unusable(Exception):
@@ -141,7 +140,9 @@ def _empty_reason(messages: List[Message]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _build_sharegpt(messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path) -> Optional[Record]:
+def _build_sharegpt(
+    messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path
+) -> Optional[Record]:
     record = to_sharegpt(messages, tools, reasoning)
     if record is not None and record.get("images"):
         _localise_images(record, image_root)
@@ -185,7 +186,9 @@ def _local_image(entry: str, image_root: Path) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _build_plain(messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path) -> Optional[Record]:
+def _build_plain(
+    messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path
+) -> Optional[Record]:
     record = to_sharegpt(_as_text_chat(messages), None, reasoning)
     if record is None:
         return None
@@ -248,7 +251,9 @@ def _tools_block(tools: Optional[List[Any]]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _build_openai(messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path) -> Optional[Record]:
+def _build_openai(
+    messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path
+) -> Optional[Record]:
     return to_openai_chat(messages, tools, reasoning)
 
 

@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
 
+from chatproxy.chats.tree import Node, ThreadIndex
 from chatproxy.config import ConfigError, check_session_id
 from chatproxy.recorder.journal import JournalContents, read_journal
-from chatproxy.chats.tree import Node, ThreadIndex
 
 JOURNAL_SUFFIX = ".jsonl"
 DATASETS_ENV = "CHATPROXY_DATASETS"  # the proxy's own --datasets environment default
@@ -98,7 +98,9 @@ class Session:
 
     def warnings(self) -> List[str]:
         """What the reader had to leave out, one line each, for the user to see."""
-        lines = [f"{self.journal}: skipped damaged line {number}: {reason}" for number, reason in self.contents.bad_lines]
+        lines = [
+            f"{self.journal}: skipped damaged line {number}: {reason}" for number, reason in self.contents.bad_lines
+        ]
         if self.contents.torn_tail:
             lines.append(
                 f"{self.journal}: left out the unfinished last line ({len(self.contents.torn_tail)} bytes: "
@@ -139,7 +141,9 @@ def resolve(folder: Path, requested: List[str], every: bool) -> List[str]:
         name = _strip_suffix(raw)
         check_session_id(name)
         if not (folder / (name + JOURNAL_SUFFIX)).is_file():
-            raise ConfigError(f"unknown session {raw!r}: no {name}{JOURNAL_SUFFIX} in {folder} (sessions: {_listing(folder)})")
+            raise ConfigError(
+                f"unknown session {raw!r}: no {name}{JOURNAL_SUFFIX} in {folder} (sessions: {_listing(folder)})"
+            )
         if name not in names:
             names.append(name)
     return names

@@ -39,8 +39,11 @@ def show_main(argv: List[str]) -> int:
     parser.add_argument("session", metavar="SESSION", help="the session to print (a name in --datasets)")
     add_datasets_option(parser)
     parser.add_argument("--last", type=int, metavar="N", help="only the N most recently continued conversations")
-    parser.add_argument("--full", action="store_true",
-                        help=f"print long messages whole (default: the first {SHOWN_CHARACTERS} characters)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help=f"print long messages whole (default: the first {SHOWN_CHARACTERS} characters)",
+    )
     args = parse(parser, argv)
     if isinstance(args, int):
         return args
@@ -58,7 +61,7 @@ def show_main(argv: List[str]) -> int:
         print(f"no conversations in session {name}")
         return 0
     branch_of = _branch_numbers(conversations)
-    shown = conversations[-args.last:] if args.last else conversations
+    shown = conversations[-args.last :] if args.last else conversations
     print("\n\n".join(transcript(c, branch_of[c.id], None if args.full else SHOWN_CHARACTERS) for c in shown))
     return 0
 
@@ -73,8 +76,12 @@ def _branch_numbers(conversations: List[sessions.Conversation]) -> Dict[str, Tup
 
 def transcript(conversation: sessions.Conversation, branch: Tuple[int, int], limit: Optional[int]) -> str:
     messages = conversation.messages
-    facts = [f"{conversation.session}/{conversation.id}", local_time(conversation.time), conversation.model or "?",
-             f"{sum(1 for m in messages if m.get('role') != 'system')} turns"]
+    facts = [
+        f"{conversation.session}/{conversation.id}",
+        local_time(conversation.time),
+        conversation.model or "?",
+        f"{sum(1 for m in messages if m.get('role') != 'system')} turns",
+    ]
     if branch[1] > 1:
         facts.append(f"branch {branch[0]} of {branch[1]}")
     if not conversation.node.complete:

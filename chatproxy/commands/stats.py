@@ -62,7 +62,7 @@ class Stats:
     first: Optional[datetime.datetime] = None
     last: Optional[datetime.datetime] = None
 
-    def add(self, other: "Stats") -> None:
+    def add(self, other: Stats) -> None:
         for field in dataclasses.fields(self):
             mine, theirs = getattr(self, field.name), getattr(other, field.name)
             if field.name == "first":
@@ -76,7 +76,9 @@ class Stats:
 
 
 def stats_main(argv: List[str]) -> int:
-    parser = new_parser(STATS_PROG, "Summarise recorded sessions: one table per session and one in total.", STATS_EPILOG)
+    parser = new_parser(
+        STATS_PROG, "Summarise recorded sessions: one table per session and one in total.", STATS_EPILOG
+    )
     parser.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions to count (default: every session)")
     add_datasets_option(parser)
     args = parse(parser, argv)

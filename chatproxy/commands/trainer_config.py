@@ -58,8 +58,12 @@ def _axolotl(paths: Dict[str, str], profile: str, reasoning: str) -> str:
         if key == "test_datasets":
             lines.append("    split: train  # a local JSON file loads as one split named train")
         if profile == "sharegpt-plain":
-            lines += ["    field_messages: conversations", "    message_property_mappings:",
-                      "      role: from", "      content: value"]
+            lines += [
+                "    field_messages: conversations",
+                "    message_property_mappings:",
+                "      role: from",
+                "      content: value",
+            ]
         elif reasoning == "keep":
             lines.append("    # split_thinking: true  # if your chat template renders reasoning_content")
     return "\n".join(lines)
@@ -75,12 +79,16 @@ def _huggingface(paths: Dict[str, str]) -> str:
 
 
 def _unsloth(paths: Dict[str, str]) -> str:
-    return "\n".join([
-        "Unsloth:",
-        "from datasets import load_dataset",
-        "from unsloth.chat_templates import standardize_sharegpt",
-        f'dataset = standardize_sharegpt(load_dataset("json", data_files={json.dumps(paths["train"])}, split="train"))',
-    ])
+    return "\n".join(
+        [
+            "Unsloth:",
+            "from datasets import load_dataset",
+            "from unsloth.chat_templates import standardize_sharegpt",
+            "dataset = standardize_sharegpt(",
+            f'    load_dataset("json", data_files={json.dumps(paths["train"])}, split="train")',
+            ")",
+        ]
+    )
 
 
 def _fastchat(paths: Dict[str, str]) -> str:

@@ -72,8 +72,15 @@ def fastchat_problems(record: Any) -> List[str]:
 # ---------------------------------------------------------------------------------------------------------
 
 # standardize_data_formats' default aliases (aliases_for_system / _user / _assistant).
-UNSLOTH_ALIASES = {"system": "system", "user": "user", "human": "user", "input": "user",
-                   "gpt": "assistant", "assistant": "assistant", "output": "assistant"}
+UNSLOTH_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "input": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "output": "assistant",
+}
 UNSLOTH_SAMPLE = 10  # it infers the key names from itertools.islice(dataset, 10)
 
 
@@ -287,4 +294,3 @@ def _json_object_text(value: Any) -> bool:
         return isinstance(json.loads(value), dict)
     except ValueError:
         return False
-

@@ -60,7 +60,7 @@ class ExchangeCapture:
         self._response = bytearray()
         self._max_body = max_body
         self._decoder: Optional[SSEDecoder] = None
-        self._inflate: Optional["zlib._Decompress"] = None
+        self._inflate: Optional[zlib._Decompress] = None
         self.active = True
         self._read_controls(request_headers)
 

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from chatproxy.recorder.capture import Exchange
+from chatproxy.chats.tree import Node
 from chatproxy.config import ConfigError, RecordOptions, check_session_id
+from chatproxy.recorder.capture import Exchange
 from chatproxy.recorder.extract import NotRecordable, extract
 from chatproxy.recorder.interface import status_fields, zero_counts
 from chatproxy.recorder.store import DatasetStore
-from chatproxy.chats.tree import Node
 
 log = logging.getLogger("chatproxy.recorder")
 
@@ -125,12 +125,17 @@ class RecordBook:
             records = store.flush()
         except OSError as exc:
             self.counts["write_errors"] += 1
-            self._fail(f"could not write {len(store.pending)} record(s) to {store.journal_path}: {exc}; kept in memory, retrying")
+            self._fail(
+                f"could not write {len(store.pending)} record(s) to {store.journal_path}: {exc}; "
+                "kept in memory, retrying"
+            )
             return False
         now = time.monotonic()
         for record in records:
             self.counts["recorded"] += 1
-            self._lines.recorded(store.session, record["meta"].get("model") or "?", store.index.nodes[record["id"]], now)
+            self._lines.recorded(
+                store.session, record["meta"].get("model") or "?", store.index.nodes[record["id"]], now
+            )
         return True
 
     def _snapshot(self, store: DatasetStore) -> bool:
@@ -150,7 +155,10 @@ class RecordBook:
         """Say what could not be written, and release every session."""
         self._lines.flush_summary(float("inf"))
         if self.unplaced:
-            log.error("%d exchange(s) could not be recorded before exit: their dataset could not be opened", len(self.unplaced))
+            log.error(
+                "%d exchange(s) could not be recorded before exit: their dataset could not be opened",
+                len(self.unplaced),
+            )
         for store in self.stores.values():
             if store.pending:
                 log.error("%s: %d record(s) could not be written before exit", store.journal_path, len(store.pending))
@@ -174,7 +182,13 @@ class RecordLines:
         self.flush_summary(now)
         if self._shown < DETAILED_LINES_PER_SECOND:
             self._shown += 1
-            fields = {"event": "recorded", "session": session, "model": model, "turns": node.length, "complete": node.complete}
+            fields = {
+                "event": "recorded",
+                "session": session,
+                "model": model,
+                "turns": node.length,
+                "complete": node.complete,
+            }
             log.info("%s", _saved_line(session, model, node), extra=fields)
             return
         summed = self._summed.setdefault(session, [0, 0])
@@ -190,8 +204,13 @@ class RecordLines:
             return
         for session, (records, incomplete) in self._summed.items():
             state = f" ({incomplete} incomplete)" if incomplete else ""
-            log.info("recorded %s: %d more records%s", session, records, state,
-                     extra={"event": "recorded_many", "session": session, "records": records, "incomplete": incomplete})
+            log.info(
+                "recorded %s: %d more records%s",
+                session,
+                records,
+                state,
+                extra={"event": "recorded_many", "session": session, "records": records, "incomplete": incomplete},
+            )
         self._summed = {}
         self._shown = 0
         self._window_start = now

@@ -57,7 +57,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_directory(path.parent)
 
 
-def _create_temporary(path: Path) -> "tuple[int, str]":
+def _create_temporary(path: Path) -> tuple[int, str]:
     """A new 0600 file beside `path` (private from its first byte), as tempfile.mkstemp makes it."""
     for _ in range(100):
         tmp = str(path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
@@ -205,7 +205,7 @@ def _lock_fd(fd: int) -> None:
     except ImportError:  # Windows
         import msvcrt
 
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined,unused-ignore]  # Windows only
         return
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 

@@ -10,10 +10,16 @@ import datetime
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
-from chatproxy.recorder.capture import CHAT, Exchange
-from chatproxy.chats.housekeeping import housekeeping_kind
-from chatproxy.apis.openai_completions import ImageSink, StreamAccumulator, chat_choices, completion_choices, normalize_messages
+from chatproxy.apis.openai_completions import (
+    ImageSink,
+    StreamAccumulator,
+    chat_choices,
+    completion_choices,
+    normalize_messages,
+)
 from chatproxy.apis.templates import parse_prompt
+from chatproxy.chats.housekeeping import housekeeping_kind
+from chatproxy.recorder.capture import CHAT, Exchange
 
 Message = Dict[str, Any]
 

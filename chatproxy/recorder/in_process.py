@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Union
 
-from chatproxy.recorder.capture import Exchange
 from chatproxy.config import RecordOptions
+from chatproxy.recorder.capture import Exchange
 from chatproxy.recorder.core import CLOSING_ATTEMPTS, RecordBook
 
 INLINE_LIMIT = 32 * 1024  # bytes of an exchange parsed on the event loop; larger ones in the worker thread
@@ -26,7 +26,7 @@ class _Sync:
 
     def __init__(self, snapshot: bool) -> None:
         self.snapshot = snapshot
-        self.done: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 class InProcessRecorder:
@@ -37,9 +37,9 @@ class InProcessRecorder:
         self.session = session
         # Made here, so an InProcessRecorder must be built inside the running loop (Python 3.9 binds queues
         # and events to the loop current at construction).
-        self._queue: "asyncio.Queue[Union[Exchange, _Sync, None]]" = asyncio.Queue()
+        self._queue: asyncio.Queue[Union[Exchange, _Sync, None]] = asyncio.Queue()
         self._closing = asyncio.Event()
-        self._task: Optional[asyncio.Task] = None
+        self._task: Optional["asyncio.Task[None]"] = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -66,7 +66,7 @@ class InProcessRecorder:
         return self._queue.qsize() + self.book.pending
 
     @property
-    def tasks(self) -> Set["asyncio.Task[Any]"]:
+    def tasks(self) -> Set[asyncio.Task[Any]]:
         return {self._task} if self._task is not None else set()
 
     async def close(self) -> None:

@@ -20,7 +20,9 @@ def zero_counts() -> Dict[str, int]:
     return dict.fromkeys(COUNT_NAMES, 0)
 
 
-def status_fields(counts: Dict[str, int], pending: int, dataset: Optional[object], journal: Optional[object]) -> Dict[str, Any]:
+def status_fields(
+    counts: Dict[str, int], pending: int, dataset: Optional[object], journal: Optional[object]
+) -> Dict[str, Any]:
     """A recorder's part of /_chatproxy/status, whichever process it runs in."""
     return {
         "recorded": counts["recorded"],
@@ -45,7 +47,7 @@ class Recorder(Protocol):
         """Exchanges and records handed over but not yet on disk."""
 
     @property
-    def tasks(self) -> Set["asyncio.Task[Any]"]:
+    def tasks(self) -> Set[asyncio.Task[Any]]:
         """The recorder's own tasks on the proxy's loop (for embedders and tests that check for leaks)."""
 
     async def start(self) -> None:

@@ -56,7 +56,7 @@ def parse_line(line: bytes, number: int, bad_lines: List[Tuple[int, str]]) -> Op
     if problem:
         bad_lines.append((number, problem))
         return None
-    return record
+    return record  # type: ignore[no-any-return]  # _record_problem checked it is an object
 
 
 class JournalScan:
@@ -105,5 +105,3 @@ def read_journal(path: Path) -> JournalContents:
 def encode_record(record: Dict[str, Any]) -> bytes:
     """One journal line: compact JSON, non-ASCII kept as UTF-8 (half the bytes of \\u escapes)."""
     return encode_json(record) + b"\n"
-
-

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Set
 
 import chatproxy
-from chatproxy.recorder.capture import Exchange
 from chatproxy.config import RecordOptions
+from chatproxy.recorder.capture import Exchange
 from chatproxy.recorder.durable import SessionLocked
 from chatproxy.recorder.interface import status_fields, zero_counts
 from chatproxy.recorder.pipe import FrameReader, Message, emit_forwarded, exchange_fields, frame
@@ -32,7 +32,9 @@ log = logging.getLogger("chatproxy.recorder")
 FLUSH_DELAY = 0.005  # seconds exchanges wait to share one write to the pipe (and one wake-up of the recorder)
 MAX_WRITE = 1 << 20  # bytes handed to the pipe at once; the rest waits for the recorder to catch up
 RESTART_DELAYS = (0.1, 0.5, 1, 2, 5)  # seconds before starting a recorder process that died, again
-WORKER_MODULE = __name__.rpartition(".")[0] + ".worker"  # named, not imported: the proxy never loads the recorder's code
+WORKER_MODULE = (
+    __name__.rpartition(".")[0] + ".worker"
+)  # named, not imported: the proxy never loads the recorder's code
 _WORKER_CODE = "import sys; sys.path.append(sys.argv[1]); from {module} import main; main()"
 
 
@@ -67,12 +69,12 @@ class RecorderProcess:
         self._unconfirmed: Deque[bytes] = collections.deque()  # exchanges sent, not yet on disk
         self._outbox: List[bytes] = []  # frames for the next write to the pipe
         self._on_disk = 0  # of the exchanges the current process received, how many are on disk
-        self._syncs: Dict[int, "tuple[asyncio.Future[None], bytes]"] = {}
+        self._syncs: Dict[int, tuple[asyncio.Future[None], bytes]] = {}
         self._tokens = itertools.count()
         self._process: Optional[asyncio.subprocess.Process] = None
-        self._ready: Optional["asyncio.Future[Dict[str, Optional[str]]]"] = None
-        self._reader: Optional["asyncio.Task[None]"] = None
-        self._restarter: Optional["asyncio.Task[None]"] = None
+        self._ready: Optional[asyncio.Future[Dict[str, Optional[str]]]] = None
+        self._reader: Optional[asyncio.Task[None]] = None
+        self._restarter: Optional[asyncio.Task[None]] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._flush_scheduled = False
         self._closing = False
@@ -94,7 +96,7 @@ class RecorderProcess:
         """Until everything submitted so far is on disk (and, with `snapshot`, in the live files)."""
         assert self._loop is not None
         token = next(self._tokens)
-        done: "asyncio.Future[None]" = self._loop.create_future()
+        done: asyncio.Future[None] = self._loop.create_future()
         data = frame(("sync", token, snapshot))
         self._syncs[token] = (done, data)
         self._send(data)
@@ -109,7 +111,7 @@ class RecorderProcess:
         return len(self._unconfirmed)
 
     @property
-    def tasks(self) -> Set["asyncio.Task[Any]"]:
+    def tasks(self) -> Set[asyncio.Task[Any]]:
         return {t for t in (self._reader, self._restarter) if t is not None}
 
     @property
@@ -139,8 +141,11 @@ class RecorderProcess:
         if self._reader is not None:
             await self._reader
         if self._unconfirmed and self._exit_code != 0:  # with 0, the recorder said what it could not write
-            log.error("%d exchange(s) were not recorded: the recorder process ended (code %s) before writing them",
-                      len(self._unconfirmed), self._exit_code)
+            log.error(
+                "%d exchange(s) were not recorded: the recorder process ended (code %s) before writing them",
+                len(self._unconfirmed),
+                self._exit_code,
+            )
         for done, _ in self._syncs.values():
             if not done.done():
                 done.set_exception(RecorderFailed("the recorder process has ended"))
@@ -156,8 +161,13 @@ class RecorderProcess:
         except (OSError, NotImplementedError) as exc:
             raise RecorderFailed(f"cannot start the recorder process: {exc}") from exc
         assert process.stdin is not None
-        settings = {"folder": self.folder, "session": self.session, "options": self.options,
-                    "owner_pid": os.getpid(), "log_level": _forwarded_level()}
+        settings = {
+            "folder": self.folder,
+            "session": self.session,
+            "options": self.options,
+            "owner_pid": os.getpid(),
+            "log_level": _forwarded_level(),
+        }
         process.stdin.write(frame(("open", settings)))
         self._process, self._on_disk = process, 0
         self._counts_before = dict(self._counts)
@@ -173,8 +183,13 @@ class RecorderProcess:
             raise
 
     def _running(self) -> bool:
-        return self._process is not None and self._process.returncode is None and self._ready is not None \
-            and self._ready.done() and not self._ready.exception()
+        return (
+            self._process is not None
+            and self._process.returncode is None
+            and self._ready is not None
+            and self._ready.done()
+            and not self._ready.exception()
+        )
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -192,8 +207,12 @@ class RecorderProcess:
         if not ready.done():
             ready.set_exception(RecorderFailed(f"the recorder process exited with code {code} before it was ready"))
         elif ready.exception() is None and not self._closing:
-            log.error("the recorder process exited unexpectedly (code %s); restarting it, %d exchange(s) will be handed over again",
-                      code, len(self._unconfirmed))
+            log.error(
+                "the recorder process exited unexpectedly (code %s); "
+                "restarting it, %d exchange(s) will be handed over again",
+                code,
+                len(self._unconfirmed),
+            )
             self._restarter = asyncio.ensure_future(self._restart())
 
     def _handle(self, message: Message) -> None:

@@ -12,17 +12,23 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from chatproxy.recorder import durable
-from chatproxy.config import RecordOptions
 from chatproxy.chats.messages import encode_json
-from chatproxy.recorder.journal import JOURNAL_VERSION, JournalScan, encode_record
 from chatproxy.chats.sharegpt import to_sharegpt
 from chatproxy.chats.tree import Node, ThreadIndex
+from chatproxy.config import RecordOptions
+from chatproxy.recorder import durable
+from chatproxy.recorder.journal import JOURNAL_VERSION, JournalScan, encode_record
 
 log = logging.getLogger("chatproxy.store")
 
 SNAPSHOT_BYTES_PER_SECOND = 1 << 20  # a large live file is rewritten less often: 20 MB at most every 20 s
-IMAGE_SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/gif": ".gif", "image/webp": ".webp"}
+IMAGE_SUFFIXES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+}
 
 
 class DatasetStore:
@@ -73,7 +79,10 @@ class DatasetStore:
             journal.truncate(good_size)
             journal.flush()
         log.warning(
-            "%s: the last line was cut short by a crash (%d bytes); set aside in %s", self.journal_path, len(torn), aside.name
+            "%s: the last line was cut short by a crash (%d bytes); set aside in %s",
+            self.journal_path,
+            len(torn),
+            aside.name,
         )
 
     # -- recording ---------------------------------------------------------------------------
@@ -91,7 +100,9 @@ class DatasetStore:
     def _next_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):06x}"
 
-    def place(self, history: List[Dict[str, Any]], reply: Dict[str, Any], tools: Optional[List[Any]], meta: Dict[str, Any]) -> Optional[Node]:
+    def place(
+        self, history: List[Dict[str, Any]], reply: Dict[str, Any], tools: Optional[List[Any]], meta: Dict[str, Any]
+    ) -> Optional[Node]:
         """Add one exchange to the session: stored as what it adds to the chat it continues.
 
         Returns the new node, or None when the exchange repeats a recorded chat exactly.

@@ -40,7 +40,7 @@ class Outbox:
         with self._lock:
             while data and not self._broken:
                 try:
-                    data = data[os.write(self._fd, data):]
+                    data = data[os.write(self._fd, data) :]
                 except BrokenPipeError:
                     self._broken = True
                 except InterruptedError:
@@ -124,7 +124,8 @@ def _first_message(inbox: Inbox) -> Optional[Dict[str, Any]]:
     while not inbox.ended:
         for message in inbox.receive(None):
             if message[0] == "open":
-                return message[1]
+                settings: Dict[str, Any] = message[1]
+                return settings
     return None
 
 
@@ -209,8 +210,13 @@ class Worker:
         self._report()
 
     def _report(self) -> None:
-        self.outbox.send(("status", {
-            "counts": dict(self.book.counts),
-            "on_disk": self.on_disk,
-            "last_error": self.book.last_error,
-        }))
+        self.outbox.send(
+            (
+                "status",
+                {
+                    "counts": dict(self.book.counts),
+                    "on_disk": self.on_disk,
+                    "last_error": self.book.last_error,
+                },
+            )
+        )

@@ -119,11 +119,16 @@ MESSAGE_CASES = [
     ),
     Case(
         "audio and file placeholders",
-        [{"role": "user", "content": [
-            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
-            {"type": "file", "file": {"file_id": "file-1"}},
-            {"type": "text", "text": "Summarise both"},
-        ]}],
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+                    {"type": "file", "file": {"file_id": "file-1"}},
+                    {"type": "text", "text": "Summarise both"},
+                ],
+            }
+        ],
         [{"role": "user", "content": "<audio>\n<file>\nSummarise both"}],
     ),
     Case(
@@ -148,14 +153,29 @@ MESSAGE_CASES = [
     ),
     Case(
         "assistant tool calls, null content",
-        [{"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
-            {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": {"tz": "CET"}}},
-        ]}],
-        [{"role": "assistant", "tool_calls": [
-            {"id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
-            {"id": "call_2", "name": "get_time", "arguments": '{"tz": "CET"}'},
-        ]}],
+        [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                    },
+                    {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": {"tz": "CET"}}},
+                ],
+            }
+        ],
+        [
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+                    {"id": "call_2", "name": "get_time", "arguments": '{"tz": "CET"}'},
+                ],
+            }
+        ],
     ),
     Case(
         "legacy function_call",
@@ -184,8 +204,15 @@ MESSAGE_CASES = [
     ),
     Case(
         "malformed entries skipped",
-        ["text", None, 3, {"content": "no role"}, {"role": ["user"]}, {"role": "wizard"},
-         {"role": "user", "content": "ok"}],
+        [
+            "text",
+            None,
+            3,
+            {"content": "no role"},
+            {"role": ["user"]},
+            {"role": "wizard"},
+            {"role": "user", "content": "ok"},
+        ],
         [{"role": "user", "content": "ok"}],
     ),
     Case(
@@ -266,9 +293,13 @@ CHOICE_CASES = [
     ("not an object", None, {"role": "assistant"}),
     (
         "tool calls with null content",
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}},
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}},
+            ],
+        },
         {"role": "assistant", "tool_calls": [{"id": "c1", "name": "f", "arguments": '{"a":1}'}]},
     ),
     (
@@ -305,11 +336,13 @@ def test_assistant_from_choice(message: Any, expected: dict) -> None:
 
 
 def test_chat_choices_sorted_by_index() -> None:
-    body = {"choices": [
-        {"index": 1, "message": {"role": "assistant", "content": "B"}, "finish_reason": "length"},
-        {"index": 0, "message": {"role": "assistant", "content": "A"}, "finish_reason": "stop"},
-        "junk",
-    ]}
+    body = {
+        "choices": [
+            {"index": 1, "message": {"role": "assistant", "content": "B"}, "finish_reason": "length"},
+            {"index": 0, "message": {"role": "assistant", "content": "A"}, "finish_reason": "stop"},
+            "junk",
+        ]
+    }
     assert chat_choices(body) == [
         (0, {"role": "assistant", "content": "A"}, "stop"),
         (1, {"role": "assistant", "content": "B"}, "length"),
@@ -317,11 +350,13 @@ def test_chat_choices_sorted_by_index() -> None:
 
 
 def test_completion_choices() -> None:
-    body = {"choices": [
-        {"index": 1, "text": " world", "finish_reason": None},
-        {"index": 0, "text": "Hello", "finish_reason": "stop"},
-        {"text": 5},  # no index: its position; no text string: ""
-    ]}
+    body = {
+        "choices": [
+            {"index": 1, "text": " world", "finish_reason": None},
+            {"index": 0, "text": "Hello", "finish_reason": "stop"},
+            {"text": 5},  # no index: its position; no text string: ""
+        ]
+    }
     assert completion_choices(body) == [(0, "Hello", "stop"), (1, " world", None), (2, "", None)]
 
 
@@ -361,14 +396,22 @@ class StreamCase(NamedTuple):
 STREAM_CASES = [
     StreamCase(
         "content deltas",
-        [chunk(delta(role="assistant", content="")), chunk(delta(content="Hel")), chunk(delta(content="lo")),
-         chunk(delta(finish_reason="stop"))],
+        [
+            chunk(delta(role="assistant", content="")),
+            chunk(delta(content="Hel")),
+            chunk(delta(content="lo")),
+            chunk(delta(finish_reason="stop")),
+        ],
         [(0, {"role": "assistant", "content": "Hello"}, "stop")],
     ),
     StreamCase(
         "reasoning deltas before content",
-        [chunk(delta(reasoning_content="Two ")), chunk(delta(reasoning_content="plus two")),
-         chunk(delta(content="4", reasoning_content=None)), chunk(delta(finish_reason="stop"))],
+        [
+            chunk(delta(reasoning_content="Two ")),
+            chunk(delta(reasoning_content="plus two")),
+            chunk(delta(content="4", reasoning_content=None)),
+            chunk(delta(finish_reason="stop")),
+        ],
         [(0, {"role": "assistant", "content": "4", "reasoning": "Two plus two"}, "stop")],
     ),
     StreamCase(
@@ -387,10 +430,19 @@ STREAM_CASES = [
             chunk(delta(tool_calls=[call_fragment(0, arguments='"Paris"}')])),
             chunk(delta(finish_reason="tool_calls")),
         ],
-        [(0, {"role": "assistant", "tool_calls": [
-            {"id": "call_a", "name": "get_weather", "arguments": '{"city":"Paris"}'},
-            {"id": "call_b", "name": "get_time", "arguments": '{"tz":"CET"}'},
-        ]}, "tool_calls")],
+        [
+            (
+                0,
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "call_a", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+                        {"id": "call_b", "name": "get_time", "arguments": '{"tz":"CET"}'},
+                    ],
+                },
+                "tool_calls",
+            )
+        ],
     ),
     StreamCase(
         "cut-off stream keeps truncated arguments",
@@ -399,22 +451,45 @@ STREAM_CASES = [
     ),
     StreamCase(
         "repeated id and name are not doubled",
-        [chunk(delta(tool_calls=[call_fragment(0, "c", "f", "{")])),
-         chunk(delta(tool_calls=[call_fragment(0, "c", "f", "}")]))],
+        [
+            chunk(delta(tool_calls=[call_fragment(0, "c", "f", "{")])),
+            chunk(delta(tool_calls=[call_fragment(0, "c", "f", "}")])),
+        ],
         [(0, {"role": "assistant", "tool_calls": [{"id": "c", "name": "f", "arguments": "{}"}]}, None)],
     ),
     StreamCase(
         "fragment without index is index 0",
-        [chunk(delta(tool_calls=[{"id": "c", "function": {"name": "f", "arguments": '{"a"'}}])),
-         chunk(delta(tool_calls=[{"function": {"arguments": ": 1}"}}]))],
+        [
+            chunk(delta(tool_calls=[{"id": "c", "function": {"name": "f", "arguments": '{"a"'}}])),
+            chunk(delta(tool_calls=[{"function": {"arguments": ": 1}"}}])),
+        ],
         [(0, {"role": "assistant", "tool_calls": [{"id": "c", "name": "f", "arguments": '{"a": 1}'}]}, None)],
     ),
     StreamCase(
         "whole calls without index, told apart by id",
-        [chunk(delta(tool_calls=[{"id": "c1", "function": {"name": "f", "arguments": "{}"}},
-                                 {"id": "c2", "function": {"name": "g", "arguments": "{}"}}]))],
-        [(0, {"role": "assistant", "tool_calls": [
-            {"id": "c1", "name": "f", "arguments": "{}"}, {"id": "c2", "name": "g", "arguments": "{}"}]}, None)],
+        [
+            chunk(
+                delta(
+                    tool_calls=[
+                        {"id": "c1", "function": {"name": "f", "arguments": "{}"}},
+                        {"id": "c2", "function": {"name": "g", "arguments": "{}"}},
+                    ]
+                )
+            )
+        ],
+        [
+            (
+                0,
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "c1", "name": "f", "arguments": "{}"},
+                        {"id": "c2", "name": "g", "arguments": "{}"},
+                    ],
+                },
+                None,
+            )
+        ],
     ),
     StreamCase(
         "object arguments in a fragment",
@@ -423,27 +498,44 @@ STREAM_CASES = [
     ),
     StreamCase(
         "legacy function_call deltas",
-        [chunk(delta(function_call={"name": "f", "arguments": ""})),
-         chunk(delta(function_call={"arguments": '{"x":'})), chunk(delta(function_call={"arguments": "2}"}))],
+        [
+            chunk(delta(function_call={"name": "f", "arguments": ""})),
+            chunk(delta(function_call={"arguments": '{"x":'})),
+            chunk(delta(function_call={"arguments": "2}"})),
+        ],
         [(0, {"role": "assistant", "tool_calls": [{"id": "", "name": "f", "arguments": '{"x":2}'}]}, None)],
     ),
     StreamCase(
         "n=2 choices interleaved",
-        [chunk(delta(0, content="A")), chunk(delta(1, content="B")), chunk(delta(1, content="b")),
-         chunk(delta(0, content="a")), chunk(delta(1, finish_reason="length")), chunk(delta(0, finish_reason="stop"))],
+        [
+            chunk(delta(0, content="A")),
+            chunk(delta(1, content="B")),
+            chunk(delta(1, content="b")),
+            chunk(delta(0, content="a")),
+            chunk(delta(1, finish_reason="length")),
+            chunk(delta(0, finish_reason="stop")),
+        ],
         [(0, {"role": "assistant", "content": "Aa"}, "stop"), (1, {"role": "assistant", "content": "Bb"}, "length")],
     ),
     StreamCase(
         "text completion chunks",
-        [{"object": "text_completion", "choices": [{"index": 0, "text": "Once", "finish_reason": None}]},
-         {"object": "text_completion", "choices": [{"index": 0, "text": " upon", "finish_reason": "length"}]}],
+        [
+            {"object": "text_completion", "choices": [{"index": 0, "text": "Once", "finish_reason": None}]},
+            {"object": "text_completion", "choices": [{"index": 0, "text": " upon", "finish_reason": "length"}]},
+        ],
         [(0, {"role": "assistant", "content": "Once upon"}, "length")],
     ),
     StreamCase(
         "garbage is ignored",
-        [None, "x", {"choices": "x"}, {"choices": [None, {"index": 0, "delta": "x"}]},
-         chunk(delta(content=5)), chunk(delta(content="ok", tool_calls="x", function_call="x")),
-         chunk(delta(tool_calls=["x", {"index": 0}]))],
+        [
+            None,
+            "x",
+            {"choices": "x"},
+            {"choices": [None, {"index": 0, "delta": "x"}]},
+            chunk(delta(content=5)),
+            chunk(delta(content="ok", tool_calls="x", function_call="x")),
+            chunk(delta(tool_calls=["x", {"index": 0}])),
+        ],
         [(0, {"role": "assistant", "content": "ok", "tool_calls": [{"id": "", "name": "", "arguments": ""}]}, None)],
     ),
     StreamCase("nothing", [], []),
@@ -484,9 +576,7 @@ def _pieces(text: str, cuts: list[int]) -> list[str]:
     cuts_b=st.lists(st.integers(min_value=0), max_size=8),
     order=st.lists(st.booleans(), min_size=20, max_size=20),
 )
-def test_any_split_and_interleaving_of_parallel_calls(
-    cuts_a: list[int], cuts_b: list[int], order: list[bool]
-) -> None:
+def test_any_split_and_interleaving_of_parallel_calls(cuts_a: list[int], cuts_b: list[int], order: list[bool]) -> None:
     """However two calls' arguments are cut and interleaved, each call gets its own arguments back."""
     args_a, args_b = '{"city": "Paris", "unit": "C"}', '{"tz": "Europe/Berlin"}'
     queues = {
@@ -499,7 +589,16 @@ def test_any_split_and_interleaving_of_parallel_calls(
     while queues[0] or queues[1]:
         side = 1 if not queues[0] else 0 if not queues[1] else int(next(flips, False))
         accumulator.add(chunk(delta(tool_calls=[queues[side].pop(0)])))
-    assert accumulator.choices() == [(0, {"role": "assistant", "tool_calls": [
-        {"id": "a", "name": "weather", "arguments": args_a},
-        {"id": "b", "name": "time", "arguments": args_b},
-    ]}, None)]
+    assert accumulator.choices() == [
+        (
+            0,
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "a", "name": "weather", "arguments": args_a},
+                    {"id": "b", "name": "time", "arguments": args_b},
+                ],
+            },
+            None,
+        )
+    ]

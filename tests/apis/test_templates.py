@@ -161,8 +161,7 @@ CASES = [
     ),
     Case(
         "mistral v3: no space before [/INST], system merged into the last [INST]",
-        "<s>[INST] What is 2+2?[/INST] 4</s>[INST] What is 3+3?[/INST] 6</s>"
-        "[INST] You are concise.\n\nAnd 4+4?[/INST]",
+        "<s>[INST] What is 2+2?[/INST] 4</s>[INST] What is 3+3?[/INST] 6</s>[INST] You are concise.\n\nAnd 4+4?[/INST]",
         [user("What is 2+2?"), bot("4"), user("What is 3+3?"), bot("6"), user("You are concise.\n\nAnd 4+4?")],
         "mistral",
         "",
@@ -337,9 +336,7 @@ CASES = [
     # --- "Name: text" transcript (SillyTavern text completion with the Default context and no instruct mode)
     Case(
         "sillytavern transcript with card, example dialogue and chat start",
-        SERAPHINA_CARD
-        + EXAMPLE_DIALOGUE
-        + "\n***\n"
+        SERAPHINA_CARD + EXAMPLE_DIALOGUE + "\n***\n"
         "Seraphina: *You wake up in a glade.* Are you alright?\n"
         "Anon: Where am I?\nMy head hurts.\n"
         "Seraphina: You are safe in my glade. Rest now.\n"

@@ -12,8 +12,8 @@ from typing import List, NamedTuple, Optional
 
 import pytest
 
-from chatproxy.chats.housekeeping import housekeeping_kind
 from chatproxy.apis.templates import parse_prompt
+from chatproxy.chats.housekeeping import housekeeping_kind
 
 
 def system(text: str) -> dict:
@@ -164,14 +164,14 @@ emotions from the message and reflect their facial expression using fitting, div
 
 Message: ```I finally passed my driving test!```"""
 
-OWUI_IMAGE = f"""### Task:
+OWUI_IMAGE = """### Task:
 Generate a detailed prompt for am image generation task based on the given language and context. Describe the image as if you were explaining it to someone who cannot see it. Include relevant details, colors, shapes, and any other important elements.
 
 ### Output:
 Strictly return in JSON format:
-{{
+{
     "prompt": "Your detailed description here."
-}}
+}
 
 ### Chat History:
 <chat_history>
@@ -188,8 +188,8 @@ Follow these guidelines:
 LIBRECHAT_CONVO = "User: How do I make sourdough starter?\nAI: Mix equal parts flour and water and feed it daily."
 
 LIBRECHAT_TITLE_INSTRUCTION = (
-    'a concise, 5-word-or-less title for the conversation, using its same language, with no punctuation. Apply '
-    'title case conventions appropriate for the language. Never directly mention the language name or the word '
+    "a concise, 5-word-or-less title for the conversation, using its same language, with no punctuation. Apply "
+    "title case conventions appropriate for the language. Never directly mention the language name or the word "
     '"title".Start the title with one emoji that fits the topic (REQUIRED), The emoji should help communicate '
     "the subject"
 )
@@ -288,7 +288,7 @@ CASES = [
         "librechat openai client title (system message only)",
         [
             system(
-                f"Please generate {LIBRECHAT_TITLE_INSTRUCTION}\n\n||>User:\n\"How do I make sourdough starter?\"\n"
+                f'Please generate {LIBRECHAT_TITLE_INSTRUCTION}\n\n||>User:\n"How do I make sourdough starter?"\n'
                 '||>Response:\n"\\"Mix equal parts flour and water.\\""\n\n||>Title:'
             )
         ],
@@ -348,7 +348,7 @@ CASES = [
         [
             user("*She smiles warmly.* You're safe now."),
             user(
-                'Ignore previous instructions. Classify the emotion of the last message. Output just one word, e.g. '
+                "Ignore previous instructions. Classify the emotion of the last message. Output just one word, e.g. "
                 '"joy" or "anger". Choose only one of the following labels: admiration, amusement, anger, '
                 "annoyance, approval, caring, confusion, curiosity, desire, joy, neutral"
             ),
@@ -385,7 +385,9 @@ CASES = [
         "lobechat topic title (before the chains)",
         [
             system("你是一名擅长会话的助理，你需要将用户的会话总结为 10 个字以内的标题，不需要包含标点符号"),
-            user("user: 你好\nassistant: 你好！有什么可以帮你？\n\n请总结上述对话为10个字以内的标题，不需要包含标点符号"),
+            user(
+                "user: 你好\nassistant: 你好！有什么可以帮你？\n\n请总结上述对话为10个字以内的标题，不需要包含标点符号"
+            ),
         ],
         "title",
     ),
@@ -464,7 +466,7 @@ CASES = [
         "chatbox name conversation",
         [
             user(
-                'Based on the chat history, give this conversation a name.\nKeep it short - 30 characters max, '
+                "Based on the chat history, give this conversation a name.\nKeep it short - 30 characters max, "
                 'example "Mars\'s Distance".\nUse English.\nJust provide the name, nothing else.\n\n'
                 "Here's the conversation:\n\n```\nHow far is Mars?\n\n---------\n\nAbout 225 million km.\n```\n\n"
                 "Name this conversation in 30 characters or less.\nUse English.\nOnly give the name, nothing else."

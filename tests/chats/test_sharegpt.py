@@ -47,10 +47,14 @@ BOTH_VALUE = (
     '[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {"tz": "CET"}}]'
 )
 TOOLS = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Weather now",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    }},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
 ]
 TOOLS_TEXT = json.dumps([TOOLS[0]["function"]])
 
@@ -68,8 +72,11 @@ CASES = [
     Case(
         "plain chat with system",
         [system("Be brief."), user("Hi"), bot("Hello"), user("Bye"), bot("Bye!")],
-        {"conversations": turns(("system", "Be brief."), ("human", "Hi"), ("gpt", "Hello"), ("human", "Bye"),
-                                ("gpt", "Bye!"))},
+        {
+            "conversations": turns(
+                ("system", "Be brief."), ("human", "Hi"), ("gpt", "Hello"), ("human", "Bye"), ("gpt", "Bye!")
+            )
+        },
     ),
     Case("no system", [user("Hi"), bot("Hello")], {"conversations": turns(("human", "Hi"), ("gpt", "Hello"))}),
     Case(
@@ -91,8 +98,11 @@ CASES = [
     Case(
         "greeting appended to the system turn",
         [system("You are Ann."), bot("*waves* Hi, I'm Ann."), user("Hi Ann"), bot("Hello!")],
-        {"conversations": turns(("system", "You are Ann.\n\n*waves* Hi, I'm Ann."), ("human", "Hi Ann"),
-                                ("gpt", "Hello!"))},
+        {
+            "conversations": turns(
+                ("system", "You are Ann.\n\n*waves* Hi, I'm Ann."), ("human", "Hi Ann"), ("gpt", "Hello!")
+            )
+        },
     ),
     Case(
         "greeting creates the system turn",
@@ -108,66 +118,117 @@ CASES = [
     Case(
         "one tool call",
         [user("Weather?"), bot(None, tool_calls=[WEATHER]), tool("18C", "c1"), bot("18C in Paris.")],
-        {"conversations": turns(("human", "Weather?"), ("function_call", WEATHER_VALUE), ("observation", "18C"),
-                                ("gpt", "18C in Paris.")), "tools": TOOLS_TEXT},
+        {
+            "conversations": turns(
+                ("human", "Weather?"),
+                ("function_call", WEATHER_VALUE),
+                ("observation", "18C"),
+                ("gpt", "18C in Paris."),
+            ),
+            "tools": TOOLS_TEXT,
+        },
         TOOLS,
     ),
     Case(
         "parallel calls and their results",
-        [user("Weather and time?"), bot(None, tool_calls=[WEATHER, TIME]), tool("18C", "c1"), tool("14:00", "c2"),
-         bot("18C, 14:00.")],
-        {"conversations": turns(("human", "Weather and time?"), ("function_call", BOTH_VALUE),
-                                ("observation", '["18C", "14:00"]'), ("gpt", "18C, 14:00."))},
+        [
+            user("Weather and time?"),
+            bot(None, tool_calls=[WEATHER, TIME]),
+            tool("18C", "c1"),
+            tool("14:00", "c2"),
+            bot("18C, 14:00."),
+        ],
+        {
+            "conversations": turns(
+                ("human", "Weather and time?"),
+                ("function_call", BOTH_VALUE),
+                ("observation", '["18C", "14:00"]'),
+                ("gpt", "18C, 14:00."),
+            )
+        },
     ),
     Case(
         "text beside tool calls is dropped",
         [user("Weather?"), bot("Let me check.", tool_calls=[WEATHER]), tool("18C"), bot("18C.")],
-        {"conversations": turns(("human", "Weather?"), ("function_call", WEATHER_VALUE), ("observation", "18C"),
-                                ("gpt", "18C."))},
+        {
+            "conversations": turns(
+                ("human", "Weather?"), ("function_call", WEATHER_VALUE), ("observation", "18C"), ("gpt", "18C.")
+            )
+        },
     ),
     Case(
         "gpt text followed by a tool call message: one function_call turn",
         [user("Weather?"), bot("Let me check."), bot(None, tool_calls=[WEATHER]), tool("18C"), bot("18C.")],
-        {"conversations": turns(("human", "Weather?"), ("function_call", WEATHER_VALUE), ("observation", "18C"),
-                                ("gpt", "18C."))},
+        {
+            "conversations": turns(
+                ("human", "Weather?"), ("function_call", WEATHER_VALUE), ("observation", "18C"), ("gpt", "18C.")
+            )
+        },
     ),
     Case(
         "consecutive tool-call messages: one parallel function_call turn",
-        [user("Both?"), bot(None, tool_calls=[WEATHER]), bot(None, tool_calls=[TIME]), tool("18C"), tool("14:00"),
-         bot("Done.")],
-        {"conversations": turns(("human", "Both?"), ("function_call", BOTH_VALUE),
-                                ("observation", '["18C", "14:00"]'), ("gpt", "Done."))},
+        [
+            user("Both?"),
+            bot(None, tool_calls=[WEATHER]),
+            bot(None, tool_calls=[TIME]),
+            tool("18C"),
+            tool("14:00"),
+            bot("Done."),
+        ],
+        {
+            "conversations": turns(
+                ("human", "Both?"), ("function_call", BOTH_VALUE), ("observation", '["18C", "14:00"]'), ("gpt", "Done.")
+            )
+        },
     ),
     Case(
         "arguments that are not JSON stay a raw string",
         [user("x"), bot(None, tool_calls=[call("f", '{"city": "Par')])],
-        {"conversations": turns(("human", "x"),
-                                ("function_call", '{"name": "f", "arguments": "{\\"city\\": \\"Par"}'))},
+        {
+            "conversations": turns(
+                ("human", "x"), ("function_call", '{"name": "f", "arguments": "{\\"city\\": \\"Par"}')
+            )
+        },
     ),
     Case(
         "arguments that are JSON but not an object stay a raw string; empty ones become {}",
         [user("x"), bot(None, tool_calls=[call("f", "[1, 2]"), call("g", "")])],
-        {"conversations": turns(
-            ("human", "x"), ("function_call", '[{"name": "f", "arguments": "[1, 2]"}, {"name": "g", "arguments": {}}]')
-        )},
+        {
+            "conversations": turns(
+                ("human", "x"),
+                ("function_call", '[{"name": "f", "arguments": "[1, 2]"}, {"name": "g", "arguments": {}}]'),
+            )
+        },
     ),
     Case(
         "unanswered tool result then the user: one human turn",
         [user("Weather?"), bot(None, tool_calls=[WEATHER]), tool("18C"), user("Never mind."), bot("OK.")],
-        {"conversations": turns(("human", "Weather?"), ("function_call", WEATHER_VALUE),
-                                ("human", "18C\n\nNever mind."), ("gpt", "OK."))},
+        {
+            "conversations": turns(
+                ("human", "Weather?"), ("function_call", WEATHER_VALUE), ("human", "18C\n\nNever mind."), ("gpt", "OK.")
+            )
+        },
     ),
     Case(
         "tools unwrapped, missing parameters filled in, non-objects skipped",
         [user("x"), bot("y")],
-        {"conversations": turns(("human", "x"), ("gpt", "y")),
-         "tools": '[{"name": "ping", "parameters": {"type": "object", "properties": {}}}, '
-                  '{"name": "legacy", "parameters": {"type": "object", "properties": {}}}]'},
-        [{"type": "function", "function": {"name": "ping"}}, "junk",
-         {"name": "legacy", "parameters": {"type": "object"}}],
+        {
+            "conversations": turns(("human", "x"), ("gpt", "y")),
+            "tools": '[{"name": "ping", "parameters": {"type": "object", "properties": {}}}, '
+            '{"name": "legacy", "parameters": {"type": "object", "properties": {}}}]',
+        },
+        [
+            {"type": "function", "function": {"name": "ping"}},
+            "junk",
+            {"name": "legacy", "parameters": {"type": "object"}},
+        ],
     ),
-    Case("empty tools list: no tools key", [user("x"), bot("y")],
-         {"conversations": turns(("human", "x"), ("gpt", "y"))}, []),
+    Case(
+        "empty tools list: no tools key",
+        [user("x"), bot("y")],
+        {"conversations": turns(("human", "x"), ("gpt", "y"))},
+        [],
+    ),
     # -- merging and trimming ----------------------------------------------------------------------------
     Case(
         "consecutive users merged",
@@ -184,8 +245,11 @@ CASES = [
         [user("a"), bot(""), user("b"), bot("c")],
         {"conversations": turns(("human", "a\n\nb"), ("gpt", "c"))},
     ),
-    Case("trailing human dropped", [user("a"), bot("b"), user("c")],
-         {"conversations": turns(("human", "a"), ("gpt", "b"))}),
+    Case(
+        "trailing human dropped",
+        [user("a"), bot("b"), user("c")],
+        {"conversations": turns(("human", "a"), ("gpt", "b"))},
+    ),
     Case(
         "trailing observation dropped",
         [user("Weather?"), bot(None, tool_calls=[WEATHER]), tool("18C")],
@@ -231,11 +295,21 @@ CASES = [
     # -- images and other placeholders --------------------------------------------------------------------
     Case(
         "images follow their placeholders",
-        [user("What is this?\n<image>", images=["S/images/a.png"]), bot("A cat."),
-         user("<image>\n<image>\nAnd these?", images=["S/images/b.png", "https://x.org/c.jpg"]), bot("Dogs.")],
-        {"conversations": turns(("human", "What is this?\n<image>"), ("gpt", "A cat."),
-                                ("human", "<image>\n<image>\nAnd these?"), ("gpt", "Dogs.")),
-         "images": ["S/images/a.png", "S/images/b.png", "https://x.org/c.jpg"]},
+        [
+            user("What is this?\n<image>", images=["S/images/a.png"]),
+            bot("A cat."),
+            user("<image>\n<image>\nAnd these?", images=["S/images/b.png", "https://x.org/c.jpg"]),
+            bot("Dogs."),
+        ],
+        {
+            "conversations": turns(
+                ("human", "What is this?\n<image>"),
+                ("gpt", "A cat."),
+                ("human", "<image>\n<image>\nAnd these?"),
+                ("gpt", "Dogs."),
+            ),
+            "images": ["S/images/a.png", "S/images/b.png", "https://x.org/c.jpg"],
+        },
     ),
     Case(
         "image in a dropped trailing turn goes with it",
@@ -250,8 +324,10 @@ CASES = [
     Case(
         "mid-chat system image travels with the human turn",
         [user("a"), bot("b"), system("<image>", images=["s.png"]), user("<image>", images=["u.png"]), bot("c")],
-        {"conversations": turns(("human", "a"), ("gpt", "b"), ("human", "<image>\n\n<image>"), ("gpt", "c")),
-         "images": ["s.png", "u.png"]},
+        {
+            "conversations": turns(("human", "a"), ("gpt", "b"), ("human", "<image>\n\n<image>"), ("gpt", "c")),
+            "images": ["s.png", "u.png"],
+        },
     ),
     Case(
         "typed <image> with no image is neutralised",
@@ -270,10 +346,21 @@ CASES = [
     ),
     Case(
         "images in a tool result",
-        [user("Screenshot?"), bot(None, tool_calls=[call("shot", "{}")]), tool("<image>", images=["shot.png"]),
-         bot("Done.")],
-        {"conversations": turns(("human", "Screenshot?"), ("function_call", '{"name": "shot", "arguments": {}}'),
-                                ("observation", "<image>"), ("gpt", "Done.")), "images": ["shot.png"]},
+        [
+            user("Screenshot?"),
+            bot(None, tool_calls=[call("shot", "{}")]),
+            tool("<image>", images=["shot.png"]),
+            bot("Done."),
+        ],
+        {
+            "conversations": turns(
+                ("human", "Screenshot?"),
+                ("function_call", '{"name": "shot", "arguments": {}}'),
+                ("observation", "<image>"),
+                ("gpt", "Done."),
+            ),
+            "images": ["shot.png"],
+        },
     ),
     Case(
         "image placeholder in reasoning neutralised",
@@ -372,8 +459,11 @@ PROBLEM_CASES = [
     ("tools not a list", {"conversations": GOOD, "tools": '{"name": "f"}'}, "not a JSON list"),
     ("tool without name", {"conversations": GOOD, "tools": '[{"parameters": {"properties": {}}}]'}, "no name"),
     ("tool without properties", {"conversations": GOOD, "tools": '[{"name": "f"}]'}, "parameters.properties"),
-    ("tool parameters not an object", {"conversations": GOOD, "tools": '[{"name": "f", "parameters": [1]}]'},
-     "parameters.properties"),
+    (
+        "tool parameters not an object",
+        {"conversations": GOOD, "tools": '[{"name": "f", "parameters": [1]}]'},
+        "parameters.properties",
+    ),
     ("more images than placeholders", {"conversations": GOOD, "images": ["a.png"]}, "0 <image> placeholders but 1"),
     (
         "placeholder without image",
@@ -402,8 +492,12 @@ def test_llamafactory_problems_found(record: Any, problem: str) -> None:
     [
         {"conversations": GOOD},
         {"conversations": turns(("system", "s"), ("human", "q"), ("gpt", "a"))},
-        {"conversations": turns(("human", "q"), ("function_call", '{"name": "f", "arguments": {}}'),
-                                ("observation", "r"), ("gpt", "a")), "tools": ""},
+        {
+            "conversations": turns(
+                ("human", "q"), ("function_call", '{"name": "f", "arguments": {}}'), ("observation", "r"), ("gpt", "a")
+            ),
+            "tools": "",
+        },
         {"conversations": turns(("human", "<image>"), ("gpt", "a")), "images": ["a.png"], "tools": None},
         {"conversations": GOOD, "tools": json.dumps(TOOLS)},  # the wrapped OpenAI form is read too
     ],
@@ -426,8 +520,9 @@ def test_records_load_with_hugging_face_datasets(tmp_path: Path, monkeypatch: py
     records = [
         to_sharegpt([user("Hi"), bot("Hello")]),
         to_sharegpt([system("Be brief."), user("<image>\nWhat?", images=["S/images/a.png"]), bot("A cat.")]),
-        to_sharegpt([user("Weather?"), bot(None, tool_calls=[WEATHER, TIME]), tool("18C"), tool("14:00"),
-                     bot("18C.")], TOOLS),
+        to_sharegpt(
+            [user("Weather?"), bot(None, tool_calls=[WEATHER, TIME]), tool("18C"), tool("14:00"), bot("18C.")], TOOLS
+        ),
         to_sharegpt([bot("Welcome!"), user("<image><image>", images=["b.png", "c.png"]), bot("Two dogs.")], TOOLS),
     ]
     assert all(record is not None and llamafactory_problems(record) == [] for record in records)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any, Dict, List, Optional
 
-from chatproxy.recorder.journal import encode_record
 from chatproxy.chats.tree import ThreadIndex
+from chatproxy.recorder.journal import encode_record
 
 SYSTEM = {"role": "system", "content": "You are Seraphina."}
 GREETING = {"role": "assistant", "content": "*waves* Hello, traveller."}
@@ -20,7 +20,9 @@ def bot(i: int, variant: str = "") -> Dict[str, Any]:
     return {"role": "assistant", "content": f"bot reply {i}{variant}"}
 
 
-def record(index: ThreadIndex, history: List[Dict[str, Any]], reply: Dict[str, Any], complete: bool = True) -> Optional[Dict[str, Any]]:
+def record(
+    index: ThreadIndex, history: List[Dict[str, Any]], reply: Dict[str, Any], complete: bool = True
+) -> Optional[Dict[str, Any]]:
     placement = index.place(history, reply)
     if placement.duplicate:
         return None

@@ -10,16 +10,12 @@ import base64
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List
 
 import openai
 import pytest
 
-from fake_upstream import Chat, Reset
-
-from subproc import ROOT
 from chatproxy.commands import export
 from chatproxy.commands.trainer_rules import (
     axolotl_problems,
@@ -30,14 +26,28 @@ from chatproxy.commands.trainer_rules import (
     unsloth_problems,
 )
 
+from fake_upstream import Chat, Reset
+from subproc import ROOT
+
 # A 1x1 PNG: a real image file for the image column.
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather now",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-CLOCK = {"type": "function", "function": {"name": "get_time",
-         "parameters": {"type": "object", "properties": {"tz": {"type": "string", "enum": ["CET", "UTC"]}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather now",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {"type": "object", "properties": {"tz": {"type": "string", "enum": ["CET", "UTC"]}}},
+    },
+}
 CALLS = [
     {"id": "call_a", "name": "get_weather", "arguments": '{"city": "Paris"}'},
     {"id": "call_b", "name": "get_time", "arguments": '{"tz": "CET"}'},
@@ -62,8 +72,9 @@ def client_for(proxy: Any, session: str = "", tags: str = "") -> openai.OpenAI:
         headers["X-Chatproxy-Session"] = session
     if tags:
         headers["X-Chatproxy-Tags"] = tags
-    return openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0, timeout=10,
-                         default_headers=headers)
+    return openai.OpenAI(
+        base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0, timeout=10, default_headers=headers
+    )
 
 
 def record_week(upstream: Any, make_proxy: Any) -> Any:
@@ -72,29 +83,52 @@ def record_week(upstream: Any, make_proxy: Any) -> Any:
     monday = client_for(proxy)
     _greeting_chat(monday)
     upstream.push(Chat("Paris.", reasoning="The capital of France is Paris."))
-    _consume(monday.chat.completions.create(model="fake-model", stream=True,
-                                            messages=[{"role": "user", "content": "Capital of France?"}]))
+    _consume(
+        monday.chat.completions.create(
+            model="fake-model", stream=True, messages=[{"role": "user", "content": "Capital of France?"}]
+        )
+    )
     _tool_chat(monday, upstream)
     haiku = [{"role": "user", "content": "Write a haiku"}]
     upstream.push(Chat("Leaves fall."), Chat("Snow melts."))
     monday.chat.completions.create(model="fake-model", messages=haiku)
     monday.chat.completions.create(model="fake-model", messages=haiku)  # regenerated: a second branch
     image = "data:image/png;base64," + base64.b64encode(PNG).decode()
-    monday.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": [
-        {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": image}}]}])
-    upstream.push(Chat("", tool_calls=[{"id": "call_t", "name": "get_weather", "arguments": '{"city": "Par'}],
-                       finish_reason="length"))  # max_tokens hit mid-call: a complete reply, a broken call
-    monday.chat.completions.create(model="fake-model", tools=[WEATHER],
-                                   messages=[{"role": "user", "content": "Weather in Paris, briefly?"}])
+    monday.chat.completions.create(
+        model="fake-model",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": image}},
+                ],
+            }
+        ],
+    )
+    upstream.push(
+        Chat(
+            "",
+            tool_calls=[{"id": "call_t", "name": "get_weather", "arguments": '{"city": "Par'}],
+            finish_reason="length",
+        )
+    )  # max_tokens hit mid-call: a complete reply, a broken call
+    monday.chat.completions.create(
+        model="fake-model", tools=[WEATHER], messages=[{"role": "user", "content": "Weather in Paris, briefly?"}]
+    )
     upstream.push(Reset(after=_stream_head_and_one_chunk()))
     with pytest.raises(openai.APIError):
-        _consume(monday.chat.completions.create(model="fake-model", stream=True,
-                                                messages=[{"role": "user", "content": "A long story, please"}]))
+        _consume(
+            monday.chat.completions.create(
+                model="fake-model", stream=True, messages=[{"role": "user", "content": "A long story, please"}]
+            )
+        )
     monday.completions.create(model="fake-model", prompt="Once upon a time")
     tuesday = client_for(proxy, session="tuesday")
     _greeting_chat(tuesday)  # the same chat again, in another session
     client_for(proxy, session="tuesday", tags="keep,fr").chat.completions.create(
-        model="other-model", messages=[{"role": "user", "content": "Bonjour"}])
+        model="other-model", messages=[{"role": "user", "content": "Bonjour"}]
+    )
     proxy.wait_recorded(MONDAY_RECORDS + TUESDAY_RECORDS)
     proxy.flush()  # the live files are final now: tests compare them before and after an export
     return proxy
@@ -103,8 +137,10 @@ def record_week(upstream: Any, make_proxy: Any) -> Any:
 def _greeting_chat(client: openai.OpenAI) -> None:
     history = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there"}]
     first = client.chat.completions.create(model="fake-model", messages=history)
-    history += [{"role": "assistant", "content": first.choices[0].message.content},
-                {"role": "user", "content": "Tell me more"}]
+    history += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "Tell me more"},
+    ]
     client.chat.completions.create(model="fake-model", messages=history)
 
 
@@ -113,8 +149,10 @@ def _tool_chat(client: openai.OpenAI, upstream: Any) -> None:
     history: List[Dict[str, Any]] = [{"role": "user", "content": "Weather and time in Paris?"}]
     calls = client.chat.completions.create(model="fake-model", messages=history, tools=[WEATHER, CLOCK])
     history.append(calls.choices[0].message.model_dump(exclude_none=True))
-    history += [{"role": "tool", "tool_call_id": "call_a", "content": "sunny, 21 C"},
-                {"role": "tool", "tool_call_id": "call_b", "content": "14:00"}]
+    history += [
+        {"role": "tool", "tool_call_id": "call_a", "content": "sunny, 21 C"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "14:00"},
+    ]
     client.chat.completions.create(model="fake-model", messages=history, tools=[WEATHER, CLOCK])
 
 
@@ -124,8 +162,10 @@ def _consume(stream: Any) -> None:
 
 
 def _stream_head_and_one_chunk() -> bytes:
-    event = b'data: {"id":"c1","object":"chat.completion.chunk","created":0,"model":"fake-model","choices":' \
-            b'[{"index":0,"delta":{"role":"assistant","content":"Once there was"},"finish_reason":null}]}\n\n'
+    event = (
+        b'data: {"id":"c1","object":"chat.completion.chunk","created":0,"model":"fake-model","choices":'
+        b'[{"index":0,"delta":{"role":"assistant","content":"Once there was"},"finish_reason":null}]}\n\n'
+    )
     head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     return head + b"%x\r\n" % len(event) + event + b"\r\n"
 
@@ -135,7 +175,7 @@ def week(upstream: Any, make_proxy: Any) -> Any:
     return record_week(upstream, make_proxy)
 
 
-def run_export(capsys: Any, *argv: str) -> "Result":
+def run_export(capsys: Any, *argv: str) -> Result:
     code = export.main(list(argv))
     captured = capsys.readouterr()
     return Result(code, captured.out, captured.err)
@@ -182,10 +222,16 @@ def test_tool_schemas_that_differ_between_chats_still_load(week, capsys, tmp_pat
     """Frontends send whatever tool schemas they have; Arrow infers one type per nested field, so a
     parameter that is a string enum in one chat and an integer in another must still load."""
     datasets = pytest.importorskip("datasets", minversion="2.14")
-    other_clock = {"type": "function", "function": {"name": "get_time", "parameters": {
-        "type": "object", "properties": {"tz": {"type": "integer", "enum": [0, 1], "default": 0}}}}}
+    other_clock = {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {"tz": {"type": "integer", "enum": [0, 1], "default": 0}}},
+        },
+    }
     client_for(week, session="wednesday").chat.completions.create(
-        model="fake-model", tools=[other_clock], messages=[{"role": "user", "content": "Time at offset 1?"}])
+        model="fake-model", tools=[other_clock], messages=[{"role": "user", "content": "Time at offset 1?"}]
+    )
     week.wait_recorded(MONDAY_RECORDS + TUESDAY_RECORDS + 1)
     out = tmp_path / "chats.jsonl"
     run_export(capsys, "--all", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out))
@@ -200,9 +246,14 @@ def test_openai_records_keep_tool_calls_and_results_structured(week, capsys, tmp
     assert [t["function"]["name"] for t in tool_chat["tools"]] == ["get_weather", "get_time"]
     call_message = tool_chat["messages"][1]
     assert [(c["id"], c["function"]["arguments"]) for c in call_message["tool_calls"]] == [
-        ("call_a", '{"city": "Paris"}'), ("call_b", '{"tz": "CET"}')]
+        ("call_a", '{"city": "Paris"}'),
+        ("call_b", '{"tz": "CET"}'),
+    ]
     assert [(m["role"], m.get("tool_call_id")) for m in tool_chat["messages"][2:]] == [
-        ("tool", "call_a"), ("tool", "call_b"), ("assistant", None)]
+        ("tool", "call_a"),
+        ("tool", "call_b"),
+        ("assistant", None),
+    ]
 
 
 def test_sharegpt_images_are_absolute_paths_to_the_recorded_files(week, capsys, tmp_path):
@@ -242,8 +293,9 @@ def test_a_conversation_that_cannot_be_valid_is_counted_and_explained(week, caps
 
 def test_the_same_chat_recorded_in_two_sessions_is_written_once(week, capsys, tmp_path):
     out = tmp_path / "chats.jsonl"
-    result = run_export(capsys, "monday", "tuesday", "--datasets", str(week.datasets), "--format", "sharegpt",
-                        "--out", str(out))
+    result = run_export(
+        capsys, "monday", "tuesday", "--datasets", str(week.datasets), "--format", "sharegpt", "--out", str(out)
+    )
     assert "1 duplicate" in result.out
     greetings = [r for r in read_dataset(out) if r["conversations"][0]["value"] == "You are terse."]
     assert len(greetings) == 1
@@ -264,20 +316,24 @@ def test_incomplete_replies_only_with_keep_incomplete(week, capsys, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options, expected", [
-    (["--model", "other-*"], ["Bonjour"]),
-    (["--model", "FAKE-MODEL"], None),  # case-insensitive: everything but the French chat
-    (["--tag", "keep"], ["Bonjour"]),
-    (["--tag", "keep", "--tag", "missing"], []),
-    (["--min-turns", "4"], ["Hello there", "Weather and time in Paris?"]),
-    (["--since", "2099-01-01"], []),
-    (["--until", "2000-01-01"], []),
-    (["--since", "1d", "--model", "other-model"], ["Bonjour"]),
-])
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (["--model", "other-*"], ["Bonjour"]),
+        (["--model", "FAKE-MODEL"], None),  # case-insensitive: everything but the French chat
+        (["--tag", "keep"], ["Bonjour"]),
+        (["--tag", "keep", "--tag", "missing"], []),
+        (["--min-turns", "4"], ["Hello there", "Weather and time in Paris?"]),
+        (["--since", "2099-01-01"], []),
+        (["--until", "2000-01-01"], []),
+        (["--since", "1d", "--model", "other-model"], ["Bonjour"]),
+    ],
+)
 def test_filters(week, capsys, tmp_path, options, expected):
     out = tmp_path / "chats.jsonl"
-    result = run_export(capsys, "--all", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out),
-                        *options)
+    result = run_export(
+        capsys, "--all", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out), *options
+    )
     if expected == []:
         assert result.code == 1 and not out.exists()
         assert "nothing to export" in result.err
@@ -292,17 +348,39 @@ def test_filters(week, capsys, tmp_path, options, expected):
 
 def test_branches_last_keeps_only_the_newest_reply_of_a_regenerated_chat(week, capsys, tmp_path):
     out = tmp_path / "chats.jsonl"
-    run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "sharegpt", "--out", str(out),
-               "--branches", "last")
-    haiku = [r["conversations"][1]["value"] for r in read_dataset(out) if r["conversations"][0]["value"] == "Write a haiku"]
+    run_export(
+        capsys,
+        "monday",
+        "--datasets",
+        str(week.datasets),
+        "--format",
+        "sharegpt",
+        "--out",
+        str(out),
+        "--branches",
+        "last",
+    )
+    haiku = [
+        r["conversations"][1]["value"] for r in read_dataset(out) if r["conversations"][0]["value"] == "Write a haiku"
+    ]
     assert haiku == ["Snow melts."]
 
 
 def test_reasoning_drop_leaves_only_the_answer(week, capsys, tmp_path):
     out = tmp_path / "chats.jsonl"
     for fmt in CONSUMERS:
-        run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", fmt, "--out", str(out),
-                   "--reasoning", "drop")
+        run_export(
+            capsys,
+            "monday",
+            "--datasets",
+            str(week.datasets),
+            "--format",
+            fmt,
+            "--out",
+            str(out),
+            "--reasoning",
+            "drop",
+        )
         text = out.read_text(encoding="utf-8")
         assert "<think>" not in text and "Paris." in text
 
@@ -353,8 +431,13 @@ def test_llamafactory_entry_names_the_file_and_the_columns_present(week, capsys,
     result = run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "sharegpt", "--out", str(out))
     block = result.out.split("LLaMA-Factory: add to dataset_info.json (in your dataset_dir)\n", 1)[1]
     entry = json.loads("{" + block.split("\nand train with:", 1)[0] + "}")
-    assert entry == {"my_chats": {"file_name": str(out.resolve()), "formatting": "sharegpt",
-                                  "columns": {"messages": "conversations", "images": "images", "tools": "tools"}}}
+    assert entry == {
+        "my_chats": {
+            "file_name": str(out.resolve()),
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "images": "images", "tools": "tools"},
+        }
+    }
     assert "dataset: my_chats" in result.out
     assert f'load_dataset("json", data_files="{out.resolve()}", split="train")' in result.out
 
@@ -370,8 +453,13 @@ def test_axolotl_block_for_openai_and_plain(week, capsys, tmp_path):
     out = tmp_path / "chats.jsonl"
     result = run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out))
     assert f"datasets:\n  - path: {out.resolve()}\n    ds_type: json\n    type: chat_template\n" in result.out
-    result = run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "sharegpt-plain", "--out", str(out))
-    assert "    field_messages: conversations\n    message_property_mappings:\n      role: from\n      content: value" in result.out
+    result = run_export(
+        capsys, "monday", "--datasets", str(week.datasets), "--format", "sharegpt-plain", "--out", str(out)
+    )
+    assert (
+        "    field_messages: conversations\n    message_property_mappings:\n      role: from\n      content: value"
+        in result.out
+    )
     assert "standardize_sharegpt(" in result.out and f"FastChat: --data_path {out.resolve()}" in result.out
 
 
@@ -383,7 +471,10 @@ def test_axolotl_block_for_openai_and_plain(week, capsys, tmp_path):
 def test_a_session_being_recorded_is_read_without_taking_its_lock(week, capsys, tmp_path):
     """The proxy keeps recording while (and after) an export reads its locked session."""
     out = tmp_path / "chats.jsonl"
-    assert run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out)).code == 0
+    assert (
+        run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out)).code
+        == 0
+    )
     client_for(week).chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "Still there?"}])
     week.wait_recorded(MONDAY_RECORDS + TUESDAY_RECORDS + 1)
     run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out))
@@ -396,7 +487,9 @@ def test_damaged_lines_are_reported_and_the_rest_exported(week, capsys, tmp_path
     lines = (week.datasets / "monday.jsonl").read_bytes().splitlines(keepends=True)
     # A garbage line in the middle, and the first record of the greeting chat lost: its continuation
     # cannot be exported without the beginning.
-    (folder / "monday.jsonl").write_bytes(b"".join(lines[1:5]) + b"{not json\n" + b"".join(lines[5:]) + b'{"v": 1, "id"')
+    (folder / "monday.jsonl").write_bytes(
+        b"".join(lines[1:5]) + b"{not json\n" + b"".join(lines[5:]) + b'{"v": 1, "id"'
+    )
     out = tmp_path / "chats.jsonl"
     result = run_export(capsys, "monday", "--datasets", str(folder), "--format", "openai", "--out", str(out))
     assert result.code == 0
@@ -429,20 +522,23 @@ def test_progress_shows_on_a_terminal_and_stays_quiet_when_piped(week, capsys, t
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["nosuch", "--format", "sharegpt"], "unknown session 'nosuch'"),
-    (["monday", "--format", "alpaca"], "argument --format: invalid choice: 'alpaca'"),
-    (["monday", "--format", "sharegpt", "--out", "{tmp}/chats.csv"], "--out must end in .json or .jsonl"),
-    (["monday", "--format", "sharegpt", "--since", "last tuesday"], "--since: cannot read 'last tuesday'"),
-    (["monday", "--format", "sharegpt", "--until", "2024-13-45"], "--until: cannot read '2024-13-45'"),
-    (["monday", "--all", "--format", "sharegpt"], "name sessions or use --all, not both"),
-    (["--format", "sharegpt"], "name a session or use --all (sessions in "),
-    (["monday", "--format", "sharegpt", "--split", "1.5"], "--split must be a fraction between 0 and 1"),
-    (["monday", "--format", "sharegpt", "--out", "{tmp}/no/such/dir/x.json"], "does not exist"),
-    (["monday", "--format", "sharegpt", "--out", "{datasets}/monday.json"], "would replace a session's own file"),
-    (["monday", "--format", "openai", "--out", "{datasets}/chats.jsonl"], "would be read as a session"),
-    (["monday", "--format", "sharegpt", "--datasets", "{tmp}/nowhere"], "no datasets folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["nosuch", "--format", "sharegpt"], "unknown session 'nosuch'"),
+        (["monday", "--format", "alpaca"], "argument --format: invalid choice: 'alpaca'"),
+        (["monday", "--format", "sharegpt", "--out", "{tmp}/chats.csv"], "--out must end in .json or .jsonl"),
+        (["monday", "--format", "sharegpt", "--since", "last tuesday"], "--since: cannot read 'last tuesday'"),
+        (["monday", "--format", "sharegpt", "--until", "2024-13-45"], "--until: cannot read '2024-13-45'"),
+        (["monday", "--all", "--format", "sharegpt"], "name sessions or use --all, not both"),
+        (["--format", "sharegpt"], "name a session or use --all (sessions in "),
+        (["monday", "--format", "sharegpt", "--split", "1.5"], "--split must be a fraction between 0 and 1"),
+        (["monday", "--format", "sharegpt", "--out", "{tmp}/no/such/dir/x.json"], "does not exist"),
+        (["monday", "--format", "sharegpt", "--out", "{datasets}/monday.json"], "would replace a session's own file"),
+        (["monday", "--format", "openai", "--out", "{datasets}/chats.jsonl"], "would be read as a session"),
+        (["monday", "--format", "sharegpt", "--datasets", "{tmp}/nowhere"], "no datasets folder"),
+    ],
+)
 def test_errors_are_one_line_exit_2_and_write_nothing(week, capsys, tmp_path, argv, message):
     before = written_files(tmp_path)
     snapshot = (week.datasets / "monday.json").read_bytes() if (week.datasets / "monday.json").exists() else None
@@ -469,8 +565,22 @@ def written_files(folder: Path) -> List[str]:
 def test_help_describes_every_option(capsys):
     assert export.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("--all", "--datasets", "--format", "--out", "--since", "--until", "--model", "--tag",
-                   "--min-turns", "--keep-incomplete", "--branches", "--reasoning", "--split", "--seed"):
+    for option in (
+        "--all",
+        "--datasets",
+        "--format",
+        "--out",
+        "--since",
+        "--until",
+        "--model",
+        "--tag",
+        "--min-turns",
+        "--keep-incomplete",
+        "--branches",
+        "--reasoning",
+        "--split",
+        "--seed",
+    ):
         assert option in text
     for profile in CONSUMERS:
         assert profile in text
@@ -483,15 +593,34 @@ def test_cli_dispatches_export(week, tmp_path):
 
     out = tmp_path / "chats.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "chatproxy", "export", "monday", "--datasets", str(week.datasets),
-         "--format", "openai", "--out", str(out)],
-        capture_output=True, text=True, timeout=60, cwd=str(ROOT),
+        [
+            sys.executable,
+            "-m",
+            "chatproxy",
+            "export",
+            "monday",
+            "--datasets",
+            str(week.datasets),
+            "--format",
+            "openai",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(ROOT),
     )
     assert done.returncode == 0, done.stderr
     assert len(read_dataset(out)) == 7
-    bad = subprocess.run([sys.executable, "-m", "chatproxy", "export", "--format", "openai", "--out", "x.txt"],
-                         capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    bad = subprocess.run(
+        [sys.executable, "-m", "chatproxy", "export", "--format", "openai", "--out", "x.txt"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
@@ -500,13 +629,16 @@ def test_cli_dispatches_export(week, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, end, expected", [
-    ("2024-05-01T12:00:00Z", False, "2024-05-01T12:00:00+00:00"),
-    ("2024-05-01T12:00:00+02:00", False, "2024-05-01T10:00:00+00:00"),
-    ("7d", False, "2024-05-08T12:00:00+00:00"),
-    ("12h", False, "2024-05-15T00:00:00+00:00"),
-    ("2w", False, "2024-05-01T12:00:00+00:00"),
-])
+@pytest.mark.parametrize(
+    "text, end, expected",
+    [
+        ("2024-05-01T12:00:00Z", False, "2024-05-01T12:00:00+00:00"),
+        ("2024-05-01T12:00:00+02:00", False, "2024-05-01T10:00:00+00:00"),
+        ("7d", False, "2024-05-08T12:00:00+00:00"),
+        ("12h", False, "2024-05-15T00:00:00+00:00"),
+        ("2w", False, "2024-05-01T12:00:00+00:00"),
+    ],
+)
 def test_parse_when(text, end, expected):
     import datetime
 

@@ -8,6 +8,8 @@ from typing import Any, Dict, List
 
 import pytest
 
+from chatproxy.chats.openai_chat import openai_tools, to_openai_chat
+from chatproxy.commands.profiles import PROFILES, Unusable, tool_call_problem
 from chatproxy.commands.trainer_rules import (
     axolotl_problems,
     fastchat_problems,
@@ -16,12 +18,12 @@ from chatproxy.commands.trainer_rules import (
     unsloth_dataset_problems,
     unsloth_problems,
 )
-from chatproxy.chats.openai_chat import openai_tools, to_openai_chat
-from chatproxy.commands.profiles import PROFILES, Unusable, tool_call_problem
 
 HERE = Path(".")
-WEATHER = {"type": "function", "function": {"name": "get_weather",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
 
 
 def user(text: str, **extra: Any) -> Dict[str, Any]:
@@ -57,17 +59,20 @@ TOOL_CHAT = [
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arguments, problem", [
-    ('{"city": "Paris"}', ""),
-    ("", ""),
-    ("  ", ""),
-    ('{"city": "Par', "assistant tool call with truncated JSON arguments"),
-    ('{"cities": ["Paris", "Ro', "assistant tool call with truncated JSON arguments"),
-    ("city=Paris", "assistant tool call with arguments that are not valid JSON"),
-    ('{"a": 1}}', "assistant tool call with arguments that are not valid JSON"),
-    ('["Paris"]', "assistant tool call with arguments that are not a JSON object"),
-    ('"Paris"', "assistant tool call with arguments that are not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "arguments, problem",
+    [
+        ('{"city": "Paris"}', ""),
+        ("", ""),
+        ("  ", ""),
+        ('{"city": "Par', "assistant tool call with truncated JSON arguments"),
+        ('{"cities": ["Paris", "Ro', "assistant tool call with truncated JSON arguments"),
+        ("city=Paris", "assistant tool call with arguments that are not valid JSON"),
+        ('{"a": 1}}', "assistant tool call with arguments that are not valid JSON"),
+        ('["Paris"]', "assistant tool call with arguments that are not a JSON object"),
+        ('"Paris"', "assistant tool call with arguments that are not a JSON object"),
+    ],
+)
 def test_tool_call_arguments(arguments, problem):
     assert tool_call_problem([user("q"), assistant(tool_calls=[call("f", arguments)])]) == problem
 
@@ -86,10 +91,13 @@ def test_every_profile_refuses_a_truncated_call(name):
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
-@pytest.mark.parametrize("chat, reason", [
-    ([{"role": "system", "content": "s"}, assistant("hi")], "no user message"),
-    ([user("anyone?")], "no assistant reply after the first user message"),
-])
+@pytest.mark.parametrize(
+    "chat, reason",
+    [
+        ([{"role": "system", "content": "s"}, assistant("hi")], "no user message"),
+        ([user("anyone?")], "no assistant reply after the first user message"),
+    ],
+)
 def test_every_profile_explains_a_chat_with_nothing_to_learn(name, chat, reason):
     with pytest.raises(Unusable, match=reason):
         PROFILES[name].record(chat, None, "keep", HERE)
@@ -120,7 +128,10 @@ def test_plain_writes_tool_use_as_text_and_the_tool_list_first():
     turns = plain(TOOL_CHAT, [WEATHER])
     assert [t["from"] for t in turns] == ["human", "gpt", "human", "gpt"]
     assert turns[0]["value"] == "Be brief.\n\n<tools>\n" + json.dumps(WEATHER) + "\n</tools>\n\nWeather in Paris?"
-    assert turns[1]["value"] == 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    assert (
+        turns[1]["value"]
+        == 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    )
     assert turns[2]["value"] == "<tool_response>\nsunny\n</tool_response>"
 
 
@@ -129,8 +140,13 @@ def test_plain_leaves_the_tool_list_out_of_a_chat_that_uses_no_tools():
 
 
 def test_plain_parallel_results_share_one_human_turn():
-    chat = [user("q"), assistant(tool_calls=[call("a", "{}", "1"), call("b", "", "2")]), tool("A", "1"), tool("B", "2"),
-            assistant("done")]
+    chat = [
+        user("q"),
+        assistant(tool_calls=[call("a", "{}", "1"), call("b", "", "2")]),
+        tool("A", "1"),
+        tool("B", "2"),
+        assistant("done"),
+    ]
     turns = plain(chat)
     assert turns[1]["value"].count("<tool_call>") == 2 and '"arguments": {}' in turns[1]["value"]
     assert turns[2]["value"] == "<tool_response>\nA\n</tool_response>\n\n<tool_response>\nB\n</tool_response>"
@@ -179,8 +195,17 @@ def test_openai_tool_chat():
         "messages": [
             {"role": "system", "content": "Be brief."},
             {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": "Let me look.", "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {
+                "role": "assistant",
+                "content": "Let me look.",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
             {"role": "assistant", "content": "Sunny."},
         ],
@@ -189,8 +214,13 @@ def test_openai_tool_chat():
 
 
 def test_openai_ids_missing_or_repeated_are_replaced_and_results_follow_them():
-    chat = [user("q"), assistant(tool_calls=[call("a", "", ""), call("b", "{}", "")]), tool("A", ""), tool("B", "x"),
-            assistant("ok")]
+    chat = [
+        user("q"),
+        assistant(tool_calls=[call("a", "", ""), call("b", "{}", "")]),
+        tool("A", ""),
+        tool("B", "x"),
+        assistant("ok"),
+    ]
     messages = to_openai_chat(chat)["messages"]
     ids = [c["id"] for c in messages[1]["tool_calls"]]
     assert ids == ["call_1", "call_2"] and messages[1]["tool_calls"][0]["function"]["arguments"] == "{}"
@@ -202,8 +232,10 @@ def test_openai_folds_like_sharegpt():
     chat = [
         {"role": "system", "content": "S"},
         assistant("Greetings, traveller."),  # a character's greeting joins the system prompt
-        user("one"), user("two"),  # consecutive users are one turn
-        assistant("a"), assistant("b", reasoning="r"),  # consecutive assistants are one turn
+        user("one"),
+        user("two"),  # consecutive users are one turn
+        assistant("a"),
+        assistant("b", reasoning="r"),  # consecutive assistants are one turn
         {"role": "system", "content": "Be formal now."},  # mid-chat system goes before the next user text
         user("three"),
         tool("a result nobody asked for"),  # an unanswered result is user text
@@ -231,19 +263,28 @@ def test_openai_a_call_left_unanswered_mid_chat_is_refused():
 
 
 def test_openai_a_final_call_needs_no_result():
-    record = PROFILES["openai"].record([user("q"), assistant(tool_calls=[call("get_weather", "{}")])], [WEATHER], "keep", HERE)
+    record = PROFILES["openai"].record(
+        [user("q"), assistant(tool_calls=[call("get_weather", "{}")])], [WEATHER], "keep", HERE
+    )
     assert record["messages"][-1]["tool_calls"][0]["id"] == "c1" and "content" not in record["messages"][-1]
 
 
-@pytest.mark.parametrize("tools, expected", [
-    ([WEATHER], [WEATHER]),
-    ([{"name": "legacy", "parameters": {"type": "object"}}],
-     [{"type": "function", "function": {"name": "legacy", "parameters": {"type": "object"}}}]),
-    ([{"type": "web_search_preview"}, "junk", {"type": "function", "function": {"name": ""}}], []),
-    ([{"type": "function", "function": {"name": "f", "parameters": "not a schema"}}],
-     [{"type": "function", "function": {"name": "f"}}]),
-    (None, []),
-])
+@pytest.mark.parametrize(
+    "tools, expected",
+    [
+        ([WEATHER], [WEATHER]),
+        (
+            [{"name": "legacy", "parameters": {"type": "object"}}],
+            [{"type": "function", "function": {"name": "legacy", "parameters": {"type": "object"}}}],
+        ),
+        ([{"type": "web_search_preview"}, "junk", {"type": "function", "function": {"name": ""}}], []),
+        (
+            [{"type": "function", "function": {"name": "f", "parameters": "not a schema"}}],
+            [{"type": "function", "function": {"name": "f"}}],
+        ),
+        (None, []),
+    ],
+)
 def test_openai_tools(tools, expected):
     assert openai_tools(tools) == expected
 
@@ -257,30 +298,36 @@ def turns(*pairs: str) -> Dict[str, Any]:
     return {"conversations": [{"from": pairs[i], "value": pairs[i + 1]} for i in range(0, len(pairs), 2)]}
 
 
-@pytest.mark.parametrize("record, problem", [
-    (turns("human", "q", "gpt", "a"), None),
-    (turns("system", "s", "human", "q", "gpt", "a"), "FastChat knows only 'human' and 'gpt'"),
-    (turns("human", "q", "function_call", "{}"), "FastChat knows only"),
-    (turns("gpt", "a", "human", "q", "gpt", "b"), "turn 0 is 'gpt' where 'human' must be"),
-    (turns("human", "q", "human", "q2", "gpt", "a"), "turn 1 is 'human' where 'gpt' must be"),
-    (turns("human", "q", "gpt", "a", "human", "q2"), "the last turn is not from 'gpt'"),
-    ({"conversations": [{"from": "human", "value": 1}, {"from": "gpt", "value": "a"}]}, "no string value"),
-    ({"messages": []}, "no conversations list"),
-])
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        (turns("human", "q", "gpt", "a"), None),
+        (turns("system", "s", "human", "q", "gpt", "a"), "FastChat knows only 'human' and 'gpt'"),
+        (turns("human", "q", "function_call", "{}"), "FastChat knows only"),
+        (turns("gpt", "a", "human", "q", "gpt", "b"), "turn 0 is 'gpt' where 'human' must be"),
+        (turns("human", "q", "human", "q2", "gpt", "a"), "turn 1 is 'human' where 'gpt' must be"),
+        (turns("human", "q", "gpt", "a", "human", "q2"), "the last turn is not from 'gpt'"),
+        ({"conversations": [{"from": "human", "value": 1}, {"from": "gpt", "value": "a"}]}, "no string value"),
+        ({"messages": []}, "no conversations list"),
+    ],
+)
 def test_fastchat_rules(record, problem):
     found = fastchat_problems(record)
     assert (found == []) if problem is None else any(problem in p for p in found)
 
 
-@pytest.mark.parametrize("record, problem", [
-    (turns("human", "q", "gpt", "a"), None),
-    (turns("system", "s", "human", "q", "gpt", "a"), None),
-    (turns("human", "q", "system", "s", "gpt", "a"), "system turn after the start"),
-    (turns("human", "q", "observation", "r"), "not one of Unsloth's aliases"),
-    ({"conversations": [{"from": "human", "value": "q", "weight": "1"}]}, "exactly the keys"),
-    ({"conversations": [{"from": "human", "value": None}]}, "non-string field"),
-    ({"messages": [{"role": "user", "content": "q"}]}, "no conversations list"),
-])
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        (turns("human", "q", "gpt", "a"), None),
+        (turns("system", "s", "human", "q", "gpt", "a"), None),
+        (turns("human", "q", "system", "s", "gpt", "a"), "system turn after the start"),
+        (turns("human", "q", "observation", "r"), "not one of Unsloth's aliases"),
+        ({"conversations": [{"from": "human", "value": "q", "weight": "1"}]}, "exactly the keys"),
+        ({"conversations": [{"from": "human", "value": None}]}, "non-string field"),
+        ({"messages": [{"role": "user", "content": "q"}]}, "no conversations list"),
+    ],
+)
 def test_unsloth_rules(record, problem):
     found = unsloth_problems(record)
     assert (found == []) if problem is None else any(problem in p for p in found)
@@ -301,37 +348,53 @@ def oa(*messages: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
 CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
 
-@pytest.mark.parametrize("record, problem", [
-    (oa(user("q"), assistant("a")), None),
-    (oa(user("q"), {"role": "assistant", "tool_calls": [CALL]}, tool("r"), assistant("a")), None),
-    (oa(user("q")), "no assistant message"),
-    ({"messages": []}, "messages is missing or empty"),
-    (oa(user("q"), assistant("a"), meta={}), "unrecognized key 'meta'"),
-    (oa({"role": "developer", "content": "d"}, user("q"), assistant("a")), "unrecognized role 'developer'"),
-    (oa(user("q", images=["x"]), assistant("a")), "unrecognized key 'images'"),
-    (oa(user(""), assistant("a")), "content is missing or empty"),
-    (oa(user("q"), {"role": "assistant", "content": "a", "reasoning_content": "r"}), "unrecognized key 'reasoning_content'"),
-    (oa(user("q"), {"role": "assistant", "tool_calls": [dict(CALL, function={"name": "f", "arguments": {}})]}),
-     "arguments are not a JSON object in a string"),
-    (oa(user("q"), {"role": "assistant", "tool_calls": [dict(CALL, type="code")]}), "needs id, type 'function'"),
-    (oa(user("q"), tool("r"), assistant("a")), "tool result for no open tool call"),
-    (oa(user("q"), {"role": "assistant", "tool_calls": [CALL]}, user("q2"), assistant("a")), "has no result before"),
-    (oa(user("q"), assistant("a"), tools=[{"name": "f"}]), "tools[0] is not"),
-    (oa(user("q"), assistant("a"), tools=[]), "tools is not a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        (oa(user("q"), assistant("a")), None),
+        (oa(user("q"), {"role": "assistant", "tool_calls": [CALL]}, tool("r"), assistant("a")), None),
+        (oa(user("q")), "no assistant message"),
+        ({"messages": []}, "messages is missing or empty"),
+        (oa(user("q"), assistant("a"), meta={}), "unrecognized key 'meta'"),
+        (oa({"role": "developer", "content": "d"}, user("q"), assistant("a")), "unrecognized role 'developer'"),
+        (oa(user("q", images=["x"]), assistant("a")), "unrecognized key 'images'"),
+        (oa(user(""), assistant("a")), "content is missing or empty"),
+        (
+            oa(user("q"), {"role": "assistant", "content": "a", "reasoning_content": "r"}),
+            "unrecognized key 'reasoning_content'",
+        ),
+        (
+            oa(user("q"), {"role": "assistant", "tool_calls": [dict(CALL, function={"name": "f", "arguments": {}})]}),
+            "arguments are not a JSON object in a string",
+        ),
+        (oa(user("q"), {"role": "assistant", "tool_calls": [dict(CALL, type="code")]}), "needs id, type 'function'"),
+        (oa(user("q"), tool("r"), assistant("a")), "tool result for no open tool call"),
+        (
+            oa(user("q"), {"role": "assistant", "tool_calls": [CALL]}, user("q2"), assistant("a")),
+            "has no result before",
+        ),
+        (oa(user("q"), assistant("a"), tools=[{"name": "f"}]), "tools[0] is not"),
+        (oa(user("q"), assistant("a"), tools=[]), "tools is not a non-empty list"),
+    ],
+)
 def test_openai_rules(record, problem):
     found = openai_problems(record)
     assert (found == []) if problem is None else any(problem in p for p in found), found
 
 
-@pytest.mark.parametrize("record, problem", [
-    (oa(user("q"), assistant("a")), None),
-    ({"conversations": []}, "is not a list"),
-    (oa({"role": "function", "content": "x"}, assistant("a")), "not in the default roles"),
-    (oa(user("q"), {"role": "assistant", "tool_calls": [dict(CALL, function={"name": "f", "arguments": "{x"})]}),
-     "not JSON"),
-    (oa(user("q"), assistant("a"), tools="[]"), "tools is not a list"),
-])
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        (oa(user("q"), assistant("a")), None),
+        ({"conversations": []}, "is not a list"),
+        (oa({"role": "function", "content": "x"}, assistant("a")), "not in the default roles"),
+        (
+            oa(user("q"), {"role": "assistant", "tool_calls": [dict(CALL, function={"name": "f", "arguments": "{x"})]}),
+            "not JSON",
+        ),
+        (oa(user("q"), assistant("a"), tools="[]"), "tools is not a list"),
+    ],
+)
 def test_axolotl_rules(record, problem):
     found = axolotl_problems(record)
     assert (found == []) if problem is None else any(problem in p for p in found), found

@@ -7,10 +7,10 @@ from typing import Any, Dict
 
 import pytest
 
-from test_export import MONDAY_RECORDS, TUESDAY_RECORDS, client_for, record_week
+from chatproxy.commands import show, stats
 
 from subproc import ROOT
-from chatproxy.commands import show, stats
+from test_export import MONDAY_RECORDS, TUESDAY_RECORDS, client_for, record_week
 
 
 @pytest.fixture
@@ -62,7 +62,8 @@ def test_stats_without_sessions_counts_every_session_and_a_total(week, capsys):
     assert total["conversations"] == "9" and total["branches"] == "10"
     assert total["models"] == f"fake-model ({MONDAY_RECORDS + 2}), other-model (1)"
     assert int(total["characters"].replace(",", "")) == sum(
-        int(table(out, f"session {name}")["characters"].replace(",", "")) for name in ("monday", "tuesday"))
+        int(table(out, f"session {name}")["characters"].replace(",", "")) for name in ("monday", "tuesday")
+    )
 
 
 def test_stats_reads_a_session_while_it_is_recorded(week, capsys):
@@ -98,7 +99,9 @@ def test_show_prints_a_readable_transcript(week, capsys):
     assert "images     monday/images/" in out
     headers = [line for line in out.splitlines() if line.startswith("── ")]
     assert len(headers) == 9  # every branch, the incomplete reply included
-    assert re.match(r"── monday/[0-9a-f]{16} · \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} · fake-model · 4 turns ──$", headers[0])
+    assert re.match(
+        r"── monday/[0-9a-f]{16} · \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} · fake-model · 4 turns ──$", headers[0]
+    )
     assert sum("branch 1 of 2" in h for h in headers) == 1 and sum("branch 2 of 2" in h for h in headers) == 1
     assert sum(h.endswith("· incomplete ──") for h in headers) == 1
 
@@ -113,7 +116,9 @@ def test_show_last_prints_the_most_recently_continued(week, capsys):
 
 def test_show_shortens_long_messages_unless_full(week, capsys):
     text = "word " * 1000
-    client_for(week, session="long").chat.completions.create(model="fake-model", messages=[{"role": "user", "content": text}])
+    client_for(week, session="long").chat.completions.create(
+        model="fake-model", messages=[{"role": "user", "content": text}]
+    )
     week.wait_recorded(MONDAY_RECORDS + TUESDAY_RECORDS + 1)
     _, out, _ = run(capsys, "show", "long", "--datasets", str(week.datasets))
     assert "… (3,000 more characters; --full prints everything)" in out
@@ -126,15 +131,18 @@ def test_show_shortens_long_messages_unless_full(week, capsys):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["show", "nosuch"], "chatproxy show: error: unknown session 'nosuch'"),
-    (["show"], "chatproxy show: error: the following arguments are required: SESSION"),
-    (["show", "monday", "--last", "0"], "chatproxy show: error: --last must be at least 1"),
-    (["show", "monday", "--last", "two"], "chatproxy show: error: argument --last: invalid int value: 'two'"),
-    (["stats", "monday", "nosuch"], "chatproxy stats: error: unknown session 'nosuch'"),
-    (["stats", "--datasets", "{tmp}/nowhere"], "chatproxy stats: error: no datasets folder"),
-    (["stats", "../etc"], "chatproxy stats: error: invalid session id '../etc'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["show", "nosuch"], "chatproxy show: error: unknown session 'nosuch'"),
+        (["show"], "chatproxy show: error: the following arguments are required: SESSION"),
+        (["show", "monday", "--last", "0"], "chatproxy show: error: --last must be at least 1"),
+        (["show", "monday", "--last", "two"], "chatproxy show: error: argument --last: invalid int value: 'two'"),
+        (["stats", "monday", "nosuch"], "chatproxy stats: error: unknown session 'nosuch'"),
+        (["stats", "--datasets", "{tmp}/nowhere"], "chatproxy stats: error: no datasets folder"),
+        (["stats", "../etc"], "chatproxy stats: error: invalid session id '../etc'"),
+    ],
+)
 def test_errors_are_one_line_and_exit_2(week, capsys, tmp_path, argv, message):
     argv = [a.format(tmp=tmp_path) for a in argv]
     if "--datasets" not in argv:
@@ -144,10 +152,13 @@ def test_errors_are_one_line_and_exit_2(week, capsys, tmp_path, argv, message):
     assert err.count("\n") == 1 and err.startswith(message)
 
 
-@pytest.mark.parametrize("command, options", [
-    ("stats", ["--datasets", "SESSION"]),
-    ("show", ["--datasets", "--last", "--full", "SESSION"]),
-])
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        ("stats", ["--datasets", "SESSION"]),
+        ("show", ["--datasets", "--last", "--full", "SESSION"]),
+    ],
+)
 def test_help(capsys, command, options):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0
@@ -160,21 +171,21 @@ def test_stats_of_an_empty_datasets_folder(capsys, tmp_path):
     assert code == 2 and "no recorded sessions in" in err
 
 
-
-
 def test_show_survives_an_output_that_cannot_encode_the_text(week):
     """Recorded text may hold any character; an ASCII-only stdout gets "?" instead of a crash."""
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     client_for(week, session="unicode").chat.completions.create(
-        model="fake-model", messages=[{"role": "user", "content": "Grüße aus Köln 🌧"}])
+        model="fake-model", messages=[{"role": "user", "content": "Grüße aus Köln 🌧"}]
+    )
     week.wait_recorded(MONDAY_RECORDS + TUESDAY_RECORDS + 1)
     done = subprocess.run(
         [sys.executable, "-m", "chatproxy", "show", "unicode", "--datasets", str(week.datasets)],
-        capture_output=True, timeout=60, cwd=str(ROOT),
+        capture_output=True,
+        timeout=60,
+        cwd=str(ROOT),
         env=dict(os.environ, PYTHONIOENCODING="ascii"),
     )
     assert done.returncode == 0, done.stderr

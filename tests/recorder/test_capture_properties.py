@@ -20,15 +20,23 @@ from chatproxy.recorder.journal import encode_record, parse_journal
 any_text = st.text(max_size=20)
 message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool"]), "content": any_text})
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), any_text)
-meta = st.dictionaries(st.text(max_size=8), st.recursive(json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=6), max_size=4)
-record = st.fixed_dictionaries({
-    "v": st.just(1),
-    "id": st.text("0123456789abcdef", min_size=16, max_size=16),
-    "parent": st.none(),
-    "base": st.integers(0, 5),
-    "messages": st.lists(message, min_size=1, max_size=3),
-    "meta": meta,
-})
+meta = st.dictionaries(
+    st.text(max_size=8),
+    st.recursive(
+        json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=6
+    ),
+    max_size=4,
+)
+record = st.fixed_dictionaries(
+    {
+        "v": st.just(1),
+        "id": st.text("0123456789abcdef", min_size=16, max_size=16),
+        "parent": st.none(),
+        "base": st.integers(0, 5),
+        "messages": st.lists(message, min_size=1, max_size=3),
+        "meta": meta,
+    }
+)
 
 
 def same(a: object, b: object) -> bool:
@@ -42,7 +50,7 @@ def test_any_truncation_recovers_every_complete_line(records: List[dict], data: 
     journal = b"".join(lines)
     cut = data.draw(st.integers(0, len(journal)), label="cut")
     contents = parse_journal(journal[:cut])
-    ends = [sum(len(l) for l in lines[: i + 1]) for i in range(len(lines))]
+    ends = [sum(len(line) for line in lines[: i + 1]) for i in range(len(lines))]
     whole = [r for r, end in zip(records, ends) if end <= cut]
     good = max([end for end in ends if end <= cut], default=0)
     assert same(contents.records, whole)

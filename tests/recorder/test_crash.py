@@ -41,8 +41,19 @@ class SlowEcho(Behaviour):
 
 def start(upstream, datasets: Path) -> ProxyProcess:
     proxy = ProxyProcess(
-        [sys.executable, "-m", "chatproxy", "--target", upstream.url, "--port", "0",
-         "--session", SESSION, "--datasets", str(datasets)],
+        [
+            sys.executable,
+            "-m",
+            "chatproxy",
+            "--target",
+            upstream.url,
+            "--port",
+            "0",
+            "--session",
+            SESSION,
+            "--datasets",
+            str(datasets),
+        ],
         cwd=ROOT,
     )
     proxy.wait_started()
@@ -136,4 +147,6 @@ def test_kill_9_at_random_moments_loses_nothing_reported_and_resumes(upstream, t
     dataset = json.loads((datasets / f"{SESSION}.json").read_bytes())
     complete = [r for r in records if r["meta"].get("complete", True)]
     assert len(dataset) == len(complete)
-    assert sorted(c["conversations"][-1]["value"] for c in dataset) == sorted(r["messages"][-1]["content"] for r in complete)
+    assert sorted(c["conversations"][-1]["value"] for c in dataset) == sorted(
+        r["messages"][-1]["content"] for r in complete
+    )

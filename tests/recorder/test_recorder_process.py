@@ -32,6 +32,7 @@ from chatproxy.config import RecordOptions
 from chatproxy.recorder.durable import SessionLock
 from chatproxy.recorder.in_process import InProcessRecorder
 from chatproxy.recorder.process import RecorderProcess
+
 from fake_upstream import Behaviour, Chat
 from subproc import ROOT, ProxyProcess, chat
 from support_faults import journal, post_chat, replies, wait_until
@@ -118,7 +119,12 @@ def flock_holders(path: Path) -> Set[int]:
     holders = set()
     for line in Path("/proc/locks").read_text().splitlines():
         fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and "->" not in fields and fields[5].rsplit(":", 1)[-1] == str(inode):
+        if (
+            len(fields) >= 6
+            and fields[1] == "FLOCK"
+            and "->" not in fields
+            and fields[5].rsplit(":", 1)[-1] == str(inode)
+        ):
             holders.add(int(fields[4]))
     return holders
 
@@ -141,7 +147,7 @@ class ChatLoad:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._work, args=(n,), daemon=True) for n in range(threads)]
 
-    def start(self) -> "ChatLoad":
+    def start(self) -> ChatLoad:
         for thread in self._threads:
             thread.start()
         return self
@@ -161,9 +167,15 @@ class ChatLoad:
                 with self._lock:
                     self.failures.append(f"{text}: {exc!r}")
                 return
-            ok = reply.status == 200 and reply.complete and reply.json()["choices"][0]["message"]["content"] == "echo: " + text
+            ok = (
+                reply.status == 200
+                and reply.complete
+                and reply.json()["choices"][0]["message"]["content"] == "echo: " + text
+            )
             with self._lock:
-                (self.answered if ok else self.failures).append(text if ok else f"{text}: {reply.status} {reply.body[:200]!r}")
+                (self.answered if ok else self.failures).append(
+                    text if ok else f"{text}: {reply.status} {reply.body[:200]!r}"
+                )
             if not ok:
                 return
 
@@ -205,16 +217,35 @@ def dataset_texts(items: List[dict]) -> List[str]:
 
 
 @contextlib.contextmanager
-def cli_proxy(upstream_url: str, datasets: Path, session: str, *extra: str, env: Optional[Dict[str, str]] = None,
-              prefix: Tuple[str, ...] = ()) -> Iterator[ProxyProcess]:
+def cli_proxy(
+    upstream_url: str,
+    datasets: Path,
+    session: str,
+    *extra: str,
+    env: Optional[Dict[str, str]] = None,
+    prefix: Tuple[str, ...] = (),
+) -> Iterator[ProxyProcess]:
     """`python -m chatproxy` on a free port. On the way out, whatever still writes to its stderr is
     killed first (a recorder the test froze, or one left behind by a failing test): ProxyProcess
     reads stderr to its end, which only comes once every process holding it has gone."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPROXY_")}
     full_env.update(env or {})
     proxy = ProxyProcess(
-        [*prefix, sys.executable, "-m", "chatproxy", "--target", upstream_url, "--port", "0",
-         "--session", session, "--datasets", str(datasets), *extra],
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "chatproxy",
+            "--target",
+            upstream_url,
+            "--port",
+            "0",
+            "--session",
+            session,
+            "--datasets",
+            str(datasets),
+            *extra,
+        ],
         env=full_env,
         cwd=ROOT,
     )
@@ -297,8 +328,9 @@ def test_sigkilled_recorder_is_restarted_and_every_answered_chat_is_recorded_onc
 
     assert proxy.proxy.status()["errors"] == 0
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].name == "chatproxy.recorder" and RESTARTED in errors[0].getMessage(), \
-        [r.getMessage() for r in errors]
+    assert len(errors) == 1 and errors[0].name == "chatproxy.recorder" and RESTARTED in errors[0].getMessage(), [
+        r.getMessage() for r in errors
+    ]
     assert any("the recorder process is running again" in r.getMessage() for r in caplog.records)
 
 
@@ -435,8 +467,11 @@ def test_a_new_proxy_waits_for_the_orphaned_recorder_and_gets_everything_it_was_
 
         with cli_proxy(upstream.url, datasets, "handover") as second:
             # The new recorder has the lock file open and is retrying: the holder is the frozen orphan.
-            wait_until(lambda: any(has_open(kid, lock_path) for kid in recorder_children(second.proc.pid)),
-                       "the new recorder to try the lock", timeout=10)
+            wait_until(
+                lambda: any(has_open(kid, lock_path) for kid in recorder_children(second.proc.pid)),
+                "the new recorder to try the lock",
+                timeout=10,
+            )
             assert second.proc.poll() is None
             assert flock_holders(lock_path) == {orphan}
             os.kill(orphan, signal.SIGCONT)
@@ -472,8 +507,12 @@ def test_lock_taken_over_from_an_orphaned_recorder_names_the_new_owner(tmp_path)
     lock_path = tmp_path / "s.lock"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ROOT), str(lock_path), str(dead.pid)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(ROOT), str(lock_path), str(dead.pid)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout is not None and holder.stdin is not None
     finish = threading.Timer(0.2, holder.stdin.close)  # the orphan finishes while acquire() retries
     try:
@@ -533,7 +572,11 @@ def test_sigterm_to_the_process_group_stops_cleanly_with_every_answered_chat_in_
         assert not running(recorder)
     assert code == 0, proxy.lines
     assert any("stopped:" in line for line in proxy.lines), proxy.lines
-    problems = [line for line in proxy.lines if re.search(r"chatproxy: error|unexpectedly|not recorded|could not|Traceback", line)]
+    problems = [
+        line
+        for line in proxy.lines
+        if re.search(r"chatproxy: error|unexpectedly|not recorded|could not|Traceback", line)
+    ]
     assert not problems, problems
     expected = sorted(["first", *answered])
     assert sorted(user_texts(journal_file(datasets, "group"))) == expected
@@ -580,7 +623,9 @@ def test_in_process_recorder_when_embedding_starts_no_child(upstream, make_proxy
 
 
 @pytest.mark.parametrize("kind", ["missing", "not executable", "not python"])
-def test_recorder_falls_back_to_this_process_when_no_child_can_start(upstream, make_proxy, monkeypatch, tmp_path, caplog, kind):
+def test_recorder_falls_back_to_this_process_when_no_child_can_start(
+    upstream, make_proxy, monkeypatch, tmp_path, caplog, kind
+):
     """sys.executable that cannot be run (missing, no exec bit, or a program that exits at once): the
     proxy still starts, says with a WARNING that it records in its own process, and records."""
     if kind == "missing":

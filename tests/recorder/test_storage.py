@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from subproc import ROOT
 from chatproxy.recorder.durable import SessionLock, SessionLocked
+
+from subproc import ROOT
 from support_faults import journal, post_chat, replies, wait_until
 
 SESSION = "test-session"  # what conftest's make_proxy uses
@@ -81,7 +82,9 @@ def small_tmpfs(tmp_path: Path):
     """tmp_path/datasets as a 512 KiB tmpfs: a disk that really fills up."""
     folder = tmp_path / "datasets"
     folder.mkdir(mode=0o700)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(folder)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(folder)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
     try:
@@ -241,9 +244,23 @@ def test_second_proxy_on_the_same_session_is_refused(upstream, make_proxy):
 def test_second_chatproxy_process_on_the_same_session_exits_with_a_clear_message(upstream, make_proxy):
     first = make_proxy(upstream.url)
     done = subprocess.run(
-        [sys.executable, "-m", "chatproxy", "--target", upstream.url, "--port", "0",
-         "--session", SESSION, "--datasets", str(first.datasets)],
-        capture_output=True, text=True, timeout=20, cwd=str(ROOT),
+        [
+            sys.executable,
+            "-m",
+            "chatproxy",
+            "--target",
+            upstream.url,
+            "--port",
+            "0",
+            "--session",
+            SESSION,
+            "--datasets",
+            str(first.datasets),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=str(ROOT),
     )
     assert done.returncode == 1
     assert "session is already being recorded by another chatproxy" in done.stderr
@@ -256,11 +273,17 @@ def test_stale_lock_of_a_killed_process_is_taken_over(upstream, make_proxy, tmp_
     folder = tmp_path / "datasets"
     folder.mkdir(mode=0o700)
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; from pathlib import Path; from chatproxy.recorder.durable import SessionLock;"
-         f"SessionLock(Path({str(folder / (SESSION + '.lock'))!r})).acquire(); print('locked', flush=True);"
-         "sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from chatproxy.recorder.durable import SessionLock;"
+            f"SessionLock(Path({str(folder / (SESSION + '.lock'))!r})).acquire(); print('locked', flush=True);"
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(ROOT),
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
