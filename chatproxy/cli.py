@@ -310,7 +310,7 @@ def check_datasets_folder(folder: Path) -> None:
         try:
             probe.unlink()
         except OSError:
-            pass
+            pass  # the folder was writable, which is all the probe asked; a stray probe file is harmless
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -463,7 +463,7 @@ def _run_event_loop(main: Coroutine[Any, Any, int]) -> int:
     """asyncio.run, on uvloop when it is installed (the `fast` extra): a faster loop, same behaviour."""
     try:
         import uvloop
-    except ImportError:
+    except ImportError:  # the `fast` extra is optional: the standard loop is the default
         return asyncio.run(main)
     log.debug("using uvloop %s", getattr(uvloop, "__version__", ""))
     if hasattr(uvloop, "run"):
@@ -497,7 +497,7 @@ def _setup_logging(debug: bool, quiet: bool, log_format: str, stream: Optional[T
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty() and os.environ.get("TERM") != "dumb"
-    except (AttributeError, ValueError):
+    except (AttributeError, ValueError):  # no isatty (a replaced stream), or already closed: not a terminal
         return False
 
 
@@ -585,7 +585,7 @@ class StatusLine(logging.Handler):
             try:
                 await asyncio.wait_for(poke.wait(), STATUS_INTERVAL)
             except asyncio.TimeoutError:
-                pass
+                pass  # the interval is over with nothing new: redraw all the same
 
     def _blank(self) -> str:
         if not self._drawn:
@@ -632,7 +632,7 @@ def _columns(stream: TextIO) -> int:
     try:
         columns = int(os.environ.get("COLUMNS", "0"))
     except ValueError:
-        pass
+        pass  # COLUMNS is not a number: ask the terminal instead
     if columns <= 0:
         try:
             columns = os.get_terminal_size(stream.fileno()).columns

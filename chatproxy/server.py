@@ -114,7 +114,7 @@ class ClientConnection:
         try:
             return await read_within(self._reader, READ_SIZE, timeout, self._loop)
         except OSError:
-            return b""
+            return b""  # a reset is the client leaving: h11 then decides if that was clean (h11's own rule)
 
     async def _handle(self, request: h11.Request) -> None:
         self.cycle = Cycle()
@@ -323,7 +323,7 @@ class ClientConnection:
                 if self._writer.can_write_eof():
                     self._writer.write_eof()
             except (OSError, RuntimeError):
-                pass
+                pass  # the peer is already gone: close() below is all that is left to do
             self._writer.close()
         try:
             await asyncio.wait_for(self._writer.wait_closed(), 1.0)
@@ -346,7 +346,7 @@ class ProxyServer:
         self.started = time.time()
         self._status_extra = status_extra
         self._server: Optional[asyncio.AbstractServer] = None
-        self._tasks: Set["asyncio.Task[None]"] = set()
+        self._tasks: Set[asyncio.Task[None]] = set()
 
     async def start(self) -> Tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -368,7 +368,7 @@ class ProxyServer:
         try:
             await conn.run()
         except asyncio.CancelledError:
-            pass
+            pass  # shutdown cut this connection off: nothing to report
         except Exception:  # one broken connection must never take the proxy down
             log.exception("%s - connection handler crashed", conn.label)
         finally:

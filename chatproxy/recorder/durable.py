@@ -34,7 +34,7 @@ def fsync_directory(path: Path) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        pass  # some file systems cannot fsync a folder; the file itself was fsynced before the rename
     finally:
         os.close(fd)
 
@@ -52,7 +52,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         try:
             os.unlink(tmp)
         except OSError:
-            pass
+            pass  # the write's own error is the one to report; a leftover temporary file is harmless
         raise
     fsync_directory(path.parent)
 
@@ -64,7 +64,7 @@ def _create_temporary(path: Path) -> tuple[int, str]:
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE), tmp
         except FileExistsError:
-            continue
+            continue  # another writer's temporary file: try the next name
     raise FileExistsError(errno.EEXIST, "no unused temporary name", str(path.parent))
 
 
@@ -125,7 +125,7 @@ class AppendLog:
             try:
                 os.close(fd)
             except OSError:
-                pass
+                pass  # closing after a failed write: that failure is what is reported
 
 
 class SessionLocked(Exception):
@@ -183,7 +183,7 @@ class SessionLock:
             try:
                 os.ftruncate(fd, 0)
             except OSError:
-                pass
+                pass  # the pid left in the file is only advice: the kernel lock is what counts
             os.close(fd)
 
 
@@ -215,4 +215,4 @@ def _read_pid(fd: int) -> str:
         os.lseek(fd, 0, os.SEEK_SET)
         return os.read(fd, 32).decode("ascii", "replace").strip()
     except OSError:
-        return ""
+        return ""  # unreadable: the holder is unknown, which the message says

@@ -115,7 +115,7 @@ def _decode_events(payloads: List[bytes]) -> List[Dict[str, Any]]:
             try:
                 chunks.append(json.loads(payload))
             except (ValueError, RecursionError):
-                continue
+                continue  # one bad event (a comment, a cut line) must not cost the rest of the reply
     return [c for c in chunks if isinstance(c, dict)]
 
 

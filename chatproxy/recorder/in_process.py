@@ -39,7 +39,7 @@ class InProcessRecorder:
         # and events to the loop current at construction).
         self._queue: asyncio.Queue[Union[Exchange, _Sync, None]] = asyncio.Queue()
         self._closing = asyncio.Event()
-        self._task: Optional["asyncio.Task[None]"] = None
+        self._task: Optional[asyncio.Task[None]] = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -116,7 +116,7 @@ class InProcessRecorder:
         try:
             await asyncio.wait_for(self._closing.wait(), seconds)
         except asyncio.TimeoutError:
-            pass
+            pass  # the pause is over: time to retry
 
     async def _next_batch(self, closing: bool) -> List[Union[Exchange, _Sync, None]]:
         if closing:
@@ -134,7 +134,7 @@ class InProcessRecorder:
             else:
                 first = await asyncio.wait_for(self._queue.get(), timeout)
         except asyncio.TimeoutError:
-            return []
+            return []  # nothing new, but a write (live file, summary line) is due
         batch = [first]
         while not self._queue.empty():
             batch.append(self._queue.get_nowait())

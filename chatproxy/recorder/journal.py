@@ -72,7 +72,7 @@ class JournalScan:
         try:
             handle = open(self.path, "rb")
         except FileNotFoundError:
-            return
+            return  # a new session: nothing to read back
         with handle:
             for number, line in enumerate(handle, start=1):
                 if not line.endswith(b"\n"):

@@ -44,7 +44,7 @@ class Outbox:
                 except BrokenPipeError:
                     self._broken = True
                 except InterruptedError:
-                    continue
+                    continue  # a signal arrived mid-write: the write is simply tried again
 
 
 class ForwardingHandler(logging.Handler):
@@ -101,7 +101,7 @@ def main(inbox_fd: int = 0, outbox_fd: int = 1) -> None:
     try:
         os.nice(RECORDER_NICENESS)  # background work: where both want a core, the relay goes first
     except (AttributeError, OSError):
-        pass
+        pass  # no nice() here (Windows) or not allowed: record at the proxy's priority
     inbox, outbox = Inbox(inbox_fd), Outbox(outbox_fd)
     settings = _first_message(inbox)
     if settings is None:
