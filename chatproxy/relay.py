@@ -8,9 +8,10 @@ from typing import Callable, List, Optional, Protocol, Tuple
 
 from chatproxy import headers as hdr
 from chatproxy._h11 import h11
+from chatproxy.apis import route
 from chatproxy.config import Config
 from chatproxy.errors import ProxyError, UpstreamClosed, UpstreamProtocolError
-from chatproxy.recorder.capture import Exchange, ExchangeCapture, completion_endpoint
+from chatproxy.recorder.capture import Exchange, ExchangeCapture
 from chatproxy.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("chatproxy.relay")
@@ -140,7 +141,7 @@ class Relay:
     ) -> Optional[ExchangeCapture]:
         if self.record is None:
             return None
-        endpoint = completion_endpoint(method, path)
+        endpoint = route(method, path)
         if endpoint is None:
             return None
         if (hdr.get(raw_headers, b"x-chatproxy-record") or b"").strip().lower() in (b"no", b"0", b"false", b"off"):

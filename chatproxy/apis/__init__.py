@@ -1,1 +1,89 @@
-"""One module per wire API: what a request and its reply mean."""
+"""One module per wire API: what a request and its reply mean.
+
+The serving side imports only this registry (`route`: which recorded API a request speaks, by its
+method and path). The recorder loads the API's module by name (`wire_api`) and asks it the same
+questions for every API (the `WireAPI` protocol): what conversation the request carries, and what the
+reply or the stream of events answered. Everything after that (threads, housekeeping, the journal,
+the exports) works on the one conversation form of chats/messages.py, whatever the API.
+
+Adding an API is one module and one line in ROUTES.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, cast
+
+Message = Dict[str, Any]
+ImageSink = Callable[[bytes, str], str]  # (data, mime type) -> the path the image was saved as
+
+CHAT_COMPLETIONS = "chat.completions"
+COMPLETIONS = "completions"
+
+# (name, path suffix, module), tried in order on the path without its query string.
+ROUTES: Tuple[Tuple[str, str, str], ...] = (
+    (CHAT_COMPLETIONS, "/chat/completions", "chatproxy.apis.chat_completions"),
+    (COMPLETIONS, "/completions", "chatproxy.apis.completions"),
+)
+_MODULES = {name: module for name, _, module in ROUTES}
+
+
+class NotRecordable(Exception):
+    """The exchange cannot become a record; the message says why, in one line."""
+
+
+@dataclasses.dataclass
+class Request:
+    """What the client sent, as a conversation."""
+
+    history: List[Message]
+    tools: Optional[List[Any]] = None
+    prefill: str = ""  # the start of the reply, sent by the client for the model to continue
+    meta: Dict[str, Any] = dataclasses.field(default_factory=dict)  # what the record's meta adds
+
+
+@dataclasses.dataclass
+class Choice:
+    index: int
+    message: Message
+    finish_reason: Optional[str]
+
+
+@dataclasses.dataclass
+class Reply:
+    """What the backend answered: one choice per alternative (n > 1), and what it said about itself."""
+
+    choices: List[Choice]
+    model: Optional[str] = None
+    id: Optional[str] = None
+    usage: Optional[Dict[str, Any]] = None
+
+
+class WireAPI(Protocol):
+    """What every API module answers. Parsing only: no sockets, no event loop, no files."""
+
+    def read_request(self, request: Dict[str, Any], save_image: ImageSink) -> Request:
+        """The request body as a conversation; raises NotRecordable when it holds none."""
+
+    def read_reply(self, body: Dict[str, Any]) -> Reply:
+        """A whole (non-streamed) response body."""
+
+    def read_stream(self, events: List[Dict[str, Any]]) -> Reply:
+        """A streamed response: its events' JSON payloads, in order (SSE data or NDJSON lines)."""
+
+
+def route(method: bytes, path: str) -> Optional[str]:
+    """The recorded API a request speaks (a name in ROUTES), or None: relayed, not recorded."""
+    if method != b"POST":
+        return None
+    path = path.split("?", 1)[0].rstrip("/")
+    for name, suffix, _ in ROUTES:
+        if path.endswith(suffix):
+            return name
+    return None
+
+
+def wire_api(name: str) -> WireAPI:
+    """The module that reads the API `name` (imported on first use: the serving side never needs it)."""
+    return cast(WireAPI, importlib.import_module(_MODULES[name]))

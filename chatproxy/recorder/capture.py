@@ -17,21 +17,6 @@ from chatproxy.apis.sse import SSEDecoder
 
 log = logging.getLogger("chatproxy.capture")
 
-CHAT = "chat"
-COMPLETIONS = "completions"
-
-
-def completion_endpoint(method: bytes, path: str) -> Optional[str]:
-    """`chat` for …/chat/completions, `completions` for …/completions (POST only), else None."""
-    if method != b"POST":
-        return None
-    path = path.split("?", 1)[0].rstrip("/")
-    if path.endswith("/chat/completions"):
-        return CHAT
-    if path.endswith("/completions"):
-        return COMPLETIONS
-    return None
-
 
 @dataclasses.dataclass
 class Exchange:

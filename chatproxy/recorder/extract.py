@@ -1,6 +1,8 @@
 """From a captured exchange's bytes to conversations: parse, normalise, and decide what to record.
 
-Runs in the recorder's worker thread; everything here is pure apart from the image sink.
+Runs in the recorder (its process, or the in-process fallback's worker thread). What the bytes mean
+is the wire API's business (apis/); this module only decodes JSON, asks the exchange's API, and
+says what the records' meta holds. Everything here is pure apart from the image sink.
 """
 
 from __future__ import annotations
@@ -8,28 +10,19 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-from chatproxy.apis.openai_completions import (
-    ImageSink,
-    StreamAccumulator,
-    chat_choices,
-    completion_choices,
-    normalize_messages,
-)
-from chatproxy.apis.templates import parse_prompt
+from chatproxy.apis import ImageSink, NotRecordable, Reply, Request, wire_api
 from chatproxy.chats.housekeeping import housekeeping_kind
-from chatproxy.recorder.capture import CHAT, Exchange
+from chatproxy.recorder.capture import Exchange
 
 Message = Dict[str, Any]
 
-
-class NotRecordable(Exception):
-    """The exchange cannot become a record; the message says why, in one line."""
+__all__ = ["Answer", "Extracted", "NotRecordable", "extract"]
 
 
 @dataclasses.dataclass
-class Reply:
+class Answer:
     message: Message
     meta: Dict[str, Any]
 
@@ -38,37 +31,33 @@ class Reply:
 class Extracted:
     history: List[Message]
     tools: Optional[List[Any]]
-    replies: List[Reply]  # one per choice
+    replies: List[Answer]  # one per choice
     housekeeping: Optional[str] = None
 
 
 def extract(exchange: Exchange, save_image: ImageSink) -> Extracted:
+    api = wire_api(exchange.endpoint)
     request = _json_object(exchange.request_body, "request body")
-    if exchange.endpoint == CHAT:
-        if not isinstance(request.get("messages"), list):
-            raise NotRecordable("request has no messages list")
-        history = normalize_messages(request["messages"], save_image)
-        tools = request.get("tools") or request.get("functions") or None
-        template, prefill = None, ""
+    asked = api.read_request(request, save_image)
+    if exchange.stream:
+        reply = api.read_stream(_decode_events(exchange.events))
     else:
-        prompt = _single_prompt(request.get("prompt"))
-        parsed = parse_prompt(prompt)
-        history, template, prefill = parsed.messages, parsed.template, parsed.prefill
-        tools = None
-    choices, info = _choices(exchange)
-    if not choices:
+        reply = api.read_reply(_json_object(exchange.response_body, "response body"))
+    if not reply.choices:
         raise NotRecordable("no reply in the response")
-    if exchange.stream and all(reason is not None for _, _, reason in choices):
+    if exchange.stream and all(choice.finish_reason is not None for choice in reply.choices):
         # Every choice said it was finished: the reply is whole even if the client hung up before
         # the stream's last bytes (openai-python 3 closes the connection right after `[DONE]`).
         exchange.complete = True
-    replies = []
-    for index, message, finish_reason in choices:
-        if prefill:
-            message = dict(message, content=prefill + message.get("content", ""))
-        meta = _meta(exchange, request, info, index, finish_reason, template)
-        replies.append(Reply(message, meta))
-    return Extracted(history, tools if isinstance(tools, list) else None, replies, housekeeping_kind(history))
+    answers = []
+    for choice in reply.choices:
+        message = choice.message
+        if asked.prefill:
+            message = dict(message, content=asked.prefill + message.get("content", ""))
+        meta = _meta(exchange, asked, reply, choice.index, choice.finish_reason)
+        meta["model"] = meta["model"] or request.get("model")
+        answers.append(Answer(message, meta))
+    return Extracted(asked.history, asked.tools, answers, housekeeping_kind(asked.history))
 
 
 def _json_object(body: bytes, what: str) -> Dict[str, Any]:
@@ -79,29 +68,6 @@ def _json_object(body: bytes, what: str) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise NotRecordable(f"{what} is not a JSON object")
     return value
-
-
-def _single_prompt(prompt: Any) -> str:
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise NotRecordable("prompt is not a single string (batched or token prompts are not recorded)")
-    return prompt
-
-
-def _choices(exchange: Exchange) -> Tuple[List[Tuple[int, Message, Optional[str]]], Dict[str, Any]]:
-    if exchange.stream:
-        accumulator = StreamAccumulator()
-        for chunk in _decode_events(exchange.events):
-            accumulator.add(chunk)
-        info = {"model": accumulator.model, "id": accumulator.response_id, "usage": accumulator.usage}
-        return accumulator.choices(), info
-    body = _json_object(exchange.response_body, "response body")
-    info = {"model": body.get("model"), "id": body.get("id"), "usage": body.get("usage")}
-    if exchange.endpoint == CHAT:
-        return chat_choices(body), info
-    texts = completion_choices(body)
-    return [(i, {"role": "assistant", "content": text}, reason) for i, text, reason in texts], info
 
 
 def _decode_events(payloads: List[bytes]) -> List[Dict[str, Any]]:
@@ -119,29 +85,19 @@ def _decode_events(payloads: List[bytes]) -> List[Dict[str, Any]]:
     return [c for c in chunks if isinstance(c, dict)]
 
 
-def _meta(
-    exchange: Exchange,
-    request: Dict[str, Any],
-    info: Dict[str, Any],
-    index: int,
-    finish_reason: Optional[str],
-    template: Optional[str],
-) -> Dict[str, Any]:
+def _meta(exchange: Exchange, asked: Request, reply: Reply, index: int, finish_reason: Optional[str]) -> Dict[str, Any]:
     started = datetime.datetime.fromtimestamp(exchange.started, datetime.timezone.utc)
     meta: Dict[str, Any] = {
         "time": started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "model": info.get("model") or request.get("model"),
+        "model": reply.model,
         "endpoint": exchange.path.split("?", 1)[0],
         "stream": exchange.stream,
         "finish_reason": finish_reason,
-        "usage": info.get("usage") if isinstance(info.get("usage"), dict) else None,
+        "usage": reply.usage,
         "tags": list(exchange.tags),
         "complete": exchange.complete,
         "choice": index,
-        "response_id": info.get("id"),
+        "response_id": reply.id,
     }
-    if template is not None:
-        meta["template"] = template
-        if template == "none":
-            meta["note"] = "prompt in no known chat template: recorded as one user turn"
+    meta.update(asked.meta)
     return meta

@@ -99,7 +99,7 @@ payload = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characte
 
 
 def captured_events(head: List[tuple], reads: List[bytes]) -> List[bytes]:
-    capture = ExchangeCapture("chat", "/v1/chat/completions", [], 10**6)
+    capture = ExchangeCapture("chat.completions", "/v1/chat/completions", [], 10**6)
     capture.request_chunk(b"{}")
     capture.response_head(200, head)
     for read in reads:
