@@ -38,7 +38,7 @@ class Extracted:
 def extract(exchange: Exchange, save_image: ImageSink) -> Extracted:
     api = wire_api(exchange.endpoint)
     request = _json_object(exchange.request_body, "request body")
-    asked = api.read_request(request, save_image)
+    asked = _with_open_turn(api.read_request(request, save_image))
     if exchange.stream:
         reply = api.read_stream(_decode_events(exchange.events))
     else:
@@ -58,6 +58,18 @@ def extract(exchange: Exchange, save_image: ImageSink) -> Extracted:
         meta["model"] = meta["model"] or request.get("model")
         answers.append(Answer(message, meta))
     return Extracted(asked.history, asked.tools, answers, housekeeping_kind(asked.history))
+
+
+def _with_open_turn(asked: Request) -> Request:
+    """A history that ends in the assistant's own words (a prefill) is continued by the reply, not
+    answered: the record holds one assistant turn, the prefill and the reply joined exactly."""
+    history = asked.history
+    if asked.prefill or not history or history[-1].get("role") != "assistant":
+        return asked
+    last = history[-1]
+    if set(last) - {"role", "content"} or not last.get("content"):
+        return asked  # tool calls, reasoning or images: a finished turn the model is asked to follow
+    return dataclasses.replace(asked, history=history[:-1], prefill=last["content"])
 
 
 def _json_object(body: bytes, what: str) -> Dict[str, Any]:
