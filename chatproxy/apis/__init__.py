@@ -20,12 +20,24 @@ ImageSink = Callable[[bytes, str], str]  # (data, mime type) -> the path the ima
 
 CHAT_COMPLETIONS = "chat.completions"
 COMPLETIONS = "completions"
+RESPONSES = "responses"
+MESSAGES = "messages"
+OLLAMA_CHAT = "ollama.chat"
+OLLAMA_GENERATE = "ollama.generate"
 
-# (name, path suffix, module), tried in order on the path without its query string.
+# (name, path suffix, module), tried in order on the path without its query string. A suffix only:
+# the target's own prefix (/v1, /api/v1, …) comes before it. Sub-routes (…/responses/compact,
+# …/messages/count_tokens) end otherwise, so they are relayed and not recorded.
 ROUTES: Tuple[Tuple[str, str, str], ...] = (
     (CHAT_COMPLETIONS, "/chat/completions", "chatproxy.apis.chat_completions"),
     (COMPLETIONS, "/completions", "chatproxy.apis.completions"),
+    (RESPONSES, "/responses", "chatproxy.apis.responses"),
+    (MESSAGES, "/messages", "chatproxy.apis.anthropic_messages"),
+    (OLLAMA_CHAT, "/api/chat", "chatproxy.apis.ollama"),
+    (OLLAMA_GENERATE, "/api/generate", "chatproxy.apis.ollama_generate"),
 )
+# Paths that end like a recorded route but are another API's: the Assistants API's thread messages.
+_NOT_RECORDED = ("/threads/",)
 _MODULES = {name: module for name, _, module in ROUTES}
 
 
@@ -41,6 +53,8 @@ class Request:
     tools: Optional[List[Any]] = None
     prefill: str = ""  # the start of the reply, sent by the client for the model to continue
     meta: Dict[str, Any] = dataclasses.field(default_factory=dict)  # what the record's meta adds
+    continues: Optional[str] = None  # a response id whose recorded conversation comes before `history`
+    housekeeping: Optional[str] = None  # a side request the API itself marks (a title request, …)
 
 
 @dataclasses.dataclass
@@ -58,6 +72,7 @@ class Reply:
     model: Optional[str] = None
     id: Optional[str] = None
     usage: Optional[Dict[str, Any]] = None
+    complete: Optional[bool] = None  # False: the backend said it stopped short (None: judged by the stream)
 
 
 class WireAPI(Protocol):
@@ -80,7 +95,7 @@ def route(method: bytes, path: str) -> Optional[str]:
     path = path.split("?", 1)[0].rstrip("/")
     for name, suffix, _ in ROUTES:
         if path.endswith(suffix):
-            return name
+            return None if any(part in path for part in _NOT_RECORDED) else name
     return None
 
 

@@ -115,14 +115,14 @@ def _normalize_message(raw: Any, save_image: ImageSink) -> dict[str, Any] | None
 
 
 def _put_content(message: dict[str, Any], content: Any, save_image: ImageSink | None) -> None:
-    text, images = _render_content(content, save_image)
+    text, images = render_content(content, save_image)
     if text:
         message["content"] = text
     if images:
         message["images"] = images
 
 
-def _render_content(content: Any, save_image: ImageSink | None) -> tuple[str, list[str]]:
+def render_content(content: Any, save_image: ImageSink | None) -> tuple[str, list[str]]:
     if content is None:
         return "", []
     if isinstance(content, str):
@@ -147,17 +147,35 @@ def _render_part(part: Any, save_image: ImageSink | None) -> tuple[str | None, s
     if not isinstance(part, dict):
         return json.dumps(part, ensure_ascii=False, default=str), None
     kind = part.get("type")
-    if kind == "image_url":
+    if kind in ("image_url", "input_image"):  # Chat Completions; Responses (the URL itself, or a file id)
         image = _image_reference(part.get("image_url"), save_image)
+        return (IMAGE, image) if image is not None else (None, None)
+    if kind == "image":  # Anthropic Messages: {"source": {"type": "base64" | "url", ...}}
+        image = _anthropic_image(part.get("source"), save_image)
         return (IMAGE, image) if image is not None else (None, None)
     if kind == "input_audio":
         return AUDIO, None
-    if kind == "file":
+    if kind in ("file", "input_file", "document"):
         return FILE, None
     if kind == "refusal":
         return as_text(part.get("refusal")), None
-    # "text" and any unknown part that carries text.
+    # "text", "input_text", "output_text" and any unknown part that carries text.
     return as_text(part.get("text")), None
+
+
+def _anthropic_image(source: Any, save_image: ImageSink | None) -> str | None:
+    if not isinstance(source, dict):
+        return None
+    if source.get("type") == "url":
+        return _image_reference(source.get("url"), save_image)
+    return save_base64_image(as_text(source.get("data")), as_text(source.get("media_type")), save_image)
+
+
+def save_base64_image(data: str, mime: str, save_image: ImageSink | None) -> str | None:
+    """Bare base64 image data (Anthropic's `source.data`, Ollama's `images`) saved like a data: URL."""
+    if not data:
+        return None
+    return _image_reference(f"data:{mime or 'application/octet-stream'};base64,{data}", save_image)
 
 
 def _image_reference(value: Any, save_image: ImageSink | None) -> str | None:
@@ -232,7 +250,7 @@ def _tool_calls(raw: Any) -> list[dict[str, Any]]:
                 {
                     "id": as_text(item.get("id")),
                     "name": as_text(function.get("name")),
-                    "arguments": _arguments_text(function.get("arguments")),
+                    "arguments": arguments_text(function.get("arguments")),
                 }
             )
     return calls
@@ -241,10 +259,10 @@ def _tool_calls(raw: Any) -> list[dict[str, Any]]:
 def _legacy_call(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         return None
-    return {"id": "", "name": as_text(raw.get("name")), "arguments": _arguments_text(raw.get("arguments"))}
+    return {"id": "", "name": as_text(raw.get("name")), "arguments": arguments_text(raw.get("arguments"))}
 
 
-def _arguments_text(value: Any) -> str:
+def arguments_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
@@ -322,7 +340,7 @@ class _ChoiceState:
             if name and not call.name:
                 call.name = name
             if function.get("arguments") is not None:
-                call.arguments.append(_arguments_text(function["arguments"]))
+                call.arguments.append(arguments_text(function["arguments"]))
 
     def _call_key(self, fragment: dict[str, Any]) -> int:
         index = _as_index(fragment.get("index"))

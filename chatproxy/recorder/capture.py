@@ -10,9 +10,10 @@ import dataclasses
 import logging
 import time
 import zlib
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from chatproxy import headers as hdr
+from chatproxy.apis.ndjson import NDJSONDecoder
 from chatproxy.apis.sse import SSEDecoder
 
 log = logging.getLogger("chatproxy.capture")
@@ -44,7 +45,7 @@ class ExchangeCapture:
         self._request = bytearray()
         self._response = bytearray()
         self._max_body = max_body
-        self._decoder: Optional[SSEDecoder] = None
+        self._decoder: Optional[Union[SSEDecoder, NDJSONDecoder]] = None
         self._inflate: Optional[zlib._Decompress] = None
         self.active = True
         self._read_controls(request_headers)
@@ -69,9 +70,11 @@ class ExchangeCapture:
             self.active = False  # failed exchanges are relayed, never recorded
             return
         content_type = (hdr.get(response_headers, b"content-type") or b"").lower()
-        self.exchange.stream = b"text/event-stream" in content_type
-        if self.exchange.stream:
+        if b"text/event-stream" in content_type:
             self._decoder = SSEDecoder()
+        elif b"ndjson" in content_type or b"jsonl" in content_type:  # Ollama's native streams
+            self._decoder = NDJSONDecoder()
+        self.exchange.stream = self._decoder is not None
         encoding = (hdr.get(response_headers, b"content-encoding") or b"identity").strip().lower()
         if encoding in (b"gzip", b"x-gzip", b"deflate"):
             # wbits 32+15 reads both gzip and zlib-wrapped deflate.

@@ -73,7 +73,7 @@ class RecordBook:
     def place(self, exchange: Exchange) -> List[Node]:
         try:
             store = self._store_for(exchange.session)
-            extracted = extract(exchange, store.save_image)
+            extracted = extract(exchange, store.save_image, store.recall)
         except (NotRecordable, ConfigError) as exc:
             self.counts["unrecordable"] += 1
             log.warning("not recording %s: %s", exchange.path, exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from chatproxy.apis import ImageSink, NotRecordable, Reply, Request, wire_api
 from chatproxy.chats.housekeeping import housekeeping_kind
@@ -35,17 +35,23 @@ class Extracted:
     housekeeping: Optional[str] = None
 
 
-def extract(exchange: Exchange, save_image: ImageSink) -> Extracted:
+# A recorded conversation by the id of a response in it, as far as that response (None: never seen).
+Recall = Callable[[str], Optional[List[Message]]]
+
+
+def extract(exchange: Exchange, save_image: ImageSink, recall: Optional[Recall] = None) -> Extracted:
     api = wire_api(exchange.endpoint)
     request = _json_object(exchange.request_body, "request body")
-    asked = _with_open_turn(api.read_request(request, save_image))
+    asked = _with_open_turn(_with_earlier_turns(api.read_request(request, save_image), recall))
     if exchange.stream:
         reply = api.read_stream(_decode_events(exchange.events))
     else:
         reply = api.read_reply(_json_object(exchange.response_body, "response body"))
     if not reply.choices:
         raise NotRecordable("no reply in the response")
-    if exchange.stream and all(choice.finish_reason is not None for choice in reply.choices):
+    if reply.complete is False:
+        exchange.complete = False  # the backend said so: cut by a limit, failed, or cancelled
+    elif exchange.stream and all(choice.finish_reason is not None for choice in reply.choices):
         # Every choice said it was finished: the reply is whole even if the client hung up before
         # the stream's last bytes (openai-python 3 closes the connection right after `[DONE]`).
         exchange.complete = True
@@ -57,7 +63,20 @@ def extract(exchange: Exchange, save_image: ImageSink) -> Extracted:
         meta = _meta(exchange, asked, reply, choice.index, choice.finish_reason)
         meta["model"] = meta["model"] or request.get("model")
         answers.append(Answer(message, meta))
-    return Extracted(asked.history, asked.tools, answers, housekeeping_kind(asked.history))
+    return Extracted(asked.history, asked.tools, answers, asked.housekeeping or housekeeping_kind(asked.history))
+
+
+def _with_earlier_turns(asked: Request, recall: Optional[Recall]) -> Request:
+    """A request that continues a stored response (Responses' previous_response_id) sends only what
+    is new; the conversation the proxy recorded for that response goes before it."""
+    if asked.continues is None:
+        return asked
+    earlier = recall(asked.continues) if recall is not None else None
+    if earlier is None:  # recorded before this proxy ran, or by another instance
+        return dataclasses.replace(asked, meta=dict(asked.meta, partial_history=True))
+    # The instructions are sent again with every request; the recorded ones stand at the start.
+    new = [m for m in asked.history if not (m["role"] == "system" and m in earlier)]
+    return dataclasses.replace(asked, history=earlier + new)
 
 
 def _with_open_turn(asked: Request) -> Request:
@@ -103,6 +122,7 @@ def _meta(exchange: Exchange, asked: Request, reply: Reply, index: int, finish_r
         "time": started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "model": reply.model,
         "endpoint": exchange.path.split("?", 1)[0],
+        "api": exchange.endpoint,
         "stream": exchange.stream,
         "finish_reason": finish_reason,
         "usage": reply.usage,

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from chatproxy.apis import RESPONSES
 from chatproxy.chats.messages import encode_json
 from chatproxy.chats.sharegpt import to_sharegpt
 from chatproxy.chats.tree import Node, ThreadIndex
@@ -39,6 +40,8 @@ class DatasetStore:
         self.journal_path = folder / f"{session}.jsonl"
         self.snapshot_path = folder / f"{session}.json"
         self.index = ThreadIndex()
+        # Responses API: a response's id -> the record that holds it, for requests that continue it.
+        self._by_response: Dict[str, str] = {}
         self.pending: List[Tuple[Dict[str, Any], bytes]] = []  # placed, not yet on disk
         self.saved = 0
         self.dirty = False
@@ -60,7 +63,7 @@ class DatasetStore:
         try:
             scan = JournalScan(self.journal_path)
             for record, line in scan:
-                self.index.add(record, self.options.keep_incomplete, line)
+                self._note_response(self.index.add(record, self.options.keep_incomplete, line), record)
                 self.saved += 1
             for number, reason in scan.bad_lines:
                 log.warning("%s: skipped damaged line %d: %s", self.journal_path, number, reason)
@@ -123,9 +126,21 @@ class DatasetStore:
             record["tools"] = tools
         line = encode_record(record)
         node = self.index.add(record, self.options.keep_incomplete, line)
+        self._note_response(node, record)
         self.pending.append((record, line))
         self.dirty = True
         return node
+
+    def _note_response(self, node: Node, record: Dict[str, Any]) -> None:
+        meta = record.get("meta")
+        if isinstance(meta, dict) and meta.get("api") == RESPONSES and isinstance(meta.get("response_id"), str):
+            self._by_response[meta["response_id"]] = node.id
+
+    def recall(self, response_id: str) -> Optional[List[Dict[str, Any]]]:
+        """The conversation as far as the response `response_id`, reply included (None: not recorded here)."""
+        node_id = self._by_response.get(response_id)
+        node = self.index.nodes.get(node_id) if node_id is not None else None
+        return list(node.iter_messages()) if node is not None else None
 
     def flush(self) -> List[Dict[str, Any]]:
         """Write every pending record with one write and one fsync (group commit).
