@@ -9,9 +9,10 @@ import json
 from typing import Any, Dict, List
 
 import anthropic
-from fake_agents import MessagesTurn
 
 from chatproxy.commands import export
+
+from fake_agents import MessagesTurn
 
 KEY = "sk-ant-test-secret-key-0123"
 TOOLS = [

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import ollama
 import pytest
+
 from fake_agents import OllamaTurn
 
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\0" * 40).decode()

@@ -9,10 +9,10 @@ from typing import Any, Dict, List
 
 import openai
 import pytest
-from fake_agents import ResponsesTurn
 
 from chatproxy.commands import export
 
+from fake_agents import ResponsesTurn
 from fake_upstream import SSE, Json, Raw
 
 WEATHER_TOOL = {
