@@ -84,9 +84,12 @@ def parse_target(url: str) -> Target:
     if parsed.query or parsed.fragment:
         raise ConfigError(f"--target must not have a query or fragment (got {url!r})")
     try:
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        port = parsed.port
     except ValueError:
-        raise ConfigError(f"--target has an invalid port (got {url!r})") from None
+        port = 0
+    if port == 0:  # out of range, not a number, or 0 (which `or` below would have turned into the default)
+        raise ConfigError(f"--target has an invalid port (got {url!r})")
+    port = port or (443 if parsed.scheme == "https" else 80)
     return Target(parsed.scheme, parsed.hostname, port, parsed.path.rstrip("/"))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 Headers = List[Tuple[bytes, bytes]]
 
@@ -47,15 +47,15 @@ def get(headers: Iterable[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
     return None
 
 
-def _connection_tokens(headers: Sequence[Tuple[bytes, bytes]]) -> frozenset:
-    tokens = set()
+def _connection_tokens(headers: Sequence[Tuple[bytes, bytes]]) -> FrozenSet[bytes]:
+    tokens: Set[bytes] = set()
     for key, value in headers:
         if key.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
     return frozenset(tokens)
 
 
-def _end_to_end(headers: Sequence[Tuple[bytes, bytes]], also_drop: frozenset) -> Headers:
+def _end_to_end(headers: Sequence[Tuple[bytes, bytes]], also_drop: FrozenSet[bytes]) -> Headers:
     named = _connection_tokens(headers)
     kept = []
     for key, value in headers:

@@ -78,7 +78,9 @@ class _Piece(NamedTuple):
     message: dict[str, Any]
 
 
-def to_sharegpt(messages: list[dict[str, Any]], tools: list[Any] | None = None, reasoning: str = KEEP) -> dict[str, Any] | None:
+def to_sharegpt(
+    messages: list[dict[str, Any]], tools: list[Any] | None = None, reasoning: str = KEEP
+) -> dict[str, Any] | None:
     """One ShareGPT record for `messages`, or None when no gpt/function_call turn would remain."""
     if reasoning not in _REASONING_MODES:
         raise ValueError(f"reasoning must be one of {_REASONING_MODES}, not {reasoning!r}")

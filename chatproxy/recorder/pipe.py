@@ -14,9 +14,11 @@ import logging
 import pickle
 import struct
 import traceback
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from chatproxy.recorder.capture import Exchange
+
+log = logging.getLogger("chatproxy.recorder")
 
 HEADER = struct.Struct("!I")
 Message = Tuple[Any, ...]
@@ -43,23 +45,28 @@ class FrameReader:
                 end = start + HEADER.size + size
                 if end > len(view):
                     break
-                messages.append(pickle.loads(view[start + HEADER.size : end]))
+                message = _message(view[start + HEADER.size : end])
+                if message is not None:
+                    messages.append(message)
                 start = end
         del self._buffer[:start]
         return messages
 
 
-def status_fields(counts: Dict[str, int], pending: int, dataset: Any, journal: Any) -> Dict[str, Any]:
-    """A recorder's part of /_chatproxy/status, whichever process it runs in."""
-    return {
-        "recorded": counts["recorded"],
-        "skipped_housekeeping": counts["skipped"],
-        "not_recordable": counts["unrecordable"],
-        "write_errors": counts["write_errors"],
-        "pending_records": pending,
-        "dataset": dataset and str(dataset),
-        "journal": journal and str(journal),
-    }
+def _message(payload: memoryview) -> Optional[Message]:
+    """The message a frame holds, or None (logged) for one that holds none: the frames after it are
+    still whole, and an exception here would end the reading process (or its reading task)."""
+    try:
+        message = pickle.loads(payload)
+    except Exception as exc:  # garbage can raise anything; only its text is kept
+        # Formatted here: a record holding the exception would hold, through its traceback, this payload's
+        # buffer export, and the reader could not trim its buffer while a handler kept that record.
+        log.error("dropped a %d-byte frame from the recorder pipe: %s", len(payload), f"{type(exc).__name__}: {exc}")
+        return None
+    if not (isinstance(message, tuple) and message and isinstance(message[0], str)):
+        log.error("dropped a frame from the recorder pipe that is not a message: a %s", type(message).__name__)
+        return None
+    return message
 
 
 def exchange_fields(exchange: Exchange) -> Tuple[Any, ...]:
@@ -77,8 +84,15 @@ _STANDARD_FIELDS = set(vars(logging.makeLogRecord({})))
 def log_fields(record: logging.LogRecord) -> Dict[str, Any]:
     """A log record as plain data, its message already formatted (arguments may not pickle)."""
     fields = {key: value for key, value in vars(record).items() if key not in _STANDARD_FIELDS}
-    fields.update(name=record.name, levelno=record.levelno, levelname=record.levelname, created=record.created,
-                  msecs=record.msecs, msg=record.getMessage(), args=None)
+    fields.update(
+        name=record.name,
+        levelno=record.levelno,
+        levelname=record.levelname,
+        created=record.created,
+        msecs=record.msecs,
+        msg=record.getMessage(),
+        args=None,
+    )
     if record.exc_info:
         fields["exc_text"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
     return fields

@@ -202,12 +202,13 @@ class Worker:
         ok = self.book.write(final=final, snapshot=any(snapshot for _, snapshot in self.syncs))
         if ok:
             self.on_disk = taken
+        else:
+            self.retry_at = time.monotonic() + self.book.retry_delay()
+        self._report()  # before "synced": a caller that waited for the sync reads counts that include it
+        if ok:
             for token, _ in self.syncs:
                 self.outbox.send(("synced", token))
             self.syncs = []
-        else:
-            self.retry_at = time.monotonic() + self.book.retry_delay()
-        self._report()
 
     def _report(self) -> None:
         self.outbox.send(

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import anthropic
+import pytest
 
 from chatproxy.commands import export
 
@@ -25,11 +26,21 @@ TOOLS = [
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
 
 
-def client_for(proxy: Any) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=proxy.url, api_key=KEY, max_retries=0, timeout=10)
+@pytest.fixture
+def client_for() -> Iterator[Callable[[Any], anthropic.Anthropic]]:
+    """Clients closed after the test: a streamed response left to the garbage collector leaks its socket."""
+    made: List[anthropic.Anthropic] = []
+
+    def make(proxy: Any) -> anthropic.Anthropic:
+        made.append(anthropic.Anthropic(base_url=proxy.url, api_key=KEY, max_retries=0, timeout=10))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
 
 
-def test_streamed_agent_loop_is_one_record_with_every_turns_thinking(upstream, proxy):
+def test_streamed_agent_loop_is_one_record_with_every_turns_thinking(upstream, proxy, client_for):
     """Three tool rounds with thinking; like Claude Code, the client resends history without the
     earlier thinking blocks. The record keeps every turn's reasoning where it was produced."""
     upstream.push(
@@ -85,7 +96,7 @@ def test_streamed_agent_loop_is_one_record_with_every_turns_thinking(upstream, p
         assert KEY.encode() not in path.read_bytes()
 
 
-def test_non_streamed_with_image_and_string_system(upstream, proxy):
+def test_non_streamed_with_image_and_string_system(upstream, proxy, client_for):
     upstream.push(MessagesTurn(text="A tiny black square."))
     reply = client_for(proxy).messages.create(
         model="claude-haiku",
@@ -113,7 +124,7 @@ def test_non_streamed_with_image_and_string_system(upstream, proxy):
     assert (proxy.datasets / image).read_bytes().startswith(b"\x89PNG")
 
 
-def test_a_user_turn_resent_as_a_string_continues_the_same_chat(upstream, proxy):
+def test_a_user_turn_resent_as_a_string_continues_the_same_chat(upstream, proxy, client_for):
     upstream.push(MessagesTurn(text="Hi!"), MessagesTurn(text="Fine, thanks."))
     client = client_for(proxy)
     first = [{"role": "user", "content": [{"type": "text", "text": "Hello", "cache_control": {"type": "ephemeral"}}]}]
@@ -132,7 +143,7 @@ def test_a_user_turn_resent_as_a_string_continues_the_same_chat(upstream, proxy)
     assert [t["value"] for t in record["conversations"]] == ["Hello", "Hi!", "How are you?", "Fine, thanks."]
 
 
-def test_claude_codes_title_request_is_not_a_chat(upstream, proxy):
+def test_claude_codes_title_request_is_not_a_chat(upstream, proxy, client_for):
     upstream.push(MessagesTurn(text='{"title": "Repo overview"}'))
     client_for(proxy).messages.create(
         model="claude-haiku",
@@ -145,7 +156,7 @@ def test_claude_codes_title_request_is_not_a_chat(upstream, proxy):
     assert proxy.run(lambda: proxy.proxy.recorder.counts["skipped"]) == 1
 
 
-def test_count_tokens_is_relayed_not_recorded(upstream, proxy):
+def test_count_tokens_is_relayed_not_recorded(upstream, proxy, client_for):
     from fake_upstream import Json
 
     upstream.push(Json({"input_tokens": 5}))
@@ -156,7 +167,7 @@ def test_count_tokens_is_relayed_not_recorded(upstream, proxy):
     assert proxy.dataset() == []
 
 
-def test_headers_pass_through_untouched(upstream, proxy):
+def test_headers_pass_through_untouched(upstream, proxy, client_for):
     upstream.push(MessagesTurn(text="ok"))
     client_for(proxy).messages.create(
         model="c",
@@ -175,7 +186,7 @@ def test_headers_pass_through_untouched(upstream, proxy):
     assert seen.header("anthropic-beta") == "interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14"
 
 
-def test_a_stream_that_ends_before_its_stop_reason_is_incomplete(upstream, proxy):
+def test_a_stream_that_ends_before_its_stop_reason_is_incomplete(upstream, proxy, client_for):
     upstream.push(MessagesTurn(text="This will be cut off somewhere in the middle.", cut_after=5))
     with client_for(proxy).messages.stream(model="c", max_tokens=50, messages=[{"role": "user", "content": "Go"}]) as s:
         text = "".join(s.text_stream)
@@ -185,7 +196,7 @@ def test_a_stream_that_ends_before_its_stop_reason_is_incomplete(upstream, proxy
     assert record["meta"]["complete"] is False
 
 
-def test_tool_round_exports_like_chat_completions(upstream, proxy, tmp_path):
+def test_tool_round_exports_like_chat_completions(upstream, proxy, client_for, tmp_path):
     upstream.push(MessagesTurn(calls=[("read_file", {"path": "a"})]), MessagesTurn(text="Done."))
     client = client_for(proxy)
     messages: List[Dict[str, Any]] = [{"role": "user", "content": "Read a"}]

@@ -4,6 +4,7 @@ is recorded as one conversation."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -26,14 +27,18 @@ def test_an_agent_with_a_tool_is_one_record(upstream: Any, proxy: Any) -> None:
         """The local time in a city."""
         return json.dumps({"city": city, "time": "10:00"})
 
-    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-agents-secret", max_retries=0)
-    agent = agents.Agent(
-        name="clock",
-        instructions="Answer with the tools.",
-        tools=[get_time],
-        model=agents.OpenAIResponsesModel(model="gpt-test", openai_client=client),
-    )
-    result = agents.Runner.run_sync(agent, "Do Lima and Quito share a time?")
+    async def run() -> Any:
+        # Closed inside the loop that used it: an AsyncOpenAI left to the garbage collector leaks its socket.
+        async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-agents-secret", max_retries=0) as client:
+            agent = agents.Agent(
+                name="clock",
+                instructions="Answer with the tools.",
+                tools=[get_time],
+                model=agents.OpenAIResponsesModel(model="gpt-test", openai_client=client),
+            )
+            return await agents.Runner.run(agent, "Do Lima and Quito share a time?")
+
+    result = asyncio.run(run())
     assert result.final_output == "Lima and Quito share a clock."
     proxy.wait_recorded(3)
     sent = [request.json() for request in upstream.requests]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import openai
 import pytest
@@ -24,8 +24,18 @@ WEATHER_TOOL = {
 }
 
 
-def client_for(proxy: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-responses-secret", max_retries=0, timeout=10)
+@pytest.fixture
+def client_for() -> Iterator[Callable[[Any], openai.OpenAI]]:
+    """Clients closed after the test: a stream cut short and left to the garbage collector leaks its socket."""
+    made: List[openai.OpenAI] = []
+
+    def make(proxy: Any) -> openai.OpenAI:
+        made.append(openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-responses-secret", max_retries=0, timeout=10))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
 
 
 def post(proxy: Any, path: str, body: bytes) -> bytes:
@@ -43,7 +53,7 @@ def conversation(proxy: Any) -> List[Dict[str, Any]]:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_tool_round_trip_is_one_record(upstream, proxy, stream):
+def test_a_tool_round_trip_is_one_record(upstream, proxy, client_for, stream):
     """model → function_call → function_call_output → model: the second request resends the first
     turn's items, and the record holds the whole loop once, with the reasoning."""
     upstream.push(
@@ -84,7 +94,7 @@ def test_a_tool_round_trip_is_one_record(upstream, proxy, stream):
     assert journal[0]["messages"][-1]["reasoning"] == "The user wants weather."
 
 
-def test_previous_response_id_rebuilds_the_whole_conversation(upstream, proxy):
+def test_previous_response_id_rebuilds_the_whole_conversation(upstream, proxy, client_for):
     """With previous_response_id the client sends only the new items; the record is still whole."""
     upstream.push(ResponsesTurn(text="Hello! What can I do?"), ResponsesTurn(text="Paris is the capital."))
     client = client_for(proxy)
@@ -105,7 +115,7 @@ def test_previous_response_id_rebuilds_the_whole_conversation(upstream, proxy):
     assert "partial_history" not in proxy.journal()[-1]["meta"]
 
 
-def test_an_unknown_previous_response_is_recorded_as_partial(upstream, proxy):
+def test_an_unknown_previous_response_is_recorded_as_partial(upstream, proxy, client_for):
     upstream.push(ResponsesTurn(text="Sure."))
     client_for(proxy).responses.create(model="m", previous_response_id="resp_from_elsewhere", input="Go on")
     proxy.wait_recorded(1)
@@ -114,7 +124,7 @@ def test_an_unknown_previous_response_is_recorded_as_partial(upstream, proxy):
     assert record["meta"]["partial_history"] is True
 
 
-def test_codex_style_history_with_developer_items_and_null_reasoning(upstream, proxy):
+def test_codex_style_history_with_developer_items_and_null_reasoning(upstream, proxy, client_for):
     """Codex resends everything each time: developer messages (its system prompt), a user
     environment message, reasoning items with null content, function calls with ids and status."""
     upstream.push(ResponsesTurn(calls=[("exec_command", {"cmd": "ls"})]), ResponsesTurn(text="Two files."))
@@ -147,7 +157,7 @@ def test_codex_style_history_with_developer_items_and_null_reasoning(upstream, p
     assert turns[1]["value"] == "<environment_context/>\n\nList files"
 
 
-def test_a_cut_stream_is_rebuilt_from_its_deltas_and_marked_incomplete(upstream, make_proxy):
+def test_a_cut_stream_is_rebuilt_from_its_deltas_and_marked_incomplete(upstream, make_proxy, client_for):
     proxy = make_proxy(upstream.url)
     upstream.push(ResponsesTurn(text="A long answer that never finishes.", cut_after=6))
     with pytest.raises(RuntimeError):
@@ -159,7 +169,7 @@ def test_a_cut_stream_is_rebuilt_from_its_deltas_and_marked_incomplete(upstream,
     assert record["messages"][-1]["content"].startswith("A long answer")
 
 
-def test_an_incomplete_response_is_marked_incomplete(upstream, proxy):
+def test_an_incomplete_response_is_marked_incomplete(upstream, proxy, client_for):
     upstream.push(ResponsesTurn(text="Half of it", status="incomplete"))
     client_for(proxy).responses.create(model="m", input="Write a lot")
     proxy.wait_recorded(1)
@@ -191,7 +201,7 @@ def test_malformed_events_and_bodies_are_relayed_and_not_recorded(upstream, prox
     assert proxy.dataset() == []
 
 
-def test_a_three_round_agent_loop_exports_in_every_profile(upstream, proxy, tmp_path):
+def test_a_three_round_agent_loop_exports_in_every_profile(upstream, proxy, client_for, tmp_path):
     upstream.push(
         ResponsesTurn(calls=[("get_weather", {"city": "Paris"})]),
         ResponsesTurn(calls=[("get_weather", {"city": "Rome"})]),
