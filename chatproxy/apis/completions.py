@@ -3,6 +3,8 @@
 The request is one prompt string that a frontend rendered from a chat with some template:
 templates.py recognises the template and reads the turns back (an open assistant turn at the end
 is the start of the reply: its prefill). A reply's `choices[i].text`, or a stream's chunks, continue it.
+The speaker names the template supplied go to `meta.names`; a prompt that leaves the user's turn open
+asks the model to write the user's next message (SillyTavern's Impersonate): a side request.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ def read_request(request: Dict[str, Any], save_image: ImageSink) -> Request:
     meta: Dict[str, Any] = {"template": parsed.template}
     if parsed.template == "none":
         meta["note"] = NO_TEMPLATE_NOTE
-    return Request(parsed.messages, None, parsed.prefill, meta)
+    if parsed.names:
+        meta["names"] = parsed.names
+    side = "impersonate" if parsed.open_role == "user" else None
+    return Request(parsed.messages, None, parsed.prefill, meta, housekeeping=side)
 
 
 def read_reply(body: Dict[str, Any]) -> Reply:

@@ -18,10 +18,19 @@ Templates, tried in this order (most specific markers first):
 * Alpaca (`### Instruction:` / `### Input:` / `### Response:`), Vicuna (`USER: ... ASSISTANT: ...</s>`), and
   the plain "Name: text" transcript; their text before the first turn marker is the system prompt.
 
-The final open assistant turn is not a message: its text is `prefill` ("" for a bare header, and always ""
-for a transcript, which ends on the bare "Name:"). BOS/EOS tokens and surrounding whitespace are stripped
-from every text, and empty turns are dropped. Names a frontend writes into the text of a turn (SillyTavern's
-forced "Anon: hi") are kept: to the model they were part of the message.
+Text before the first block or marker (SillyTavern's story string when the context template does not wrap it
+in a system block) is the system turn. The final open assistant turn is not a message: its text is `prefill`
+("" for a bare header, and always "" for a transcript, which ends on the bare "Name:"); a final open user
+block (SillyTavern's Impersonate) sets `open_role` "user". BOS/EOS tokens and surrounding whitespace are
+stripped from every text, and empty turns are dropped.
+
+Speaker names. SillyTavern's presets write the speaker's name into each turn ("Alex: Hi.", and the open
+"Seraphina:" the model is to go on from); its chat-completion requests and its saved chat do not carry them.
+When the open assistant turn starts with a name, that name is the template's: it is stripped from every
+assistant turn that starts with it, and the one name every user turn starts with likewise, so records of
+text and chat completions agree. `names` says what was stripped ({"user": ..., "assistant": ...}). In a
+group chat (assistant turns spoken by more than one character) the names are what tells the speakers
+apart: they are kept in the text, and `names` lists {"speakers": [...]}.
 
 Anything unrecognised, or recognised and then inconsistent (an unterminated block, stray text between
 blocks, an unmatched [/INST]), is kept whole as one user message with template "none": a wrong split would
@@ -31,6 +40,7 @@ prompt must start with their markers), and the loose ones ask for more than one 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -45,6 +55,8 @@ class ParsedPrompt:
     messages: list[dict[str, Any]]  # canonical system/user/assistant turns from the prompt
     template: str  # "chatml", "llama3", "gemma", "mistral", "alpaca", "vicuna", "transcript" or "none"
     prefill: str  # text of an assistant turn left open at the end ("" for a bare open header)
+    names: Optional[Dict[str, Any]] = None  # the speaker names the template supplied (see above)
+    open_role: str = "assistant"  # whose turn the prompt leaves open: "user" for an impersonation
 
 
 class _Inconsistent(Exception):
@@ -56,16 +68,17 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
     try:
         for syntax in _BLOCK_SYNTAXES:
             if syntax.opener in prompt:
-                return _parse_blocks(prompt, syntax)
+                return _with_names(_parse_blocks(prompt, syntax))
         if "[INST]" in prompt and "[/INST]" in prompt:
-            return _parse_mistral(prompt)
+            return _with_names(_parse_mistral(prompt))
     except _Inconsistent:
         return _unparsed(prompt)
-    for parser in (_parse_alpaca, _parse_vicuna, _parse_transcript):
+    for parser in (_parse_alpaca, _parse_vicuna):
         parsed = parser(prompt)
         if parsed is not None:
-            return parsed
-    return _unparsed(prompt)
+            return _with_names(parsed)
+    parsed = _parse_transcript(prompt)
+    return parsed if parsed is not None else _unparsed(prompt)
 
 
 def _unparsed(prompt: str) -> ParsedPrompt:
@@ -94,13 +107,27 @@ def _clean(text: str) -> str:
     return text
 
 
+def _check_preamble(text: str) -> None:
+    """Text before a template's first marker is a story string only when it ends its own line: a marker in
+    the middle of a sentence ("What does <|im_start|> do?") is prose that mentions it."""
+    if _clean(text) and not text.rstrip(" \t").endswith("\n"):
+        raise _Inconsistent("text before the first marker")
+
+
 def _finish(template: str, turns: List[Turn], prefill: str) -> ParsedPrompt:
     messages = []
     for role, text in turns:
         content = _clean(text)
         if content:
             messages.append({"role": role, "content": content})
-    return ParsedPrompt(messages, template, _clean(prefill))
+    return ParsedPrompt(messages, template, _clean_start(prefill))
+
+
+def _clean_start(prefill: str) -> str:
+    """The prefill without the whitespace and BOS before it; the whitespace it ends with stays, since the
+    reply is joined to it exactly ("Sure, " + "here")."""
+    cleaned = _clean(prefill)
+    return prefill[prefill.index(cleaned) :] if cleaned else ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,22 +159,25 @@ _HEADER = re.compile(r"[^\W\d_][\w .'\-]{0,63}")
 
 
 def _parse_blocks(prompt: str, syntax: _BlockSyntax) -> ParsedPrompt:
-    blocks = _split_blocks(prompt, syntax)
+    preamble, blocks = _split_blocks(prompt, syntax)
     last_header, last_body, last_closed = blocks[-1]
     # The name on the final open block is the one the frontend asks the model to speak as.
     speaker = None if last_closed or last_header.lower() in syntax.roles else last_header
-    turns = [(_block_role(header, syntax, speaker), body) for header, body, _ in blocks]
-    prefill = ""
+    turns = [("system", preamble)] + [(_block_role(header, syntax, speaker), body) for header, body, _ in blocks]
     if not last_closed and turns[-1][0] == "assistant":
-        prefill = turns.pop()[1]
-    return _finish(syntax.template, turns, prefill)
+        return _finish(syntax.template, turns[:-1], turns[-1][1])
+    if not last_closed and turns[-1][0] == "user":
+        # The user's own turn left open: the frontend asks the model to write it (Impersonate).
+        return dataclasses.replace(_finish(syntax.template, turns[:-1], turns[-1][1]), open_role="user")
+    return _finish(syntax.template, turns, "")
 
 
-def _split_blocks(prompt: str, syntax: _BlockSyntax) -> List[Tuple[str, str, bool]]:
-    """(header, body, closed) per block; only the last block may be left open."""
+def _split_blocks(prompt: str, syntax: _BlockSyntax) -> Tuple[str, List[Tuple[str, str, bool]]]:
+    """(text before the first block, [(header, body, closed) per block]); only the last block may be open."""
     preamble, *chunks = prompt.split(syntax.opener)
-    if _clean(preamble) or not chunks:
-        raise _Inconsistent("text before the first block")
+    if not chunks:
+        raise _Inconsistent("no block")
+    _check_preamble(preamble)
     blocks = []
     for index, chunk in enumerate(chunks):
         is_last = index == len(chunks) - 1
@@ -161,7 +191,7 @@ def _split_blocks(prompt: str, syntax: _BlockSyntax) -> List[Tuple[str, str, boo
         if not _HEADER.fullmatch(header):
             raise _Inconsistent(f"bad role header {header!r}")
         blocks.append((header, body, bool(closed)))
-    return blocks
+    return preamble, blocks
 
 
 def _block_role(header: str, syntax: _BlockSyntax, speaker: Optional[str]) -> str:
@@ -181,9 +211,8 @@ _SYSTEM_BLOCKS = {"<<SYS>>": "<</SYS>>", "[SYSTEM_PROMPT]": "[/SYSTEM_PROMPT]"} 
 
 def _parse_mistral(prompt: str) -> ParsedPrompt:
     pieces = _mistral_pieces(prompt)
-    if _clean(pieces[0][1]):
-        raise _Inconsistent("text before the first marker")
-    turns: List[Turn] = []
+    _check_preamble(pieces[0][1])
+    turns: List[Turn] = [("system", pieces[0][1])]  # a story string before the first marker
     user: Optional[List[str]] = None  # text of the [INST] span being read, None outside one
     for index in range(1, len(pieces)):
         marker, text = pieces[index]
@@ -280,9 +309,10 @@ _VICUNA_SYSTEM_LABEL = re.compile(r"^\s*SYSTEM:")
 def _parse_vicuna(prompt: str) -> Optional[ParsedPrompt]:
     marks = list(_VICUNA_ROLE.finditer(prompt))
     roles = [mark.group(1) for mark in marks]
-    # Strict alternation from USER to a final ASSISTANT: a text that merely mentions "USER:" is no chat.
-    expected = ["USER", "ASSISTANT"] * (len(marks) // 2)
-    if not marks or roles != expected:
+    # Strict alternation to a final ASSISTANT (from USER, or from a greeting): a text that merely
+    # mentions "USER:" is no chat.
+    alternating = all(first != second for first, second in zip(roles, roles[1:]))
+    if len(marks) < 2 or not alternating or roles[-1] != "ASSISTANT":
         return None
     preamble = _VICUNA_SYSTEM_LABEL.sub("", prompt[: marks[0].start()])
     turns: List[Turn] = [("system", preamble)]
@@ -323,7 +353,7 @@ def _parse_transcript(prompt: str) -> Optional[ParsedPrompt]:
     for index, (name, _, end) in enumerate(turns):
         stop = turns[index + 1][1] if index + 1 < len(turns) else len(body)
         messages.append(("assistant" if name == assistant else "user", body[end:stop]))
-    return _finish("transcript", messages, "")
+    return dataclasses.replace(_finish("transcript", messages, ""), names={"user": user, "assistant": assistant})
 
 
 def _pick_user(labels: List[Tuple[str, int, int]], assistant: str) -> Optional[str]:
@@ -342,3 +372,44 @@ def _chat_bounds(body: str, speaker_starts: List[int]) -> Tuple[int, int]:
         if any(start >= separator.end() for start in speaker_starts):
             return separator.end(), separator.start()
     return 0, 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Speaker names the template wrote into the turns
+# ---------------------------------------------------------------------------------------------------------
+
+_NAME_PREFIX = re.compile(rf"({_NAME}):(?:[ \t]+|\Z)")
+
+
+def _name_of(text: str) -> Optional[str]:
+    match = _NAME_PREFIX.match(text)
+    return match.group(1) if match else None
+
+
+def _without_name(text: str, name: str) -> str:
+    return text[len(name) + 1 :].lstrip(" \t") if text.startswith(name + ":") else text
+
+
+def _with_names(parsed: ParsedPrompt) -> ParsedPrompt:
+    """Strip the names the template put before each turn, when the open assistant turn starts with one."""
+    assistant = _name_of(parsed.prefill) if parsed.open_role == "assistant" else None
+    if assistant is None:
+        return parsed
+    answers = [m["content"] for m in parsed.messages if m["role"] == "assistant"]
+    asks = [m["content"] for m in parsed.messages if m["role"] == "user"]
+    characters = {assistant, *(name for name in map(_name_of, answers) if name is not None)}
+    if len(characters) > 1:  # a group chat: the names tell the characters apart
+        speakers = sorted(characters | {name for name in map(_name_of, asks) if name is not None})
+        return dataclasses.replace(parsed, names={"speakers": speakers})
+    names: Dict[str, Any] = {"assistant": assistant}
+    user_names = {_name_of(text) for text in asks}
+    user = user_names.pop() if len(user_names) == 1 else None
+    if user is not None and user != assistant:
+        names["user"] = user
+    messages = []
+    for message in parsed.messages:
+        name = names.get(message["role"]) if message["role"] in ("user", "assistant") else None
+        content = _without_name(message["content"], name) if name else message["content"]
+        if content:
+            messages.append(dict(message, content=content))
+    return dataclasses.replace(parsed, messages=messages, prefill=_without_name(parsed.prefill, assistant), names=names)

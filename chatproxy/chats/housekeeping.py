@@ -6,7 +6,10 @@ chat itself. Those exchanges are not conversations, and recording them would fil
 of the frontends' own prompts. `housekeeping_kind` names the task ("title", "tags", ...) or returns None.
 
 Each frontend sends its task instruction as fixed text, so a marker is a distinctive phrase of that text as
-the frontend ships it by default; a frontend whose template the user has rewritten is not recognised.
+the frontend ships it by default. Open WebUI rewrites its templates' wording between releases, so its task
+prompts are also recognised by their stable structure (`_task_kind`: the "### Task:" head, the
+<chat_history> wrapper, the JSON-only answer and its key). A template the user has rewritten beyond that
+structure is not recognised.
 Markers are looked for in the places the frontends put them: the last user message (most task prompts),
 the final message whatever its role (SillyTavern's quiet prompts and NextChat's summary request are system
 messages appended after the chat), and the system messages (LibreChat, LobeChat, chat-ui and Open WebUI's
@@ -24,11 +27,42 @@ from typing import Any, List, Tuple
 
 def housekeeping_kind(messages: list[dict[str, Any]]) -> str | None:
     """The kind of frontend task these canonical messages carry, or None for an ordinary chat."""
-    for text in _probes(messages):
+    probes = _probes(messages)
+    for text in probes:
         found = [(match.start(), kind) for kind, pattern in _MARKERS for match in [pattern.search(text)] if match]
         if found:
             return min(found)[1]  # the marker nearest the start is the instruction; later ones are quoted chat
+    for text in probes:
+        kind = _task_kind(text)
+        if kind is not None:
+            return kind
     return None
+
+
+# Open WebUI's task templates (backend/open_webui/config.py DEFAULT_*_PROMPT_TEMPLATE) change their wording
+# from release to release; their structure has not changed since 0.5: a "### Task:" head, the chat quoted in
+# a <chat_history> wrapper, and an answer asked for as JSON only, whose key the backend then reads (so it
+# cannot change without changing the code that parses it). The key names the task.
+_TASK_HEAD = "### task:"
+_JSON_KEY = re.compile(r'json[^{]{0,80}\{ ?"(\w+)"')
+_TASK_KEYS = {
+    "title": "title",
+    "tags": "tags",
+    "follow_ups": "follow-ups",
+    "queries": "search-query",
+    "prompt": "image-prompt",
+    "text": "autocomplete",
+}
+
+
+def _task_kind(text: str) -> str | None:
+    if not text.startswith(_TASK_HEAD) or "<chat_history>" not in text or "</chat_history>" not in text:
+        return None
+    head = text[: text.index("<chat_history>")]
+    if "json" not in head:
+        return None
+    match = _JSON_KEY.search(head)
+    return _TASK_KEYS.get(match.group(1), "task") if match else "task"
 
 
 def _probes(messages: list[dict[str, Any]]) -> List[str]:
@@ -102,6 +136,10 @@ _MARKERS = (
     # Tool choice: DEFAULT_TOOLS_FUNCTION_CALLING_PROMPT_TEMPLATE (a system message), then 0.3's wording.
     _marker("tool-selection", r"your task is to choose and return the correct tool\(s\) from the list of available"),
     _marker("tool-selection", r"return an empty string if no tools match the query\. if a function tool matches"),
+    # "Merge Responses" of several models' answers: DEFAULT_MOA_GENERATION_PROMPT_TEMPLATE (0.3 to 0.12),
+    # the opening sentence and the "Responses from models:" label its {{responses}} follow.
+    _marker("merge-responses", r"you have been provided with a set of responses from various models to the latest"),
+    _marker("merge-responses", r"your task is to synthesize these responses into a single, high-quality response"),
     # --- LibreChat. danny-avila/agents src/utils/title.ts defaultCompletionPrompt ("Provide a concise,
     # 5-word-or-less title for the conversation, ...") and LibreChat api/app/clients/prompts/titlePrompts.js
     # titleInstruction, sent as "Please generate a concise, 5-word-or-less title for the conversation, ...".

@@ -47,3 +47,73 @@ def encode_json(value: Any) -> bytes:
     except UnicodeEncodeError:
         # A lone surrogate (from a "\\ud800" escape in the request) has no UTF-8 form: escape it.
         return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tool calls a trainer cannot take
+# ---------------------------------------------------------------------------------------------------------
+
+
+def tool_call_problem(messages: List[Any]) -> str:
+    """Why the tool calls of this chat cannot be trained on, or "" when they can.
+
+    Arguments that are not a JSON object -- a reply stopped mid-call (finish_reason "length", a dropped
+    stream) or a model that wrote broken JSON: LLaMA-Factory would train on the broken call, OpenAI
+    rejects it, and Axolotl aborts the whole dataset on it. The live SESSION.json and every export
+    profile leave such a conversation out, for the same reason.
+    """
+    started = False
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        started = started or message.get("role") == "user"
+        if not started or message.get("role") != "assistant":
+            continue  # calls before the first user message are dropped with the preamble
+        for call in as_list(message.get("tool_calls")):
+            if not isinstance(call, dict):
+                continue
+            if not call.get("name"):
+                return "assistant tool call without a function name"
+            problem = _arguments_problem(call.get("arguments"))
+            if problem:
+                return problem
+    return ""
+
+
+def _arguments_problem(arguments: Any) -> str:
+    text = as_text(arguments)
+    if not text.strip():
+        return ""  # no arguments: exported as {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        if _cut_short(text):
+            return "assistant tool call with truncated JSON arguments"
+        return "assistant tool call with arguments that are not valid JSON"
+    if not isinstance(value, dict):
+        return "assistant tool call with arguments that are not a JSON object"
+    return ""
+
+
+def _cut_short(text: str) -> bool:
+    """Whether JSON text ends inside a string or an open object/array: a reply stopped mid-call
+    (max_tokens, a dropped stream) rather than a model writing something that is not JSON."""
+    closing = {"{": "}", "[": "]"}
+    stack: List[str] = []
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in closing:
+            stack.append(closing[char])
+        elif char in "}]":
+            if not stack or stack.pop() != char:
+                return False
+    return in_string or bool(stack)
+
+
+def is_local_image(entry: str) -> bool:
+    """An `images` entry that can name a saved file: not a URL (http(s), data:, ...), not empty."""
+    return bool(entry) and "://" not in entry and not entry.startswith("data:")

@@ -11,8 +11,8 @@ their ShareGPT counterparts where there is one:
 3.  A later system message is put in front of the next user message (chat templates such as Mistral's
     and Gemma's accept a system message only first); dropped if no user message follows.
 4.  Consecutive assistant messages become one: texts and reasoning joined by a blank line, tool calls in
-    order. Unlike ShareGPT, text beside tool calls is kept. An assistant message with nothing to say is
-    ignored.
+    order; text beside tool calls is kept, and an assistant message that only calls tools has
+    "content": "" (never a missing key or null). An assistant message with nothing to say is ignored.
 6.  A tool message answers an open call of the assistant message before it: the one its tool_call_id
     names, or else the first unanswered one. Call ids missing or repeated in the recording are replaced
     by "call_<n>" and the answers renamed to match.
@@ -26,10 +26,14 @@ their ShareGPT counterparts where there is one:
     images are local files that neither OpenAI nor a text chat template can take.
 11. tools: each function as {"type": "function", "function": {...}} (legacy `functions` entries are
     wrapped); tools of other types are left out. Arguments are written exactly as recorded, "" as "{}".
+    tools_as_text=True writes the list as one JSON string instead of objects: Arrow (Hugging Face
+    `datasets`) infers one struct type for a column across records, which unifies -- or fails on --
+    different tool schemas, while a string reads back byte for byte.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, List, Optional, Set
 
 from chatproxy.chats.messages import Message, as_list, as_text, neutral
@@ -40,7 +44,7 @@ KEEP = "keep"
 
 
 def to_openai_chat(
-    messages: List[Message], tools: Optional[List[Any]] = None, reasoning: str = KEEP
+    messages: List[Message], tools: Optional[List[Any]] = None, reasoning: str = KEEP, tools_as_text: bool = False
 ) -> Optional[Record]:
     chat = [m for m in messages if isinstance(m, dict)]
     start = next((i for i, m in enumerate(chat) if m.get("role") == "user"), None)
@@ -56,7 +60,7 @@ def to_openai_chat(
     record: Record = {"messages": ([{"role": "system", "content": system}] if system else []) + body}
     functions = openai_tools(tools)
     if functions:
-        record["tools"] = functions
+        record["tools"] = json.dumps(functions, ensure_ascii=False) if tools_as_text else functions
     return record
 
 
@@ -150,9 +154,10 @@ class _Builder:
         thought = "\n\n".join(t for t in message["_thought"] if t)
         if thought:
             text = "<think>\n" + thought + "\n</think>" + ("\n\n" + text if text else "")
-        final: Message = {"role": "assistant"}
-        if text or not message["tool_calls"]:
-            final["content"] = text
+        # Always a content key, "" beside tool calls: Axolotl 0.19 with split_thinking reads
+        # transformed_message["content"] (prompt_strategies/chat_template.py, transform_message), and a
+        # Jinja template would render None as "None". OpenAI fine-tuning accepts "" there.
+        final: Message = {"role": "assistant", "content": text}
         if message["tool_calls"]:
             final["tool_calls"] = message["tool_calls"]
         return final

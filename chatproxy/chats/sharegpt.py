@@ -15,18 +15,27 @@ this export reshapes it, by these rules:
 3.  A system message later in the chat is folded into the next human turn: its text is put first,
     separated by a blank line. It is dropped if no human turn follows.
 4.  Consecutive assistant messages count as one: texts joined by a blank line, reasoning likewise, tool
-    calls in order. If the result calls tools it becomes one function_call turn and its text is dropped --
-    a function_call value must be plain JSON, so there is no room for text (or reasoning) beside it.
-    Otherwise it is a gpt turn. An assistant message with nothing to say (no text, no tool calls, and no
-    reasoning or reasoning="drop") is ignored, as if it had not been sent.
+    calls in order. If the result calls tools it becomes one function_call turn (rule 5), otherwise a gpt
+    turn. An assistant message with nothing to say (no text, no tool calls, and no reasoning or
+    reasoning="drop") is ignored, as if it had not been sent.
 5.  function_call value: json.dumps({"name": ..., "arguments": <object>}) for one call, a JSON list of
     those for parallel calls. Arguments that are not a JSON object (cut-off streams, garbage) are kept as
-    the raw string; empty arguments become {}.
-6.  Consecutive tool messages (results of parallel calls) form one observation turn whose value is a JSON
-    list of the result strings; a single result is the string itself.
+    the raw string; empty arguments become {}. Reasoning beside the calls (reasoning="keep") comes first
+    as "<think>\\n" + reasoning + "\\n</think>\\n\\n"; text beside them comes next, followed by "\\n" and
+    the JSON wrapped as "<tool_call>" + JSON + "</tool_call>". LLaMA-Factory 0.9.5
+    (src/llamafactory/data/formatter.py, FunctionFormatter.apply) first looks for the template's
+    tool_call_words -- ("<tool_call>", "</tool_call>") in every template but lfm2/lfm2_vl -- parses the
+    JSON between them and keeps everything around it as text before the rendered calls; without them it
+    removes the template's thought_words block (default ("<think>\\n", "\\n</think>\\n\\n")) and
+    parses the rest. Bare JSON, with no text and no reasoning, is read by every version.
+6.  Consecutive tool messages (results of parallel calls) form one observation turn whose value is the
+    results joined by "\\n</tool_response>\\n<tool_response>\\n", as LLaMA-Factory 0.9.5's own
+    OpenAIDatasetConverter (data/converter.py) joins them: with a template that wraps an observation in
+    <tool_response>...</tool_response> (qwen, qwen3, ...) each result gets its own block, as at inference.
+    A single result is the string itself.
 7.  Consecutive human-side messages form one turn, texts joined by a blank line: several user messages
     become one human turn; user and tool messages mixed (a result nobody answered, then the user) become
-    one human turn, the results rendered as in rule 6.
+    one human turn, each result a paragraph of its own.
 8.  Trailing human or observation turns with no answer are dropped; no gpt or function_call turn left
     means no record (None).
 9.  reasoning="keep": a gpt value is "<think>\\n" + reasoning + "\\n</think>\\n\\n" + text (when there is
@@ -47,11 +56,12 @@ this export reshapes it, by these rules:
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, List, NamedTuple
+import re
+from typing import Any, Callable, Iterator, List, NamedTuple
 
 from chatproxy.chats.messages import IMAGE, UNBACKED, as_list, as_text, neutral
 
-__all__ = ["DROP", "KEEP", "llamafactory_problems", "to_sharegpt"]
+__all__ = ["DROP", "KEEP", "llamafactory_problems", "localise_images", "to_sharegpt"]
 
 KEEP = "keep"
 DROP = "drop"
@@ -61,6 +71,9 @@ _REASONING_MODES = (KEEP, DROP)
 ASKING_TAGS = ("human", "observation")  # odd positions
 ANSWERING_TAGS = ("gpt", "function_call")  # even positions
 SYSTEM_TAG = "system"
+TOOL_RESPONSE_SEPARATOR = "\n</tool_response>\n<tool_response>\n"
+TOOL_CALL_WORDS = ("<tool_call>", "</tool_call>")  # LLaMA-Factory 0.9.5 template.py register_template default
+THOUGHT_WORDS = ("<think>\n", "\n</think>\n\n")  # the same, for thought_words
 
 
 class _Turn(NamedTuple):
@@ -168,39 +181,30 @@ def _asking_turn(group: list[_Piece]) -> _Turn:
     images = [image for piece in group for image in piece.images]
     if all(piece.kind == "observation" for piece in group):
         return _Turn("observation", _results_value(group), images)
-    texts: list[str] = []
-    for kind, run in _runs(group):
-        texts.append(_results_value(run) if kind == "observation" else "\n\n".join(p.text for p in run if p.text))
-    return _Turn("human", "\n\n".join(text for text in texts if text), images)
-
-
-def _runs(group: list[_Piece]) -> Iterator[tuple[str, list[_Piece]]]:
-    run: list[_Piece] = []
-    for piece in group:
-        if run and run[-1].kind != piece.kind:
-            yield run[0].kind, run
-            run = []
-        run.append(piece)
-    if run:
-        yield run[0].kind, run
+    return _Turn("human", "\n\n".join(piece.text for piece in group if piece.text), images)
 
 
 def _results_value(results: list[_Piece]) -> str:
-    if len(results) == 1:
-        return results[0].text
-    return json.dumps([piece.text for piece in results], ensure_ascii=False)
+    # LLaMA-Factory 0.9.5, data/converter.py OpenAIDatasetConverter: "\n</tool_response>\n<tool_response>\n".join
+    return TOOL_RESPONSE_SEPARATOR.join(piece.text for piece in results)
 
 
 def _answer_turn(group: list[_Piece], reasoning: str) -> _Turn:
     calls = [call for piece in group for call in as_list(piece.message.get("tool_calls")) if isinstance(call, dict)]
-    if calls:
-        return _Turn("function_call", _calls_value(calls), [])
-    text = "\n\n".join(piece.text for piece in group if piece.text)
     thoughts = [neutral(as_text(piece.message.get("reasoning"))) for piece in group]
-    thought = "\n\n".join(t for t in thoughts if t)
-    if reasoning == KEEP and thought:
-        text = "<think>\n" + thought + "\n</think>\n\n" + text
-    return _Turn("gpt", text, [image for piece in group for image in piece.images])
+    thought = "\n\n".join(t for t in thoughts if t) if reasoning == KEEP else ""
+    head = THOUGHT_WORDS[0] + thought + THOUGHT_WORDS[1] if thought else ""
+    if calls:
+        # No images in a function_call turn: its text is the text before the calls, never a prompt.
+        text = "\n\n".join(neutral(piece.text) for piece in group if piece.text)
+        value = _calls_value(calls)
+        if text:
+            value = head + text + "\n" + TOOL_CALL_WORDS[0] + value + TOOL_CALL_WORDS[1]
+        else:
+            value = head + value
+        return _Turn("function_call", value, [])
+    text = "\n\n".join(piece.text for piece in group if piece.text)
+    return _Turn("gpt", head + text, [image for piece in group for image in piece.images])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -252,6 +256,35 @@ def _flat_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return tool
 
 
+def localise_images(record: dict[str, Any], locate: Callable[[str], str]) -> None:
+    """Replace each `images` entry by `locate(entry)`; the placeholder of one it gives "" for becomes "[image]".
+
+    LLaMA-Factory opens every listed entry with PIL's Image.open (0.9.5, data/mm_plugin.py
+    _regularize_images): a URL or a missing file stops the whole run, not just this example. The export
+    passes absolute paths of files that exist, the live SESSION.json the recorded relative paths.
+    """
+    if not record.get("images"):
+        return
+    paths = iter(record["images"])
+    kept: List[str] = []
+    for turn in record["conversations"]:
+        if turn["from"] == SYSTEM_TAG or IMAGE not in turn["value"]:
+            continue
+        pieces = turn["value"].split(IMAGE)
+        value = pieces[0]
+        for piece in pieces[1:]:
+            entry = next(paths, "")
+            local = locate(entry) if entry else ""
+            if local:
+                kept.append(local)
+            value += (IMAGE if local else UNBACKED[IMAGE]) + piece
+        turn["value"] = value
+    if kept:
+        record["images"] = kept
+    else:
+        del record["images"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Text and placeholders
 # ---------------------------------------------------------------------------------------------------------
@@ -279,8 +312,9 @@ def _content(message: dict[str, Any]) -> str:
 def llamafactory_problems(record: Any) -> list[str]:
     """Readable reasons LLaMA-Factory would reject or mis-train `record`; an empty list means it loads.
 
-    Rules are those of src/llamafactory/data/converter.py (SharegptDatasetConverter), formatter.py,
-    mm_plugin.py and processor/supervised.py, with the default tags of data/README.md.
+    Rules are those of LLaMA-Factory 0.9.5: src/llamafactory/data/converter.py (SharegptDatasetConverter),
+    formatter.py (FunctionFormatter, ToolFormatter), mm_plugin.py and processor/supervised.py, with the
+    default tags of data/README.md.
     """
     if not isinstance(record, dict):
         return ["record is not a JSON object"]
@@ -333,17 +367,28 @@ def _function_call_problems(turns: list[dict[str, Any]]) -> list[str]:
     for position, turn in enumerate(turns):
         if turn["from"] != "function_call":
             continue
-        # FunctionFormatter: json.loads(value) (RuntimeError otherwise), one object or a list of them,
-        # each read as call["name"] and call["arguments"].
         try:
-            calls = json.loads(turn["value"])
+            calls = json.loads(_function_json(turn["value"]))
         except (ValueError, RecursionError):
+            # FunctionFormatter raises RuntimeError("Invalid JSON format in function message"): the run stops.
             problems.append(f"turn {position}: function_call value is not JSON")
             continue
         calls = calls if isinstance(calls, list) else [calls]
+        # FunctionCall(tc["name"], json.dumps(tc["arguments"])) for each call: a KeyError otherwise.
         if not calls or not all(isinstance(c, dict) and "name" in c and "arguments" in c for c in calls):
             problems.append(f"turn {position}: every call in a function_call value needs 'name' and 'arguments'")
     return problems
+
+
+def _function_json(value: str) -> str:
+    """The part of a function_call value that LLaMA-Factory 0.9.5 parses as JSON (formatter.py,
+    FunctionFormatter.apply, with the default tool_call_words and thought_words of template.py):
+    the first <tool_call>...</tool_call> if there is one, else the value without its first think block."""
+    match = re.search(re.escape(TOOL_CALL_WORDS[0]) + "(.*?)" + re.escape(TOOL_CALL_WORDS[1]), value, re.DOTALL)
+    if match:
+        return match.group(1)
+    thought = re.search(re.escape(THOUGHT_WORDS[0]) + "(.*?)" + re.escape(THOUGHT_WORDS[1]), value, re.DOTALL)
+    return value.replace(thought.group(0), "") if thought else value
 
 
 def _tools_problems(tools: Any) -> list[str]:

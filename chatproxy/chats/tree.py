@@ -41,14 +41,29 @@ MIN_WINDOW_OVERLAP = 2
 def message_key(message: Message) -> bytes:
     """What makes two messages the same turn when a frontend sends history back.
 
-    Frontends drop reasoning, re-number tool call ids and trim whitespace, so those do not count.
+    Frontends drop reasoning, re-number tool call ids and rewrite whitespace, so those do not count:
+    SillyTavern trims replies, re-renders "Seraphina:Hello" as "Seraphina: Hello" and joins a continued
+    message with a separator of its own choosing (a space, a newline or nothing). So the key is taken over
+    the text without any whitespace: two turns that differ only in spacing are the same turn.
     """
-    parts = [str(message.get("role")), message.get("content", "").strip()]
+    parts = [str(message.get("role")), _squeezed(message.get("content", ""))]
     for call in message.get("tool_calls", ()):
-        parts.append(f"{call.get('name', '')}\x1f{call.get('arguments', '').strip()}")
+        parts.append(f"{call.get('name', '')}\x1f{_squeezed(call.get('arguments', ''))}")
     parts.extend(message.get("images", ()))
     material = "\x1e".join(parts).encode("utf-8", "surrogatepass")
     return blake2b(material, digest_size=16).digest()
+
+
+def _squeezed(text: Any) -> str:
+    return "".join(text.split()) if isinstance(text, str) else ""
+
+
+def _continues(reply: Message, earlier: Message) -> bool:
+    """The reply is the earlier message with more text after it (whitespace aside)."""
+    before = _squeezed(earlier.get("content", ""))
+    if not before or reply.get("role") != earlier.get("role"):
+        return False
+    return _squeezed(reply.get("content", "")).startswith(before)
 
 
 def _chain(previous: bytes, key: bytes) -> bytes:
@@ -134,6 +149,14 @@ class Node:
         segments.reverse()
         return segments
 
+    def message_at(self, position: int) -> Message:
+        """The full conversation's message at `position` (0-based), decoding only the record holding it."""
+        node: Node = self
+        while position < node.base:
+            assert node.parent is not None
+            node = node.parent
+        return node.messages[position - node.base]
+
     def iter_messages(self, upto: Optional[int] = None) -> Iterator[Message]:
         for node, count in self._segments(self.length if upto is None else upto):
             yield from node.messages[:count]
@@ -143,6 +166,30 @@ class Node:
         for node, count in self._segments(self.length):
             keys.extend(node.keys[:count])
         return keys
+
+
+def _ending_at(node: Optional[Node], length: int) -> Optional[Node]:
+    """The record among `node` and its ancestors whose whole conversation is `node`'s first `length`
+    messages, if there is one (a side request recorded with --record-all can stand between them)."""
+    while node is not None and node.length != length and length <= node.base:
+        node = node.parent
+    return node if node is not None and node.length == length else None
+
+
+def _superseded(node: Node, continued: bool) -> Optional[Node]:
+    """The record this one replaces: the chat it extends (its history is all of that record), or the same
+    chat whose last turn it re-sends with other whitespace or continues (Continue, a prefill)."""
+    whole = _ending_at(node.parent, node.base)
+    if whole is not None and whole.root == node.root:
+        return whole
+    last = _ending_at(node.parent, node.base + 1)
+    if last is None or last.root != node.root or not node.keys:
+        return None
+    if node.keys[0] == last.keys[-1] and len(node.keys) > 1:
+        return last
+    if continued and len(node.keys) == 1 and _continues(node.messages[0], last.messages[-1]):
+        return last
+    return None
 
 
 def _chars_before(parent: Optional[Node], base: int) -> int:
@@ -182,6 +229,14 @@ class ThreadIndex:
             window = self._window(history, keys)
             if window is not None:
                 parent, matched, new_from = window
+        if parent is not None and matched and new_from:
+            # The same turn re-sent with other whitespace (a trimmed reply, a continued message joined
+            # with the frontend's separator): the record takes the text as the frontend now shows it.
+            recorded, sent = parent.message_at(matched - 1), history[new_from - 1]
+            before, now = recorded.get("content"), sent.get("content")
+            if isinstance(before, str) and isinstance(now, str) and before != now:
+                matched, new_from = matched - 1, new_from - 1
+                history = history[:new_from] + [dict(recorded, content=now)] + history[new_from + 1 :]
         new_keys = keys[new_from:] + [message_key(reply)]
         new = history[new_from:] + [reply]
         if parent is not None and matched + len(new_keys) <= parent.length:
@@ -214,6 +269,10 @@ class ThreadIndex:
         best: Optional[Tuple[Node, int, int]] = None
         best_overlap = MIN_WINDOW_OVERLAP - 1
         for node, position in reversed(self._seen.get(window[0], ()) if window else ()):
+            if node.first_user is None or position < node.first_user:
+                # The window starts before that chat's first user message (with the greeting): nothing was
+                # trimmed, only the system prompt differs. Another chat with the same character.
+                continue
             hit, matched = self._extend(node, position, window)
             overlap = matched - position
             if hit is not None and overlap > best_overlap:
@@ -230,9 +289,11 @@ class ThreadIndex:
         self.nodes[node.id] = node
         if node.complete:
             self._index(node)
-            if parent is not None and node.base == parent.length and parent.root == node.root:
-                self.leaves.pop(parent.id, None)
-                parent.encoded = None
+            meta = record.get("meta") or {}
+            superseded = _superseded(node, bool(meta.get("continued"))) if not meta.get("side_request") else None
+            if superseded is not None:
+                self.leaves.pop(superseded.id, None)
+                superseded.encoded = None
         if node.complete or keep_incomplete:
             self.leaves[node.id] = node
         return node

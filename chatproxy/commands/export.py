@@ -47,11 +47,22 @@ formats:
   sharegpt-plain  FastChat and Unsloth: only human/gpt turns with "from" and "value"; the system prompt
                   starts the first human turn; tool calls and results are written as <tool_call> and
                   <tool_response> text; images become [image]
-  openai          OpenAI chat fine-tuning JSONL ("messages", "tools", tool calls with JSON-string
-                  arguments), which Axolotl's chat_template datasets read by default; images become [image]
+  messages        TRL SFTTrainer, Axolotl chat_template, Hugging Face datasets: "messages" (roles
+                  system/user/assistant/tool, tool calls with JSON-string arguments) and "tools" as one
+                  JSON string, which loads back unchanged whatever the tool schemas; images become [image]
+  openai          OpenAI fine-tuning upload: the same messages, "tools" as JSON objects (OpenAI wants
+                  objects; Hugging Face datasets cannot read differing tool schemas as objects faithfully,
+                  so use messages for TRL and Axolotl)
 
 Every format leaves out a conversation whose tool call arguments are not a JSON object (a reply cut off
-mid-call); those, and any other conversation a format cannot hold, are counted and explained.
+mid-call, e.g. finish_reason "length"), as the live SESSION.json does; those, and any other conversation
+a format cannot hold, are counted and explained.
+
+special tokens:
+  a reply or prompt that contains the text of a chat template's control token (<|im_end|>, <|eot_id|>,
+  </s>, [INST], <end_of_turn>, ...) is tokenized as the real token by LLaMA-Factory and Hugging Face
+  tokenizers. Such conversations are counted and reported; --special-tokens drop leaves them out, escape
+  writes a zero-width space (U+200B) after the token's first character so no tokenizer matches it.
 
 a conversation's time, model and tags:
   time and model are those of its last reply; its tags are every tag of every exchange it went through.
@@ -76,6 +87,8 @@ class Options:
     keep_incomplete: bool = False
     branches: str = "all"
     reasoning: str = "keep"
+    tools: str = "all"
+    special_tokens: str = "keep"
     split: Optional[float] = None
     seed: int = 0
 
@@ -89,6 +102,8 @@ class Tally:
     duplicates: int = 0
     skipped: int = 0
     reasons: Dict[str, List[str]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+    special: int = 0  # conversations holding special-token text
+    special_tokens: Dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
 
     def skip(self, reason: str, where: str) -> None:
         self.skipped += 1
@@ -162,6 +177,20 @@ def build_parser() -> Parser:
         help="model reasoning as <think>...</think> before the answer (default), or dropped",
     )
     parser.add_argument(
+        "--tools",
+        choices=("all", "used"),
+        default="all",
+        help="tool definitions: as recorded (all, default), or only in conversations that call a tool "
+        "(used: drops e.g. the built-in tool list Open WebUI sends with every request)",
+    )
+    parser.add_argument(
+        "--special-tokens",
+        choices=SPECIAL_TOKEN_MODES,
+        default="keep",
+        help="conversations containing special-token text such as <|im_end|> or </s>: keep them with a "
+        "warning (default), drop them, or escape the text (a zero-width space after its first character)",
+    )
+    parser.add_argument(
         "--split",
         type=float,
         metavar="FRACTION",
@@ -199,6 +228,7 @@ def main(argv: List[str]) -> int:
         print(f"chatproxy: error: cannot write {options.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     _warn_dataset(options, written["train"][1])
+    _warn_special_tokens(options, collected.tally)
     print(_summary(options, written, collected))
     files = {name: path for name, (path, _) in written.items()}
     print(
@@ -229,6 +259,8 @@ def options_from(args: argparse.Namespace) -> Options:
         keep_incomplete=args.keep_incomplete,
         branches=args.branches,
         reasoning=args.reasoning,
+        tools=args.tools,
+        special_tokens=args.special_tokens,
         split=args.split,
         seed=args.seed,
     )
@@ -318,6 +350,16 @@ def _take(conversation: sessions.Conversation, options: Options, collected: Coll
     if written_turns(record) < options.min_turns:
         tally.filtered += 1
         return
+    found = special_tokens_in(record)
+    if found:
+        tally.special += 1
+        for token in found:
+            tally.special_tokens[token] += 1
+        if options.special_tokens == "drop":
+            tally.skip(f"contains special-token text {found[0]}", f"{conversation.session}/{conversation.id}")
+            return
+        if options.special_tokens == "escape":
+            record = escape_special_tokens(record)
     encoded = encode_json(record)
     key = hashlib.blake2b(encoded, digest_size=16).digest()
     if key in seen:
@@ -341,7 +383,75 @@ def selected(conversation: sessions.Conversation, options: Options) -> bool:
 def make_record(conversation: sessions.Conversation, options: Options) -> Dict[str, Any]:
     if conversation.damaged:
         raise Unusable("its beginning was on a damaged journal line")
-    return options.profile.record(conversation.messages, conversation.tools, options.reasoning, options.folder)
+    tools = conversation.tools
+    if options.tools == "used" and not calls_tools(conversation.messages):
+        tools = None
+    return options.profile.record(conversation.messages, tools, options.reasoning, options.folder)
+
+
+def calls_tools(messages: List[Dict[str, Any]]) -> bool:
+    """Whether the conversation calls a tool (or holds a tool result)."""
+    return any(isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool") for m in messages)
+
+
+# The text of common chat-template control tokens: ChatML/Qwen, Llama 3, Llama 2/Mistral, Gemma, Phi-3,
+# GPT-2/GPT-NeoX, DeepSeek. Tokenizers split added tokens out of the text before anything else, so the
+# text inside a message becomes the real token (an early end of turn, a fake new turn).
+SPECIAL_TOKENS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|python_tag|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "[INST]",
+    "[/INST]",
+    "<s>",
+    "</s>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>",
+    "<\uff5cbegin\u2581of\u2581sentence\uff5c>",
+)
+SPECIAL_TOKEN_MODES = ("keep", "drop", "escape")
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def _strings(value: Any) -> List[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
+def special_tokens_in(record: Dict[str, Any]) -> List[str]:
+    """The special-token strings that occur anywhere in the record's text, in SPECIAL_TOKENS order."""
+    texts = _strings(record)
+    return [token for token in SPECIAL_TOKENS if any(token in text for text in texts)]
+
+
+def escape_special_tokens(value: Any) -> Any:
+    """The record with every special-token string broken by a zero-width space after its first character."""
+    if isinstance(value, str):
+        for token in SPECIAL_TOKENS:
+            value = value.replace(token, token[0] + ZERO_WIDTH_SPACE + token[1:])
+        return value
+    if isinstance(value, dict):
+        return {key: escape_special_tokens(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [escape_special_tokens(item) for item in value]
+    return value
 
 
 def written_turns(record: Dict[str, Any]) -> int:
@@ -469,6 +579,24 @@ def _warn_dataset(options: Options, records: List[bytes]) -> None:
     first = [json.loads(record) for record in records[:10]]
     for problem in unsloth_dataset_problems(first):
         print(f"chatproxy: warning: {problem}", file=sys.stderr)
+
+
+def _warn_special_tokens(options: Options, tally: Tally) -> None:
+    if not tally.special:
+        return
+    found = ", ".join(f"{token} in {count}" for token, count in tally.special_tokens.items())
+    verb = "contains" if tally.special == 1 else "contain"
+    what = f"{tally.special} conversation{_s(tally.special)} {verb} special-token text ({found})"
+    if options.special_tokens == "keep":
+        print(
+            f"chatproxy: warning: {what}; tokenizers read it as the real control token "
+            "(--special-tokens drop or escape)",
+            file=sys.stderr,
+        )
+    elif options.special_tokens == "escape":
+        print(f"chatproxy: {what}; escaped with a zero-width space", file=sys.stderr)
+    else:
+        print(f"chatproxy: {what}; left out (--special-tokens drop)", file=sys.stderr)
 
 
 def _s(count: int) -> str:

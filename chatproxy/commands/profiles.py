@@ -6,7 +6,8 @@ reason, and is counted and explained rather than written.
 
 - sharegpt: LLaMA-Factory's ShareGPT convention, exactly as the live SESSION.json (sharegpt.py), with
   image paths made absolute; an image that is not a local file any more (an http URL, a deleted file)
-  gets the "[image]" treatment of sharegpt.py rule 10.
+  gets the "[image]" treatment of sharegpt.py rule 10. Every record has "tools" ("" when none) and
+  "images" ([] when none), which LLaMA-Factory 0.9.5 reads as no tools and no images.
 - sharegpt-plain: human/gpt turns of two keys each, for FastChat and Unsloth. Neither has a place for a
   system prompt that both read (FastChat's roles table knows only human and gpt; Unsloth's templates read
   a system turn but FastChat raises on it), so the system prompt is put before the first human message,
@@ -15,11 +16,16 @@ reason, and is counted and explained rather than written.
   to invent results: calls become <tool_call>{"name", "arguments"}</tool_call> lines in the gpt turn,
   results <tool_response>...</tool_response> in the human turn, and for a chat that uses tools the tool
   list leads the first human message as <tools>...</tools> (the Hermes/Qwen convention). No images.
-- openai: chat fine-tuning JSONL (openai_chat.py), which Axolotl's chat_template type reads by default.
+- openai: OpenAI chat fine-tuning JSONL (openai_chat.py), tools as objects, as OpenAI requires. Not for
+  Hugging Face `datasets`: Arrow infers one type per column across records, so different tool schemas
+  either fail to load (datasets <= 4.0.0: "type": ["string", "null"] beside "type": "string" raises
+  ArrowInvalid) or come back with the other tools' keys added as null.
+- messages: the same records with `tools` as one JSON string, which reads back from `datasets` byte
+  for byte and which TRL 1.16 (trl/trainer/sft_trainer.py, tokenize_fn: json.loads a string) and
+  Axolotl 0.19 (prompt_strategies/chat_template.py, _get_tools: json.loads a string) both take.
 
-Every profile refuses a conversation whose tool call arguments are not a JSON object -- a stream cut
-off mid-call, or a model that wrote broken JSON: LLaMA-Factory would train on the broken call, OpenAI
-rejects it, and Axolotl aborts the whole dataset on it.
+Every profile refuses a conversation whose tool call arguments are not a JSON object (messages.py
+tool_call_problem; the live SESSION.json leaves the same conversations out).
 """
 
 from __future__ import annotations
@@ -29,16 +35,19 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from chatproxy.chats.messages import IMAGE, UNBACKED, as_text
+from chatproxy.chats.messages import as_text, is_local_image, tool_call_problem
 from chatproxy.chats.openai_chat import openai_tools, to_openai_chat
-from chatproxy.chats.sharegpt import to_sharegpt
+from chatproxy.chats.sharegpt import localise_images, to_sharegpt
 from chatproxy.commands.trainer_rules import (
     axolotl_problems,
     fastchat_problems,
     llamafactory_problems,
     openai_problems,
+    trl_problems,
     unsloth_problems,
 )
+
+__all__ = ["PROFILES", "Profile", "Unusable", "tool_call_problem"]
 
 Message = Dict[str, Any]
 Record = Dict[str, Any]
@@ -77,58 +86,6 @@ class Profile:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def tool_call_problem(messages: List[Message]) -> str:
-    """Why the tool calls of this chat cannot be exported, or "" when they can."""
-    started = False
-    for message in messages:
-        started = started or message.get("role") == "user"
-        if not started or message.get("role") != "assistant":
-            continue  # calls before the first user message are dropped with the preamble
-        for call in message.get("tool_calls") or ():
-            if not isinstance(call, dict):
-                continue
-            if not call.get("name"):
-                return "assistant tool call without a function name"
-            problem = _arguments_problem(call.get("arguments"))
-            if problem:
-                return problem
-    return ""
-
-
-def _arguments_problem(arguments: Any) -> str:
-    text = arguments if isinstance(arguments, str) else ""
-    if not text.strip():
-        return ""  # no arguments: exported as {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        if _cut_short(text):
-            return "assistant tool call with truncated JSON arguments"
-        return "assistant tool call with arguments that are not valid JSON"
-    if not isinstance(value, dict):
-        return "assistant tool call with arguments that are not a JSON object"
-    return ""
-
-
-def _cut_short(text: str) -> bool:
-    """Whether JSON text ends inside a string or an open object/array: a reply stopped mid-call
-    (max_tokens, a dropped stream) rather than a model writing something that is not JSON."""
-    closing = {"{": "}", "[": "]"}
-    stack: List[str] = []
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
-        elif char == '"':
-            in_string = True
-        elif char in closing:
-            stack.append(closing[char])
-        elif char in "}]":
-            if not stack or stack.pop() != char:
-                return False
-    return in_string or bool(stack)
-
-
 def _empty_reason(messages: List[Message]) -> str:
     if not any(m.get("role") == "user" for m in messages):
         return "no user message"
@@ -144,41 +101,28 @@ def _build_sharegpt(
     messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path
 ) -> Optional[Record]:
     record = to_sharegpt(messages, tools, reasoning)
-    if record is not None and record.get("images"):
-        _localise_images(record, image_root)
-    return record
+    if record is None:
+        return None
+    _localise_images(record, image_root)
+    # Both columns in every record, as in the live SESSION.json: LLaMA-Factory reads every column its
+    # dataset_info.json entry names from every example (and from each file of a --split).
+    return {
+        "conversations": record["conversations"],
+        "tools": record.get("tools", ""),
+        "images": record.get("images", []),
+    }
 
 
 def _localise_images(record: Record, image_root: Path) -> None:
-    """Absolute paths for image files that exist; "[image]" for the placeholders of any that do not.
+    """Absolute paths for image files that exist; "[image]" for the placeholders of any that do not."""
 
-    LLaMA-Factory opens each entry with PIL's Image.open (mm_plugin._regularize_images): a URL or a missing
-    file would stop training, not just this example.
-    """
-    paths = iter(record["images"])
-    kept: List[str] = []
-    for turn in record["conversations"]:
-        if turn["from"] == "system" or IMAGE not in turn["value"]:
-            continue
-        pieces = turn["value"].split(IMAGE)
-        value = pieces[0]
-        for piece in pieces[1:]:
-            local = _local_image(next(paths, ""), image_root)
-            if local:
-                kept.append(local)
-            value += (IMAGE if local else UNBACKED[IMAGE]) + piece
-        turn["value"] = value
-    if kept:
-        record["images"] = kept
-    else:
-        del record["images"]
+    def locate(entry: str) -> str:
+        if not is_local_image(entry):
+            return ""
+        path = Path(entry) if Path(entry).is_absolute() else image_root / entry
+        return str(path.resolve()) if path.is_file() else ""
 
-
-def _local_image(entry: str, image_root: Path) -> str:
-    if not entry or "://" in entry or entry.startswith("data:"):
-        return ""
-    path = Path(entry) if Path(entry).is_absolute() else image_root / entry
-    return str(path.resolve()) if path.is_file() else ""
+    localise_images(record, locate)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -257,6 +201,12 @@ def _build_openai(
     return to_openai_chat(messages, tools, reasoning)
 
 
+def _build_messages(
+    messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path
+) -> Optional[Record]:
+    return to_openai_chat(messages, tools, reasoning, tools_as_text=True)
+
+
 PROFILES: Dict[str, Profile] = {
     profile.name: profile
     for profile in (
@@ -274,9 +224,15 @@ PROFILES: Dict[str, Profile] = {
         ),
         Profile(
             "openai",
-            "OpenAI chat fine-tuning JSONL (messages, tools): OpenAI, Axolotl chat_template",
+            "OpenAI chat fine-tuning JSONL (messages, tools as objects): upload to OpenAI",
             _build_openai,
-            (("OpenAI", openai_problems), ("Axolotl", axolotl_problems)),
+            (("OpenAI", openai_problems),),
+        ),
+        Profile(
+            "messages",
+            "the same messages, tools as one JSON string: TRL SFTTrainer, Axolotl chat_template, datasets",
+            _build_messages,
+            (("Axolotl", axolotl_problems), ("TRL", trl_problems)),
         ),
     )
 }

@@ -26,11 +26,38 @@ def snippets(profile: str, files: Dict[str, Path], name: str, columns: List[str]
     if profile == "sharegpt-plain":
         blocks.append(_fastchat(paths))
         blocks.append(_unsloth(paths))
-    if profile in ("sharegpt-plain", "openai"):
+    if profile in ("sharegpt-plain", "messages"):
         blocks.append(_axolotl(paths, profile, reasoning))
-    if profile != "sharegpt-plain":
+    if profile == "messages":
+        blocks.append(_trl(paths))
+    if profile == "openai":
+        blocks.append(_openai(paths))
+    if profile in ("sharegpt", "messages"):
         blocks.append(_huggingface(paths))
     return "\n\n".join(blocks) + "\n"
+
+
+def _openai(paths: Dict[str, str]) -> str:
+    lines = [
+        "OpenAI fine-tuning: upload with",
+        f'client.files.create(file=open({json.dumps(paths["train"])}, "rb"), purpose="fine-tune")',
+    ]
+    if "test" in paths:
+        lines.append(f"and the same for the validation file {paths['test']}")
+    lines.append(
+        "(tools are JSON objects here, as OpenAI wants them; for TRL, Axolotl or Hugging Face datasets export"
+        " --format messages, whose tools column is JSON text that loads unchanged)"
+    )
+    return "\n".join(lines)
+
+
+def _trl(paths: Dict[str, str]) -> str:
+    return "\n".join(
+        [
+            "TRL: SFTTrainer(model=..., train_dataset=dataset) with the dataset loaded as below",
+            "(a JSON-string tools column is json.loads'ed per example)",
+        ]
+    )
 
 
 def _llamafactory(paths: Dict[str, str], name: str, columns: List[str]) -> str:
@@ -70,12 +97,13 @@ def _axolotl(paths: Dict[str, str], profile: str, reasoning: str) -> str:
 
 
 def _huggingface(paths: Dict[str, str]) -> str:
-    if len(paths) == 1:
-        call = f'load_dataset("json", data_files={json.dumps(paths["train"])}, split="train")'
-    else:
-        files = ", ".join(f"{json.dumps(split)}: {json.dumps(path)}" for split, path in paths.items())
-        call = f'load_dataset("json", data_files={{{files}}})'
-    return "\n".join(["Hugging Face datasets:", "from datasets import load_dataset", f"dataset = {call}"])
+    lines = ["Hugging Face datasets:", "from datasets import load_dataset"]
+    # One call per file: load_dataset with both files casts the second to the first one's columns, and a
+    # column that no record of one split has (tools) would make that fail.
+    for split, path in paths.items():
+        name = "dataset" if len(paths) == 1 else split
+        lines.append(f'{name} = load_dataset("json", data_files={json.dumps(path)}, split="train")')
+    return "\n".join(lines)
 
 
 def _unsloth(paths: Dict[str, str]) -> str:

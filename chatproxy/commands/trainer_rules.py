@@ -3,17 +3,23 @@
 Each function takes one exported record and returns readable reasons its consumer would reject it, crash
 on it, or silently drop it; an empty list means it loads. The export runs every record through the
 validators of its profile and writes only those with no problem, so these functions are also the
-specification of what each profile must produce. Each check names the code it mirrors:
+specification of what each profile must produce. Each check names the code it mirrors, with the version
+it was last read against (the wheels on PyPI; re-read them when a trainer's version moves):
 
-- LLaMA-Factory: `sharegpt.llamafactory_problems` (src/llamafactory/data/converter.py,
-  SharegptDatasetConverter; formatter.py; mm_plugin.py; processor/supervised.py).
-- FastChat: fastchat/train/train.py `preprocess` and train_with_template.py `apply_prompt_template`.
-- Unsloth: unsloth_zoo/dataset_utils.py `standardize_data_formats` (exported by unsloth.chat_templates as
-  `standardize_sharegpt`) and the templates in unsloth/chat_templates.py.
+- LLaMA-Factory 0.9.5: `sharegpt.llamafactory_problems` (src/llamafactory/data/converter.py,
+  SharegptDatasetConverter; formatter.py FunctionFormatter and ToolFormatter; mm_plugin.py;
+  processor/supervised.py).
+- FastChat (fschat 0.2.36, not re-read for this revision): fastchat/train/train.py `preprocess` and
+  train_with_template.py `apply_prompt_template`.
+- Unsloth (unsloth_zoo, not re-read for this revision): unsloth_zoo/dataset_utils.py
+  `standardize_data_formats` (exported by unsloth.chat_templates as `standardize_sharegpt`) and the
+  templates in unsloth/chat_templates.py.
 - OpenAI: the chat fine-tuning data format (one JSON object per line with "messages" and optional "tools";
   tool calls as in Chat Completions, arguments a JSON string) and the format checks of the OpenAI
   cookbook's "Data preparation and analysis for chat model fine-tuning".
-- Axolotl: src/axolotl/prompt_strategies/chat_template.py (ChatTemplatePrompter, ChatTemplateStrategy).
+- Axolotl 0.19.0: src/axolotl/prompt_strategies/chat_template.py (ChatTemplatePrompter,
+  ChatTemplateStrategy: _get_messages, _get_tools, transform_message).
+- TRL 1.16.0: trl/trainer/sft_trainer.py (tokenize_fn) and trl/data_utils.py (is_conversational).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ __all__ = [
     "fastchat_problems",
     "llamafactory_problems",
     "openai_problems",
+    "trl_problems",
     "unsloth_dataset_problems",
     "unsloth_problems",
 ]
@@ -240,14 +247,17 @@ def _openai_tools_problems(tools: Any) -> List[str]:
 # Axolotl chat_template
 # ---------------------------------------------------------------------------------------------------------
 
-# ChatTemplatePrompter's default roles mapping (used when the dataset config sets no `roles`).
+# Axolotl 0.19.0, prompt_strategies/chat_template.py: ChatTemplatePrompter's default roles mapping (used
+# when the dataset config sets no `roles`).
 AXOLOTL_ROLES = {"human", "user", "assistant", "gpt", "system", "tool"}
 
 
 def axolotl_problems(record: Any) -> List[str]:
+    """Axolotl 0.19.0 chat_template datasets with the default field_messages/field_tools."""
     messages = record.get("messages") if isinstance(record, dict) else None
     if not isinstance(messages, list):
-        # _get_messages: "Messages is null" / "Unknown messages format. Please convert it into a list[dict]."
+        # _get_messages: ValueError "Messages is null" / "Unknown messages format" (a JSON string is also
+        # json.loads'ed there, but the export always writes a list).
         return ["messages (the default field_messages) is not a list"]
     problems = []
     for position, message in enumerate(messages):
@@ -257,16 +267,73 @@ def axolotl_problems(record: Any) -> List[str]:
         if message.get("role") not in AXOLOTL_ROLES:
             # Unmapped roles reach the chat template as they are, which most templates reject.
             problems.append(f"messages[{position}] role {message.get('role')!r} is not in the default roles")
+        if message.get("role") == "assistant" and not isinstance(message.get("content"), str):
+            # transform_message copies only values that are not None; with split_thinking: true it then
+            # reads transformed_message["content"] -> KeyError: 'content' and the dataset fails to prepare.
+            problems.append(f"messages[{position}] is an assistant message without string content")
         for call in message.get("tool_calls") or ():
             arguments = call.get("function", {}).get("arguments") if isinstance(call, dict) else None
             # transform_message: json.loads(arguments) for string arguments, re-raising JSONDecodeError --
             # one bad call aborts the whole dataset's preparation.
             if isinstance(arguments, str) and not _json_text(arguments):
                 problems.append(f"messages[{position}] has tool call arguments that are not JSON")
+    problems += _axolotl_tools_problems(record.get("tools"))
+    return problems
+
+
+def _axolotl_tools_problems(tools: Any) -> List[str]:
+    # _get_tools: None is no tools; a string is json.loads'ed (JSONDecodeError re-raised); the result
+    # must be a list, else ValueError("Unknown tools format. Please convert it into a list[dict].").
+    if tools is None:
+        return []
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except (ValueError, RecursionError):
+            return ["tools is a string that is not JSON"]
+    if not isinstance(tools, list):
+        return ["tools is not a list (or a JSON string of one)"]
+    for position, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        # A string `parameters` is json.loads'ed the same way.
+        if isinstance(function, dict) and isinstance(function.get("parameters"), str):
+            if not _json_text(function["parameters"]):
+                return [f"tools[{position}] parameters is a string that is not JSON"]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TRL SFTTrainer
+# ---------------------------------------------------------------------------------------------------------
+
+
+def trl_problems(record: Any) -> List[str]:
+    """TRL 1.16.0 SFTTrainer on a conversational ("messages") dataset."""
+    messages = record.get("messages") if isinstance(record, dict) else None
+    # data_utils.is_conversational: a list whose first element is a dict with "role"; otherwise the
+    # example is taken for plain text and dataset_text_field ("text") is looked up -- a KeyError.
+    if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
+        return ["messages is not a non-empty list of messages"]
+    if "role" not in messages[0]:
+        return ["messages[0] has no role"]
+    problems = []
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            problems.append(f"messages[{position}] is not a message with a role")
+        elif not isinstance(message.get("content"), str):
+            # apply_chat_template renders content through the model's template; None reaches Jinja as
+            # "None" in templates that print it.
+            problems.append(f"messages[{position}] has no string content")
     tools = record.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        # _get_tools: ValueError("Unknown tools format. Please convert it into a list[dict].")
-        problems.append("tools is not a list")
+    if tools is not None:
+        # sft_trainer.py tokenize_fn: tools = json.loads(tools) if isinstance(tools, str) else tools,
+        # then passed to apply_chat_template(tools=...), which wants a list of JSON schemas.
+        try:
+            parsed = json.loads(tools) if isinstance(tools, str) else tools
+        except (ValueError, RecursionError):
+            return problems + ["tools is a string that is not JSON"]
+        if not isinstance(parsed, list):
+            problems.append("tools is not a list (or a JSON string of one)")
     return problems
 
 

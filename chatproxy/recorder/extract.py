@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from chatproxy.apis import ImageSink, NotRecordable, Reply, Request, wire_api
 from chatproxy.chats.housekeeping import housekeeping_kind
+from chatproxy.chats.side_requests import joined, settle
 from chatproxy.recorder.capture import Exchange
 
 Message = Dict[str, Any]
@@ -43,6 +44,7 @@ def extract(exchange: Exchange, save_image: ImageSink, recall: Optional[Recall] 
     api = wire_api(exchange.endpoint)
     request = _json_object(exchange.request_body, "request body")
     asked = _with_open_turn(_with_earlier_turns(api.read_request(request, save_image), recall))
+    asked = settle(asked, exchange.endpoint, exchange.stream)  # Continue, Impersonate, quiet prompts
     if exchange.stream:
         reply = api.read_stream(_decode_events(exchange.events))
     else:
@@ -57,9 +59,7 @@ def extract(exchange: Exchange, save_image: ImageSink, recall: Optional[Recall] 
         exchange.complete = True
     answers = []
     for choice in reply.choices:
-        message = choice.message
-        if asked.prefill:
-            message = dict(message, content=asked.prefill + message.get("content", ""))
+        message = joined(asked, choice.message)
         meta = _meta(exchange, asked, reply, choice.index, choice.finish_reason)
         meta["model"] = meta["model"] or request.get("model")
         answers.append(Answer(message, meta))

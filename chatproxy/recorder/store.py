@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from chatproxy.apis import RESPONSES
-from chatproxy.chats.messages import encode_json
-from chatproxy.chats.sharegpt import to_sharegpt
+from chatproxy.chats.messages import encode_json, is_local_image, tool_call_problem
+from chatproxy.chats.sharegpt import localise_images, to_sharegpt
 from chatproxy.chats.tree import Node, ThreadIndex
 from chatproxy.config import RecordOptions
 from chatproxy.recorder import durable
@@ -158,15 +158,34 @@ class DatasetStore:
     # -- the live ShareGPT file ------------------------------------------------------------
 
     def render(self, node: Node) -> Optional[bytes]:
-        """A leaf's ShareGPT object, encoded once and cached while it stays a leaf."""
+        """A leaf's ShareGPT object, encoded once and cached while it stays a leaf.
+
+        The rules of `export --format sharegpt`, with image paths left relative to the datasets folder:
+        an image that is not a saved file here (an http URL, a file gone) becomes "[image]" and is not
+        listed, and a conversation whose tool call arguments are not a JSON object (a reply stopped
+        mid-call) is left out, with one warning. Every entry has "tools" ("" when none) and "images"
+        ([] when none), so one dataset_info.json entry naming both columns reads any session.
+        """
         if node.encoded is None:
-            item = to_sharegpt(list(node.iter_messages()), node.tools, self.options.reasoning)
+            messages = list(node.iter_messages())
+            problem = tool_call_problem(messages)
+            item = None if problem else to_sharegpt(messages, node.tools, self.options.reasoning)
+            if problem:
+                log.warning(
+                    "%s: conversation %s is not in %s: %s", self.session, node.id, self.snapshot_path.name, problem
+                )
             if item is None:
                 node.encoded = b""
             else:
+                localise_images(item, self._saved_image)
+                item.setdefault("tools", "")
+                item.setdefault("images", [])
                 item["meta"] = dict(node.meta, id=node.id)
-                node.encoded = encode_json(item)
+                node.encoded = encode_json({key: item[key] for key in ("conversations", "tools", "images", "meta")})
         return node.encoded or None
+
+    def _saved_image(self, entry: str) -> str:
+        return entry if is_local_image(entry) and (self.folder / entry).is_file() else ""
 
     def write_snapshot(self) -> None:
         started = time.monotonic()

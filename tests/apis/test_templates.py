@@ -93,13 +93,13 @@ CASES = [
         "<|im_start|>assistant\nSeraphina:",
         [
             system("Write Seraphina's next reply in this fictional roleplay with Anon.\n" + SERAPHINA_CARD.strip()),
-            bot("Seraphina: *She kneels beside you.* You're awake. How do you feel?"),
-            user("Anon: My head hurts. Where am I?"),
-            bot("Seraphina: In my glade, safe from the beasts."),
-            user("Anon: Thank you for saving me."),
+            bot("*She kneels beside you.* You're awake. How do you feel?"),
+            user("My head hurts. Where am I?"),
+            bot("In my glade, safe from the beasts."),
+            user("Thank you for saving me."),
         ],
         "chatml",
-        "Seraphina:",
+        "",
     ),
     Case(
         "chatml-names: the final open speaker is the assistant",
@@ -203,12 +203,12 @@ CASES = [
         "[INST] Anon: Where am I? [/INST] Seraphina: In my glade. [INST] Anon: Who are you? [/INST] Seraphina:",
         [
             system("Write Seraphina's next reply in this fictional roleplay with Anon."),
-            user("Anon: Where am I?"),
-            bot("Seraphina: In my glade."),
-            user("Anon: Who are you?"),
+            user("Where am I?"),
+            bot("In my glade."),
+            user("Who are you?"),
         ],
         "mistral",
-        "Seraphina:",
+        "",
     ),
     Case(
         "sillytavern mistral v1 context: story string as a first exchange",
@@ -326,12 +326,12 @@ CASES = [
         "USER: Anon: Who are you?\nASSISTANT: Seraphina: I am",
         [
             system("Write Seraphina's next reply."),
-            user("Anon: Hi"),
-            bot("Seraphina: Hello."),
-            user("Anon: Who are you?"),
+            user("Hi"),
+            bot("Hello."),
+            user("Who are you?"),
         ],
         "vicuna",
-        "Seraphina: I am",
+        "I am",
     ),
     # --- "Name: text" transcript (SillyTavern text completion with the Default context and no instruct mode)
     Case(
@@ -364,7 +364,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_parses_rendered_template(case: Case) -> None:
-    assert parse_prompt(case.prompt) == ParsedPrompt(case.messages, case.template, case.prefill)
+    parsed = parse_prompt(case.prompt)
+    assert (parsed.messages, parsed.template, parsed.prefill) == (case.messages, case.template, case.prefill)
 
 
 def unparsed(prompt: str) -> ParsedPrompt:
@@ -503,7 +504,8 @@ RENDERERS = {
 def test_rendered_conversation_round_trips(name: str, data: st.DataObject) -> None:
     render, with_system = RENDERERS[name]
     messages = data.draw(conversations(with_system=with_system))
-    assert parse_prompt(render(messages)) == ParsedPrompt(messages, name.split("-")[0], "")
+    parsed = parse_prompt(render(messages))
+    assert (parsed.messages, parsed.template, parsed.prefill) == (messages, name.split("-")[0], "")
 
 
 FRAGMENTS = [
@@ -522,3 +524,102 @@ def test_never_raises_and_always_yields_canonical_turns(prompt: str) -> None:
     assert all(isinstance(message["content"], str) for message in parsed.messages)
     if parsed.template == "none":
         assert parsed == unparsed(prompt)
+
+
+# --- SillyTavern 1.12 stock instruct presets with names (issue 13) ---------------------------------------
+# The Default context template's story string comes first as plain text, then the chat in the instruct
+# preset's sequences; with names on, every turn starts with "Name: " and the open turn with "Seraphina:".
+
+ST_SYS = "Write Seraphina's next reply in a fictional chat between Seraphina and Alex.\n" + SERAPHINA_CARD
+ST_GREET = "*You wake in a glade.* You're awake. How do you feel?"
+ST_CHAT = [system(ST_SYS.strip()), bot(ST_GREET), user("Hi."), bot("Hello there."), user("Who are you?")]
+ST_NAMES = {"user": "Alex", "assistant": "Seraphina"}
+
+ST_PRESETS = {
+    "chatml": ST_SYS + "\n<|im_start|>assistant\nSeraphina: " + ST_GREET + "<|im_end|>\n"
+    "<|im_start|>user\nAlex: Hi.<|im_end|>\n<|im_start|>assistant\nSeraphina: Hello there.<|im_end|>\n"
+    "<|im_start|>user\nAlex: Who are you?<|im_end|>\n<|im_start|>assistant\nSeraphina:",
+    "llama3": "<|begin_of_text|>"
+    + ST_SYS
+    + "<|start_header_id|>assistant<|end_header_id|>\n\nSeraphina: "
+    + ST_GREET
+    + "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAlex: Hi.<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\nSeraphina: Hello there.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nAlex: Who are you?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\nSeraphina:",
+    "gemma": "<bos>" + ST_SYS + "<start_of_turn>model\nSeraphina: " + ST_GREET + "<end_of_turn>\n"
+    "<start_of_turn>user\nAlex: Hi.<end_of_turn>\n<start_of_turn>model\nSeraphina: Hello there.<end_of_turn>\n"
+    "<start_of_turn>user\nAlex: Who are you?<end_of_turn>\n<start_of_turn>model\nSeraphina:",
+    "alpaca": ST_SYS + "\n### Response:\nSeraphina: " + ST_GREET + "\n\n### Instruction:\nAlex: Hi.\n\n"
+    "### Response:\nSeraphina: Hello there.\n\n### Instruction:\nAlex: Who are you?\n\n### Response:\nSeraphina:",
+    "vicuna": ST_SYS + "\nASSISTANT: Seraphina: " + ST_GREET + "</s>\nUSER: Alex: Hi.\n"
+    "ASSISTANT: Seraphina: Hello there.</s>\nUSER: Alex: Who are you?\nASSISTANT: Seraphina:",
+}
+
+
+@pytest.mark.parametrize("template", ST_PRESETS)
+def test_sillytavern_preset_with_names_parses_to_the_saved_chat(template: str) -> None:
+    """The story string is the system turn and the names the preset wrote are stripped, kept in names."""
+    parsed = parse_prompt(ST_PRESETS[template])
+    assert (parsed.messages, parsed.template, parsed.prefill, parsed.names) == (ST_CHAT, template, "", ST_NAMES)
+
+
+MISTRAL_NAMES = (
+    ST_SYS + "[INST] Alex: Hi. [/INST]Seraphina: Hello there.</s>[INST] Alex: Who are you? [/INST]Seraphina:"
+)
+LLAMA2_NAMES = (
+    "[INST] <<SYS>>\n" + ST_SYS + "<</SYS>>\n\nAlex: Hi. [/INST] Seraphina: Hello there. </s><s>"
+    "[INST] Alex: Who are you? [/INST] Seraphina:"
+)
+
+
+@pytest.mark.parametrize("prompt", [MISTRAL_NAMES, LLAMA2_NAMES], ids=["mistral", "llama 2"])
+def test_inst_presets_with_names_strip_them(prompt: str) -> None:
+    parsed = parse_prompt(prompt)
+    assert parsed.messages == [system(ST_SYS.strip()), user("Hi."), bot("Hello there."), user("Who are you?")]
+    assert (parsed.template, parsed.prefill, parsed.names) == ("mistral", "", ST_NAMES)
+
+
+def test_issue_13_chatml_after_plain_story_string() -> None:
+    """The prompt issue 13 quotes: ChatML blocks after the card as plain text, the open turn "Seraphina:"."""
+    prompt = (
+        ST_SYS + "\n<|im_start|>assistant\nSeraphina: " + ST_GREET + "<|im_end|>\n<|im_start|>user\nAlex: Hi."
+        "<|im_end|>\n<|im_start|>assistant\nSeraphina:"
+    )
+    assert parse_prompt(prompt) == ParsedPrompt(ST_CHAT[:3], "chatml", "", ST_NAMES)
+
+
+def test_continue_in_text_completion_keeps_the_message_as_prefill_without_its_name() -> None:
+    prompt = ST_PRESETS["chatml"].rsplit("<|im_start|>user", 1)[0] + "<|im_start|>assistant\nSeraphina: Hello"
+    parsed = parse_prompt(prompt.replace("Seraphina: Hello there.<|im_end|>\n<|im_start|>assistant\n", ""))
+    assert parsed.prefill == "Hello" and parsed.messages == ST_CHAT[:3]
+
+
+def test_group_chat_keeps_the_names_that_tell_the_characters_apart() -> None:
+    """Three speakers: each assistant turn's name says which character spoke, so names stay in the text."""
+    prompt = (
+        "A group chat.\n<|im_start|>user\nAlex: Hi all.<|im_end|>\n<|im_start|>assistant\nSeraphina: Hello.<|im_end|>\n"
+        "<|im_start|>assistant\nBob: Yo.<|im_end|>\n<|im_start|>user\nAlex: What now?<|im_end|>\n"
+        "<|im_start|>assistant\nBob:"
+    )
+    parsed = parse_prompt(prompt)
+    assert parsed.messages == [
+        system("A group chat."),
+        user("Alex: Hi all."),
+        bot("Seraphina: Hello."),
+        bot("Bob: Yo."),
+        user("Alex: What now?"),
+    ]
+    assert (parsed.prefill, parsed.names) == ("Bob:", {"speakers": ["Alex", "Bob", "Seraphina"]})
+
+
+def test_names_are_not_stripped_when_the_open_turn_has_none() -> None:
+    """Without a name on the open turn, a "Note:" at the start of a message is the user's own text."""
+    prompt = "<|im_start|>user\nNote: be brief.<|im_end|>\n<|im_start|>assistant\n"
+    assert parse_prompt(prompt) == ParsedPrompt([user("Note: be brief.")], "chatml", "")
+
+
+def test_open_user_block_is_an_impersonation() -> None:
+    prompt = ST_PRESETS["chatml"].rsplit("<|im_start|>assistant", 1)[0] + "<|im_start|>user\nAlex:"
+    parsed = parse_prompt(prompt)
+    assert parsed.open_role == "user" and parsed.prefill == "Alex:"

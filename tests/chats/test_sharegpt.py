@@ -142,17 +142,21 @@ CASES = [
             "conversations": turns(
                 ("human", "Weather and time?"),
                 ("function_call", BOTH_VALUE),
-                ("observation", '["18C", "14:00"]'),
+                # LLaMA-Factory 0.9.5 OpenAIDatasetConverter: one <tool_response> block per result.
+                ("observation", "18C\n</tool_response>\n<tool_response>\n14:00"),
                 ("gpt", "18C, 14:00."),
             )
         },
     ),
     Case(
-        "text beside tool calls is dropped",
+        "text beside tool calls is kept before a <tool_call> block",
         [user("Weather?"), bot("Let me check.", tool_calls=[WEATHER]), tool("18C"), bot("18C.")],
         {
             "conversations": turns(
-                ("human", "Weather?"), ("function_call", WEATHER_VALUE), ("observation", "18C"), ("gpt", "18C.")
+                ("human", "Weather?"),
+                ("function_call", "Let me check.\n<tool_call>" + WEATHER_VALUE + "</tool_call>"),
+                ("observation", "18C"),
+                ("gpt", "18C."),
             )
         },
     ),
@@ -161,7 +165,10 @@ CASES = [
         [user("Weather?"), bot("Let me check."), bot(None, tool_calls=[WEATHER]), tool("18C"), bot("18C.")],
         {
             "conversations": turns(
-                ("human", "Weather?"), ("function_call", WEATHER_VALUE), ("observation", "18C"), ("gpt", "18C.")
+                ("human", "Weather?"),
+                ("function_call", "Let me check.\n<tool_call>" + WEATHER_VALUE + "</tool_call>"),
+                ("observation", "18C"),
+                ("gpt", "18C."),
             )
         },
     ),
@@ -177,7 +184,10 @@ CASES = [
         ],
         {
             "conversations": turns(
-                ("human", "Both?"), ("function_call", BOTH_VALUE), ("observation", '["18C", "14:00"]'), ("gpt", "Done.")
+                ("human", "Both?"),
+                ("function_call", BOTH_VALUE),
+                ("observation", "18C\n</tool_response>\n<tool_response>\n14:00"),
+                ("gpt", "Done."),
             )
         },
     ),
@@ -288,9 +298,27 @@ CASES = [
         {"conversations": turns(("human", "q"), ("gpt", "<think>\nr1\n\nr2\n</think>\n\na\n\nb"))},
     ),
     Case(
-        "no reasoning beside a tool call",
+        "reasoning beside a tool call is kept as a think block before it",
         [user("Weather?"), bot(None, reasoning="I should call it.", tool_calls=[WEATHER])],
-        {"conversations": turns(("human", "Weather?"), ("function_call", WEATHER_VALUE))},
+        {
+            "conversations": turns(
+                ("human", "Weather?"),
+                (
+                    "function_call",
+                    "<think>\nI should call it.\n</think>\n\n" + WEATHER_VALUE,
+                ),
+            )
+        },
+    ),
+    Case(
+        "reasoning and text beside a tool call, reasoning dropped",
+        [user("Weather?"), bot("Checking.", reasoning="I should call it.", tool_calls=[WEATHER])],
+        {
+            "conversations": turns(
+                ("human", "Weather?"), ("function_call", "Checking.\n<tool_call>" + WEATHER_VALUE + "</tool_call>")
+            )
+        },
+        reasoning="drop",
     ),
     # -- images and other placeholders --------------------------------------------------------------------
     Case(
@@ -535,3 +563,33 @@ def test_records_load_with_hugging_face_datasets(tmp_path: Path, monkeypatch: py
     assert len(loaded) == len(records)
     for row, record in zip(loaded, records):
         assert row == {"tools": None, "images": None, **record}
+
+
+WEATHER_CALL_BLOCK = "<tool_call>" + WEATHER_VALUE + "</tool_call>"
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        (WEATHER_VALUE, True),
+        # FunctionFormatter (LLaMA-Factory 0.9.5): the JSON between the template's tool_call_words ...
+        ("Let me check.\n" + WEATHER_CALL_BLOCK, True),
+        ("<think>\nHmm.\n</think>\n\nLet me check.\n" + WEATHER_CALL_BLOCK, True),
+        # ... or, without them, the value minus its thought_words block.
+        ("<think>\nHmm.\n</think>\n\n" + WEATHER_VALUE, True),
+        # Text beside bare JSON is json.loads'ed whole: RuntimeError, the run stops.
+        ("Let me check.\n" + WEATHER_VALUE, False),
+        ("<tool_call>not json</tool_call>", False),
+    ],
+)
+def test_function_call_values_as_llamafactory_parses_them(value: str, ok: bool) -> None:
+    record = {"conversations": turns(("human", "Weather?"), ("function_call", value))}
+    problems = llamafactory_problems(record)
+    assert (problems == []) if ok else any("not JSON" in p for p in problems), problems
+
+
+def test_text_and_reasoning_beside_a_call_survive_in_a_value_llamafactory_loads() -> None:
+    record = to_sharegpt([user("Weather?"), bot("Let me check.", reasoning="Paris, so call it.", tool_calls=[WEATHER])])
+    assert record is not None and llamafactory_problems(record) == []
+    value = record["conversations"][1]["value"]
+    assert value == "<think>\nParis, so call it.\n</think>\n\nLet me check.\n" + WEATHER_CALL_BLOCK

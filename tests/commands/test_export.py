@@ -22,6 +22,7 @@ from chatproxy.commands.trainer_rules import (
     fastchat_problems,
     llamafactory_problems,
     openai_problems,
+    trl_problems,
     unsloth_dataset_problems,
     unsloth_problems,
 )
@@ -62,7 +63,8 @@ EXPORTED = 8
 CONSUMERS = {
     "sharegpt": [llamafactory_problems],
     "sharegpt-plain": [fastchat_problems, unsloth_problems],
-    "openai": [openai_problems, axolotl_problems],
+    "openai": [openai_problems],
+    "messages": [axolotl_problems, trl_problems],
 }
 
 
@@ -234,7 +236,7 @@ def test_tool_schemas_that_differ_between_chats_still_load(week, capsys, tmp_pat
     )
     week.wait_recorded(MONDAY_RECORDS + TUESDAY_RECORDS + 1)
     out = tmp_path / "chats.jsonl"
-    run_export(capsys, "--all", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out))
+    run_export(capsys, "--all", "--datasets", str(week.datasets), "--format", "messages", "--out", str(out))
     loaded = datasets.load_dataset("json", data_files=str(out), split="train")
     assert loaded.num_rows == EXPORTED + 1
 
@@ -259,7 +261,7 @@ def test_openai_records_keep_tool_calls_and_results_structured(week, capsys, tmp
 def test_sharegpt_images_are_absolute_paths_to_the_recorded_files(week, capsys, tmp_path):
     out = tmp_path / "chats.json"
     run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "sharegpt", "--out", str(out))
-    with_image = next(r for r in read_dataset(out) if "images" in r)
+    with_image = next(r for r in read_dataset(out) if r["images"])
     (path,) = with_image["images"]
     assert os.path.isabs(path) and Path(path).read_bytes() == PNG
     assert with_image["conversations"][0]["value"] == "What is this?\n<image>"
@@ -274,7 +276,7 @@ def test_an_image_file_gone_from_disk_becomes_a_text_placeholder(week, capsys, t
     result = run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "sharegpt", "--out", str(out))
     assert result.code == 0
     chat = next(r for r in read_dataset(out) if r["conversations"][0]["value"].startswith("What is this?"))
-    assert chat["conversations"][0]["value"] == "What is this?\n[image]" and "images" not in chat
+    assert chat["conversations"][0]["value"] == "What is this?\n[image]" and chat["images"] == []
     assert llamafactory_problems(chat) == []
 
 
@@ -388,19 +390,22 @@ def test_reasoning_drop_leaves_only_the_answer(week, capsys, tmp_path):
 def test_split_writes_train_and_test_reproducibly(week, capsys, tmp_path):
     datasets = pytest.importorskip("datasets", minversion="2.14")
     out = tmp_path / "chats.jsonl"
-    args = ["--all", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out), "--split", "0.75"]
+    args = ["--all", "--datasets", str(week.datasets), "--format", "messages", "--out", str(out), "--split", "0.75"]
     result = run_export(capsys, *args, "--seed", "7")
     train, test = tmp_path / "chats.train.jsonl", tmp_path / "chats.test.jsonl"
     first = (train.read_bytes(), test.read_bytes())
     assert len(read_dataset(train)) == 6 and len(read_dataset(test)) == 2
     assert not out.exists()
-    assert '"train": "' in result.out and '"test": "' in result.out and "test_datasets:" in result.out
+    assert "test_datasets:" in result.out
     run_export(capsys, *args, "--seed", "7")
     assert (train.read_bytes(), test.read_bytes()) == first
     run_export(capsys, "tuesday", "monday", *args[1:], "--seed", "7")  # the order sessions are named in does not matter
     assert (train.read_bytes(), test.read_bytes()) == first
-    loaded = datasets.load_dataset("json", data_files={"train": str(train), "test": str(test)})
-    assert (loaded["train"].num_rows, loaded["test"].num_rows) == (6, 2)
+    # As the printed snippet does: one load per file (a column one split lacks would fail a joint load).
+    assert f'train = load_dataset("json", data_files="{train.resolve()}", split="train")' in result.out
+    assert f'test = load_dataset("json", data_files="{test.resolve()}", split="train")' in result.out
+    rows = [datasets.load_dataset("json", data_files=str(path), split="train").num_rows for path in (train, test)]
+    assert rows == [6, 2]
 
 
 def test_split_shuffles_differently_with_another_seed():
@@ -442,17 +447,27 @@ def test_llamafactory_entry_names_the_file_and_the_columns_present(week, capsys,
     assert f'load_dataset("json", data_files="{out.resolve()}", split="train")' in result.out
 
 
-def test_llamafactory_entry_leaves_out_columns_no_record_has(week, capsys, tmp_path):
-    """LLaMA-Factory reads every column the entry names: naming one the file lacks is a KeyError."""
+def test_llamafactory_columns_are_in_every_record_even_with_no_tool_or_image(week, capsys, tmp_path):
+    """LLaMA-Factory reads every column the entry names from every example: a session with no tool and no
+    image still has both columns ("" and []), so the one entry printed (and the live file's) always fits."""
     out = tmp_path / "chats.json"
     result = run_export(capsys, "tuesday", "--datasets", str(week.datasets), "--format", "sharegpt", "--out", str(out))
-    assert '"columns": {\n      "messages": "conversations"\n    }' in result.out
+    assert (
+        '"columns": {\n      "messages": "conversations",\n      "images": "images",\n      "tools": "tools"\n    }'
+        in result.out
+    )
+    records = read_dataset(out)
+    assert records and all((r["tools"], r["images"]) == ("", []) for r in records)
 
 
-def test_axolotl_block_for_openai_and_plain(week, capsys, tmp_path):
+def test_axolotl_block_for_messages_and_plain(week, capsys, tmp_path):
     out = tmp_path / "chats.jsonl"
-    result = run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out))
+    result = run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "messages", "--out", str(out))
     assert f"datasets:\n  - path: {out.resolve()}\n    ds_type: json\n    type: chat_template\n" in result.out
+    assert "TRL: SFTTrainer" in result.out and "load_dataset(" in result.out
+    result = run_export(capsys, "monday", "--datasets", str(week.datasets), "--format", "openai", "--out", str(out))
+    assert "type: chat_template" not in result.out and 'purpose="fine-tune"' in result.out
+    assert "--format messages" in result.out
     result = run_export(
         capsys, "monday", "--datasets", str(week.datasets), "--format", "sharegpt-plain", "--out", str(out)
     )
