@@ -79,6 +79,43 @@ def for_upstream(headers: Sequence[Tuple[bytes, bytes]], authority: str, chunked
     return out
 
 
+def upgrade_token(headers: Sequence[Tuple[bytes, bytes]]) -> Optional[bytes]:
+    """The protocol a request asks to switch to (RFC 9110 §7.8: `Upgrade` named in `Connection`), or None."""
+    if b"upgrade" not in _connection_tokens(headers):
+        return None
+    value = get(headers, b"upgrade")
+    return value.strip() if value and value.strip() else None
+
+
+def for_upgrade(headers: Sequence[Tuple[bytes, bytes]], upgrade: bytes) -> Headers:
+    """End-to-end fields plus the upgrade's own two hop-by-hop fields, asked for again on this hop."""
+    return list(headers) + [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+
+
+# What the recorder's copy can decode (zlib): asked for instead of br or zstd on recorded routes.
+DECODABLE_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate", b"identity"})
+
+
+def decodable_accept_encoding(headers: Sequence[Tuple[bytes, bytes]]) -> Headers:
+    """`Accept-Encoding` narrowed to the codings the recorder can read, q-values kept; `*` becomes
+    gzip and deflate. The header is otherwise unchanged, and the client still gets a coding it asked for."""
+    out: Headers = []
+    for key, value in headers:
+        if key.lower() != b"accept-encoding":
+            out.append((key, value))
+            continue
+        kept = []
+        for item in value.split(b","):
+            coding = item.split(b";", 1)[0].strip().lower()
+            if coding in DECODABLE_CODINGS:
+                kept.append(item.strip())
+            elif coding == b"*":
+                params = item.strip()[1:]
+                kept.extend([b"gzip" + params, b"deflate" + params])
+        out.append((key, b", ".join(kept) if kept else b"identity"))
+    return out
+
+
 def for_client(headers: Sequence[Tuple[bytes, bytes]]) -> Headers:
     """Response headers as sent to the client; h11 re-frames a body without Content-Length."""
     return _end_to_end(headers, frozenset())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Callable, List, Optional, Protocol, Tuple
 
 from chatproxy import headers as hdr
+from chatproxy import tunnel
 from chatproxy._h11 import h11
 from chatproxy.apis import route
 from chatproxy.config import Config
@@ -36,6 +38,12 @@ class Downstream(Protocol):
     async def end_response(self) -> None: ...
 
     def flush(self) -> None: ...
+
+    async def switch_protocols(
+        self, status: int, headers: List[Tuple[bytes, bytes]], reason: bytes
+    ) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        """Send the 101; the client's raw streams, and the bytes of the new protocol it already sent."""
+        ...
 
 
 DEBUG_BODY_LIMIT = 16 * 1024  # --debug shows this much of each body: a chat, not a 64 MiB upload
@@ -119,6 +127,14 @@ class Relay:
             # headers.masked() is the only way headers reach a log line: keys and cookies show as ***.
             log.debug("-> %s %s %s", request.method.decode("latin-1"), path, hdr.masked(raw_headers))
             forwarding.sent, forwarding.received = BodySample(), BodySample()
+        upgrade = hdr.upgrade_token(raw_headers)
+        if upgrade is not None:
+            forwarding.upstream_headers = hdr.for_upgrade(forwarding.upstream_headers, upgrade)
+            await self._tunnel(forwarding)
+            return
+        if forwarding.capture is not None:
+            # The copy is read with zlib: br and zstd would be relayed but not recorded. The one header changed.
+            forwarding.upstream_headers = hdr.decodable_accept_encoding(forwarding.upstream_headers)
         complete = False
         try:
             conn, response = await self._open_exchange(forwarding)
@@ -128,6 +144,37 @@ class Relay:
                 log.debug("-> %s body %s", path, forwarding.sent)
                 log.debug("<- %s body %s", path, forwarding.received)
             self._hand_over(forwarding.capture, complete)
+
+    async def _tunnel(self, forwarding: Forwarding) -> None:
+        """An upgrade request (WebSocket): relayed on a connection of its own; on a 101, raw bytes both
+        ways until either side closes (tunnel.py). A backend that refuses answers as usual."""
+        conn = await self.pool.acquire(fresh=True)
+        try:
+            await self._send_request(conn, forwarding)
+            head = await conn.receive_head()
+        except BaseException:
+            self.pool.release(conn, clean=False)
+            raise
+        if isinstance(head, h11.Response):
+            await self._relay_response(conn, head, forwarding)  # releases the connection
+            return
+        try:
+            response_headers = head.headers.raw_items()
+            upgrade = hdr.get(response_headers, b"upgrade") or b""
+            client_reader, client_writer, client_early = await forwarding.downstream.switch_protocols(
+                head.status_code, hdr.for_upgrade(hdr.for_client(response_headers), upgrade), head.reason
+            )
+            upstream_reader, upstream_writer, upstream_early = conn.detach()
+            if upstream_early:
+                client_writer.write(upstream_early)
+            if client_early:
+                upstream_writer.write(client_early)
+            log.debug("%s switched to %s", forwarding.path, upgrade.decode("latin-1"))
+            await tunnel.splice(
+                (client_reader, client_writer), (upstream_reader, upstream_writer), self.config.timeouts.upstream_read
+            )
+        finally:
+            self.pool.release(conn, clean=False)  # never reused: it speaks another protocol now
 
     def _hand_over(self, capture: Optional[ExchangeCapture], complete: bool) -> None:
         """The recorder gets whole exchanges, and streams cut short (marked incomplete)."""

@@ -233,6 +233,16 @@ class ClientConnection:
     async def end_response(self) -> None:
         await self._send(h11.EndOfMessage())
 
+    async def switch_protocols(
+        self, status: int, headers: List[Tuple[bytes, bytes]], reason: bytes
+    ) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        # From here the client's EOF ends the tunnel, not the exchange: no more watching for it.
+        self._stop_watching()
+        self.cycle.response_started = True
+        await self._send(h11.InformationalResponse(status_code=status, headers=headers, reason=reason))
+        early, _ = self._h11.trailing_data
+        return self._reader, self._writer, bytes(early)
+
     def flush(self) -> None:
         """Write what is held back (a response head) now, before waiting on the backend."""
         if self._held and not self._writer.transport.is_closing():

@@ -8,7 +8,7 @@ import logging
 import os
 import ssl
 import time
-from typing import AsyncIterator, Callable, Deque, List, Optional, Tuple
+from typing import AsyncIterator, Callable, Deque, List, Optional, Tuple, Union
 
 from chatproxy._h11 import h11
 from chatproxy.config import Target, Timeouts
@@ -116,13 +116,27 @@ class UpstreamConnection:
 
     async def receive_response(self) -> h11.Response:
         """Wait for the final response head; 1xx (100 Continue, 103 Early Hints) are skipped."""
+        head = await self.receive_head()
+        if not isinstance(head, h11.Response):
+            raise UpstreamProtocolError("upstream switched protocols without being asked to")
+        return head
+
+    async def receive_head(self) -> Union[h11.Response, h11.InformationalResponse]:
+        """The final response head, or the 101 that switches an upgrade request's protocol."""
         while True:
             event = await self._next_event()
             if isinstance(event, h11.Response):
                 return event
             if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101 and self._h11.their_state is h11.SWITCHED_PROTOCOL:
+                    return event
                 continue
             raise UpstreamProtocolError(f"unexpected {type(event).__name__} before the response head")
+
+    def detach(self) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        """After a 101: the raw streams, and the bytes of the new protocol that arrived with the head."""
+        leftover, _ = self._h11.trailing_data
+        return self._reader, self._writer, bytes(leftover)
 
     async def iter_body(self, before_wait: Optional[Callable[[], None]] = None) -> AsyncIterator[bytes]:
         """Body bytes as they arrive: everything one read brought is one chunk (one write onwards).
