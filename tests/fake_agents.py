@@ -48,6 +48,7 @@ class Turn(Behaviour):
     split: int = 97  # bytes per write of a stream: events cross TCP reads
     cut_after: Optional[int] = None  # end the stream early, after this many events
     status: str = "completed"
+    call_ids: Sequence[str] = ()  # the calls' ids, where a test replays a history that names them
     seen: List[Dict[str, Any]] = field(default_factory=list)
 
     async def run(self, ex: Exchange) -> None:
@@ -57,6 +58,9 @@ class Turn(Behaviour):
 
     async def answer(self, ex: Exchange, request: Dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def call_id(self, default: str, i: int) -> str:
+        return self.call_ids[i] if i < len(self.call_ids) else default
 
 
 # -- OpenAI Responses -------------------------------------------------------------------------
@@ -86,7 +90,7 @@ class ResponsesTurn(Turn):
                     "id": f"fc_{n}_{i}",
                     "type": "function_call",
                     "status": "completed",
-                    "call_id": f"call_{n}_{i}",
+                    "call_id": self.call_id(f"call_{n}_{i}", i),
                     "name": name,
                     "arguments": json.dumps(arguments),
                 }
@@ -195,7 +199,8 @@ class MessagesTurn(Turn):
         if self.text:
             blocks.append({"type": "text", "text": self.text})
         for i, (name, arguments) in enumerate(self.calls):
-            blocks.append({"type": "tool_use", "id": f"toolu_{n}_{i}", "name": name, "input": arguments})
+            call_id = self.call_id(f"toolu_{n}_{i}", i)
+            blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": arguments})
         return blocks
 
     async def answer(self, ex: Exchange, request: Dict[str, Any]) -> None:
@@ -256,6 +261,56 @@ class MessagesTurn(Turn):
             "usage": {"output_tokens": 9},
         }
         yield {"type": "message_stop"}
+
+
+# -- a whole agent task ----------------------------------------------------------------------
+
+
+@dataclass
+class AgentScript(Behaviour):
+    """A backend for a real agent (Codex on Responses, Claude Code on Messages) doing one tool round:
+    the first request of a task gets a shell call (the tool the request declares: Codex's `exec_command`
+    or older `shell`, Claude Code's `Bash`), a request whose last item is the tool's result gets the
+    final answer, a request without tools (Claude Code's title) a title. Anything else: 404. One
+    instance answers every request; `seen` keeps them (method, target, headers, JSON body)."""
+
+    final_text: str = "There is one file: hello.txt."
+    seen: List[Tuple[str, str, List[Tuple[str, str]], Any]] = field(default_factory=list)
+
+    async def run(self, ex: Exchange) -> None:
+        request = ex.request
+        try:
+            body = request.json() if request.body else None
+        except ValueError:
+            body = None
+        self.seen.append((request.method, request.target, request.headers, body))
+        if request.method == "POST" and isinstance(body, dict) and request.path.endswith("/responses"):
+            await self._responses(body).run(ex)
+        elif request.method == "POST" and isinstance(body, dict) and request.path.endswith("/messages"):
+            await self._messages(body).run(ex)
+        else:
+            await ex.respond(404, json.dumps({"error": {"message": "not here"}}).encode())
+
+    def _responses(self, body: Dict[str, Any]) -> Turn:
+        items = body.get("input") if isinstance(body.get("input"), list) else []
+        if items and isinstance(items[-1], dict) and items[-1].get("type") == "function_call_output":
+            return ResponsesTurn(text=self.final_text, reasoning="Listed the files.")
+        names = [tool.get("name") for tool in body.get("tools") or [] if isinstance(tool, dict)]
+        call: Call = ("exec_command", {"cmd": "ls"}) if "exec_command" in names else ("shell", {"command": ["ls"]})
+        return ResponsesTurn(reasoning="I should list the files.", calls=[call])
+
+    def _messages(self, body: Dict[str, Any]) -> Turn:
+        if not body.get("tools"):
+            return MessagesTurn(text='{"title": "List the files"}')
+        messages = body.get("messages") or [{}]
+        content = messages[-1].get("content") if isinstance(messages[-1], dict) else None
+        if any(isinstance(block, dict) and block.get("type") == "tool_result" for block in as_blocks(content)):
+            return MessagesTurn(text=self.final_text, reasoning="Listed the files.")
+        return MessagesTurn(reasoning="I should list the files.", calls=[("Bash", {"command": "ls"})])
+
+
+def as_blocks(content: Any) -> List[Any]:
+    return content if isinstance(content, list) else []
 
 
 # -- Ollama native ----------------------------------------------------------------------------

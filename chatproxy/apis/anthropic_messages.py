@@ -7,6 +7,10 @@ blocks; each becomes a tool message, before the user's own words in the same mes
 (reasoning) and `redacted_thinking` (no text to keep). `tools` are turned into the Chat Completions
 form the exports read (`input_schema` is the function's `parameters`).
 
+A `system` message inside `messages` (the beta `mid-conversation-system-2026-04-07`: Claude Code sends
+its agent list that way, after the user's prompt) is joined to the user message it follows, so the
+answer's context stays before the answer; anywhere else it is a system message.
+
 Agents' volatile stamps: Claude Code opens its system prompt with a block
 `x-anthropic-billing-header: cc_version=…; cc_entrypoint=…; cch=…;` that changes between requests.
 It is not part of what the model is taught and would split one session into a record per request,
@@ -46,8 +50,21 @@ def read_request(request: Dict[str, Any], save_image: ImageSink) -> Request:
         history.append({"role": "system", "content": system})
     for raw in request["messages"]:
         if isinstance(raw, dict):
-            history.extend(_messages(raw, save_image))
+            for message in _messages(raw, save_image):
+                _append(history, message)
     return Request(history, chat_tools(request.get("tools")), housekeeping=_side_request(request, system))
+
+
+def _append(history: List[Message], message: Message) -> None:
+    """A `system` message right after the user's words (Claude Code's mid-conversation system message:
+    context for the answer that follows) is added to them: left as a system turn of its own, the
+    ShareGPT rendering would move it into the next human turn, after the answer that read it, or drop
+    it when none follows. Elsewhere it stays a system message."""
+    last = history[-1] if history else None
+    if message["role"] == "system" and last is not None and last["role"] == "user":
+        last["content"] = (as_text(last.get("content")) + "\n\n" + message["content"]).lstrip("\n")
+        return
+    history.append(message)
 
 
 def _system_text(system: Any) -> str:

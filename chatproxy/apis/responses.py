@@ -9,6 +9,11 @@ results; `reasoning` items (OpenAI's `summary[]`, or the `content: [{type: "reas
 vLLM and llama.cpp) become reasoning. The assistant side of one turn (reasoning, text, calls) comes as
 several consecutive items: they fold into one assistant message, as a chat completion holds it.
 
+`tools`: flat `function` tools become the Chat Completions form the exports read, a `namespace` tool
+(Codex groups its sub-agent functions in one) gives its functions, and built-in tools with no name or
+schema (Codex declares `web_search`) go to the record's `meta.builtin_tools` instead: a nameless tool
+makes LLaMA-Factory reject the whole conversation.
+
 `previous_response_id` means the client sent only what is new: the recorder prepends the
 conversation it recorded for that response (Request.continues).
 
@@ -52,6 +57,9 @@ def read_request(request: Dict[str, Any], save_image: ImageSink) -> Request:
     continues = as_text(request.get("previous_response_id")) or None
     if request.get("conversation") is not None and continues is None:
         meta["partial_history"] = True  # a server-side Conversation: its earlier items never crossed the proxy
+    builtin = builtin_tools(request.get("tools"))
+    if builtin:
+        meta["builtin_tools"] = builtin
     return Request(history, chat_tools(request.get("tools")), meta=meta, continues=continues)
 
 
@@ -154,17 +162,35 @@ def _has_substance(message: Message) -> bool:
 
 
 def chat_tools(tools: Any) -> Optional[List[Any]]:
-    """Responses' flat function tools in the Chat Completions form the exports read; others as sent."""
-    if not isinstance(tools, list) or not tools:
-        return None
+    """Responses' function tools in the Chat Completions form the exports read, each one in place:
+    flat `function` tools, the functions grouped in a `namespace` tool, and `custom` (free-form) tools as
+    sent. Built-in tools (`web_search`, `file_search`, …) define nothing to learn and have no name:
+    they are left out here and kept in the record's meta (`builtin_tools`)."""
+    converted = [tool for tool in _functions(tools) if isinstance(tool, dict) and _named(tool)]
+    return converted or None
+
+
+def builtin_tools(tools: Any) -> List[Any]:
+    """The tools chat_tools leaves out, as sent: built-in tools, which carry no name and no schema."""
+    return [tool for tool in _functions(tools) if not (isinstance(tool, dict) and _named(tool))]
+
+
+def _functions(tools: Any) -> List[Any]:
     converted: List[Any] = []
-    for tool in tools:
-        if isinstance(tool, dict) and tool.get("type") == "function" and "function" not in tool:
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict) and tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
+            converted.extend(_functions(tool["tools"]))  # Codex: its sub-agent tools under one name
+        elif isinstance(tool, dict) and tool.get("type") == "function" and "function" not in tool:
             function = {key: tool[key] for key in ("name", "description", "parameters", "strict") if key in tool}
             converted.append({"type": "function", "function": function})
         else:
             converted.append(tool)
     return converted
+
+
+def _named(tool: Dict[str, Any]) -> bool:
+    function = tool.get("function")
+    return bool(as_text((function if isinstance(function, dict) else tool).get("name")))
 
 
 # -- replies ----------------------------------------------------------------------------------
