@@ -12,6 +12,7 @@ import datetime
 from pathlib import Path
 from typing import Any, Counter, Dict, List, Optional
 
+from chatproxy.apis import route
 from chatproxy.commands import sessions
 from chatproxy.commands.common import (
     add_datasets_option,
@@ -38,6 +39,7 @@ counts:
   branches       conversations as `export --branches all` starts from: every branch of every chat
   turns          messages in those branches, system prompts not counted
   characters     text of those messages
+  apis           replies per wire API (chat.completions, responses, messages, ollama.chat, …)
   tokens         prompt and completion tokens the backend reported in `usage`, over all replies
   incomplete     replies cut short (client gone, upstream reset); exported only with --keep-incomplete
   skipped        branches `export --format sharegpt` could not write (see its report for why)
@@ -53,6 +55,7 @@ class Stats:
     turns: int = 0
     characters: int = 0
     models: Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    apis: Counter[str] = dataclasses.field(default_factory=collections.Counter)  # replies per wire API
     prompt_tokens: int = 0
     completion_tokens: int = 0
     with_usage: int = 0
@@ -69,7 +72,7 @@ class Stats:
                 setattr(self, field.name, _earliest(mine, theirs))
             elif field.name == "last":
                 setattr(self, field.name, _latest(mine, theirs))
-            elif field.name == "models":
+            elif isinstance(mine, collections.Counter):
                 mine.update(theirs)
             else:
                 setattr(self, field.name, mine + theirs)
@@ -122,6 +125,7 @@ def session_stats(session: sessions.Session) -> Stats:
 def _count_record(stats: Stats, meta: Dict[str, Any]) -> None:
     model = meta.get("model")
     stats.models[model if isinstance(model, str) and model else "?"] += 1
+    stats.apis[_api_of(meta)] += 1
     if meta.get("complete") is False:
         stats.incomplete += 1
     usage = meta.get("usage")
@@ -131,6 +135,15 @@ def _count_record(stats: Stats, meta: Dict[str, Any]) -> None:
         stats.completion_tokens += _int(usage.get("completion_tokens"))
     when = sessions.parse_record_time(meta.get("time"))
     stats.first, stats.last = _earliest(stats.first, when), _latest(stats.last, when)
+
+
+def _api_of(meta: Dict[str, Any]) -> str:
+    """The wire API a reply came over; records made before meta.api existed are named by their path."""
+    api = meta.get("api")
+    if isinstance(api, str) and api:
+        return api
+    endpoint = meta.get("endpoint")
+    return (route(b"POST", endpoint) if isinstance(endpoint, str) else None) or "?"
 
 
 def _exportable(conversation: sessions.Conversation) -> bool:
@@ -145,6 +158,7 @@ def _exportable(conversation: sessions.Conversation) -> bool:
 
 def render(title: str, stats: Stats) -> str:
     models = ", ".join(f"{name} ({count})" for name, count in stats.models.most_common()) or "-"
+    apis = ", ".join(f"{name} ({count})" for name, count in stats.apis.most_common()) or "-"
     tokens = f"{stats.prompt_tokens:,} prompt + {stats.completion_tokens:,} completion"
     rows = [
         ("conversations", f"{stats.conversations:,}"),
@@ -152,6 +166,7 @@ def render(title: str, stats: Stats) -> str:
         ("turns", f"{stats.turns:,}"),
         ("characters", f"{stats.characters:,}"),
         ("models", models),
+        ("apis", apis),
         ("tokens", f"{tokens} (usage in {stats.with_usage:,} of {stats.records:,} replies)"),
         ("incomplete", f"{stats.incomplete:,}"),
         ("skipped", f"{stats.skipped:,}"),

@@ -45,6 +45,7 @@ def test_stats_counts_a_recorded_session(week, capsys):
     assert rows["branches"] == "8"  # the reset stream is incomplete, not a branch
     assert rows["turns"] == "21"
     assert rows["models"] == f"fake-model ({MONDAY_RECORDS})"
+    assert rows["apis"] == f"chat.completions ({MONDAY_RECORDS - 1}), completions (1)"
     # The fake backend reports usage on every non-streamed reply: 9 of the 11.
     assert rows["tokens"].endswith("completion (usage in 9 of 11 replies)")
     assert rows["incomplete"] == "1"
@@ -59,6 +60,7 @@ def test_stats_without_sessions_counts_every_session_and_a_total(week, capsys):
     assert code == 0
     assert table(out, "session tuesday")["models"] == "fake-model (2), other-model (1)"
     total = table(out, "total (2 sessions)")
+    assert total["apis"].startswith("chat.completions (")
     assert total["conversations"] == "9" and total["branches"] == "10"
     assert total["models"] == f"fake-model ({MONDAY_RECORDS + 2}), other-model (1)"
     assert int(total["characters"].replace(",", "")) == sum(
@@ -190,3 +192,14 @@ def test_show_survives_an_output_that_cannot_encode_the_text(week):
     )
     assert done.returncode == 0, done.stderr
     assert b"user       Gr??e aus K?ln ?\n" in done.stdout
+
+
+def test_stats_names_the_api_of_records_made_before_meta_api(tmp_path, capsys):
+    """Journals written before meta.api existed are counted by their path."""
+    import json
+
+    line = {"v": 1, "id": "a", "parent": None, "base": 0, "meta": {"endpoint": "/v1/messages", "model": "c"}}
+    line["messages"] = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello"}]
+    (tmp_path / "old.jsonl").write_text(json.dumps(line) + "\n")
+    code, out, _ = run(capsys, "stats", "old", "--datasets", str(tmp_path))
+    assert code == 0 and table(out, "session old")["apis"] == "messages (1)"
