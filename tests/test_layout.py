@@ -589,3 +589,17 @@ def test_an_embedded_proxy_loads_only_the_serving_side(
     assert seen["recorded"] == 1, seen
     assert json.loads((tmp_path / "datasets" / "embedded.json").read_text(encoding="utf-8"))
     _check_proxy_process(seen["modules"], modules)
+
+
+def test_the_recorder_process_loads_no_event_loop_and_no_openssl() -> None:
+    """The recorder process is plain blocking code: asyncio would bring ssl (OpenSSL, several MB of
+    memory in a process that never opens a socket), and hashlib would too."""
+    code = (
+        "import sys; sys.path.append(sys.argv[1]); import chatproxy.recorder.worker; "
+        "print(' '.join(sorted(m for m in ('asyncio', 'ssl', '_ssl', 'hashlib', '_hashlib') if m in sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []

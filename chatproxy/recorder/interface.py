@@ -7,10 +7,12 @@ The proxy and the tests see only this interface.
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Dict, Optional, Protocol, Set
+from typing import TYPE_CHECKING, Any, Dict, Optional, Protocol, Set
 
 from chatproxy.recorder.capture import Exchange
+
+if TYPE_CHECKING:  # the recorder process imports this module too, and needs no event loop
+    import asyncio
 
 # What a recorder counts, by key: written by the one that records, read for /_chatproxy/status.
 COUNT_NAMES = ("recorded", "skipped", "unrecordable", "write_errors")
