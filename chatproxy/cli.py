@@ -30,7 +30,7 @@ from chatproxy.config import (
 
 log = logging.getLogger("chatproxy")
 
-SUBCOMMANDS = ("export", "stats", "show")
+SUBCOMMANDS = ("export", "stats", "show", "mark", "review")
 ENV_PREFIX = "CHATPROXY_"
 STATUS_INTERVAL = 0.5  # seconds between redraws of the terminal status line
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -85,6 +85,8 @@ other commands:
   chatproxy export --help     write a training dataset from recorded sessions
   chatproxy stats  --help     summarise recorded sessions
   chatproxy show   --help     print a session's conversations as a transcript
+  chatproxy mark   --help     keep, discard, rate, tag or note a recorded conversation
+  chatproxy review --help     serve the review page over recorded sessions
 
 exit status: 0 after a clean stop (SIGINT/SIGTERM), 2 for a bad option or unusable dataset folder,
 1 when the port cannot be opened, the session is locked by another proxy, or records could not be
@@ -355,6 +357,10 @@ def _run_subcommand(name: str, argv: List[str]) -> int:
         from chatproxy.commands.export import main as run
     elif name == "stats":
         from chatproxy.commands.stats import main as run
+    elif name == "mark":
+        from chatproxy.commands.mark import main as run
+    elif name == "review":
+        from chatproxy.commands.review import main as run
     else:
         from chatproxy.commands.show import main as run
     return run(argv)

@@ -25,6 +25,7 @@ READ_SIZE = 64 * 1024  # matches StreamReader's default limit
 # whole in one 64 KiB read slips past it; _check measures the parsed head against the same limit.
 MAX_REQUEST_HEAD = 16 * 1024
 STATUS_PATH = b"/_chatproxy/status"
+REVIEW_PATH = b"/_chatproxy/review"
 
 
 @dataclasses.dataclass
@@ -120,6 +121,10 @@ class ClientConnection:
         self.cycle = Cycle()
         self._server.count_request()
         try:
+            path = request.target.split(b"?", 1)[0]
+            if path == REVIEW_PATH or path.startswith(REVIEW_PATH + b"/"):
+                await self._answer_review(request)  # the page checks the key itself: browsers send no header
+                return
             request = self._check(request)
             if request.target.split(b"?", 1)[0] == STATUS_PATH:
                 await self._answer_status()
@@ -300,6 +305,22 @@ class ClientConnection:
         await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
 
+    async def _answer_review(self, request: h11.Request) -> None:
+        from chatproxy.review.app import answer_in_proxy  # loaded on the page's first request, never before
+
+        body = b""
+        while True:
+            chunk = await self.receive_body()
+            if chunk is None:
+                break
+            body += chunk
+        status, headers, data = await answer_in_proxy(self._server, request, body)
+        self.cycle.response_started = True
+        await self._send(h11.Response(status_code=status, headers=headers + [(b"Content-Length", b"%d" % len(data))]))
+        if data and request.method != b"HEAD":
+            await self._send(h11.Data(data=data))
+        await self._send(h11.EndOfMessage())
+
     # -- client-gone detection -----------------------------------------------------------------
 
     def _watch_for_departure(self) -> None:
@@ -355,6 +376,7 @@ class ProxyServer:
         self.last_error: Optional[str] = None
         self.started = time.time()
         self._status_extra = status_extra
+        self.review: Any = None  # the review page (review/app.py), built on its first request
         self._server: Optional[asyncio.AbstractServer] = None
         self._tasks: Set[asyncio.Task[None]] = set()
 

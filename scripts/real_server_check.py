@@ -15,9 +15,10 @@ meet the test environment's), started on loopback with nothing downloaded at run
   no wheel on PyPI, so installing builds llama.cpp from source (about 8 minutes on 2 cores).
 
 For each server: start it, start `python -m chatproxy --target SERVER/v1` in front of it, then with
-the real `openai` SDK list models and make chat and text completions, streamed and not; stop the
-proxy with SIGTERM and check that SESSION.json holds exactly those four conversations, each with
-the text the SDK received. Stream shapes worth knowing are printed as "observed" lines.
+the real `openai` SDK list models and make chat and text completions, streamed and not (for LiteLLM
+also the Responses API with `openai` and the Messages API with `anthropic`, not streamed); stop
+the proxy with SIGTERM and check that SESSION.json holds exactly those conversations, each with the
+text the SDK received. Stream shapes worth knowing are printed as "observed" lines.
 
 The venvs live in --venvs (default ~/.cache/chatproxy-real-servers). tests/test_real_server.py runs
 the same checks for every server installed there and skips the others.
@@ -275,7 +276,7 @@ def _through_proxy(name: str, target: str, workdir: Path, openai: Any, report: C
     incomplete = [record["meta"] for record in journal if not record["meta"].get("complete")]
     if incomplete:
         raise CheckFailed(
-            f"{len(incomplete)} of 4 records marked incomplete although the SDK read the whole reply "
+            f"{len(incomplete)} of {len(journal)} records marked incomplete although the SDK read the whole reply "
             f"(finish_reason {[m.get('finish_reason') for m in incomplete]})"
         )
     records = json.loads((datasets / f"{name}.json").read_text(encoding="utf-8"))
@@ -283,7 +284,11 @@ def _through_proxy(name: str, target: str, workdir: Path, openai: Any, report: C
     if sorted(got) != sorted(expected):
         raise CheckFailed(f"dataset differs from what the SDK received:\n  expected {expected}\n  recorded {got}")
     models = {record["meta"].get("model") for record in records}
-    report(f"{name}: 4 conversations recorded as the SDK received them; models in meta: {sorted(map(str, models))}")
+    apis = sorted({str(record["meta"].get("api")) for record in records})
+    report(
+        f"{name}: {len(expected)} conversations recorded as the SDK received them over {apis}; "
+        f"models: {sorted(map(str, models))}"
+    )
 
 
 _FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "tool"}
@@ -334,10 +339,33 @@ def _drive(name: str, client: Any, report: Callable[[str], None]) -> List[List[t
     expected.append([("human", prompt), ("gpt", "".join(pieces))])
 
     if name == "litellm":
+        expected += _drive_agent_apis(client, model, report)
         for conversation in expected:
             if conversation[1][1] != MOCK_REPLY:
                 raise CheckFailed(f"LiteLLM's mock reply did not come through intact: {conversation[1][1]!r}")
     report(f"{name}: SDK replies: {[c[1][1] for c in expected]}")
+    return expected
+
+
+def _drive_agent_apis(client: Any, model: str, report: Callable[[str], None]) -> List[List[tuple]]:
+    """LiteLLM serves the Responses and the Anthropic Messages APIs beside chat completions; its
+    mock model answers both, through the proxy. Not streamed: LiteLLM 1.80's mock provider fails
+    both streams itself (a 500, "'async for' requires an object with __aiter__ method")."""
+    import anthropic
+
+    expected = []
+    question = "Answer over the Responses API."
+    reply = client.responses.create(model=model, input=question, max_output_tokens=16)
+    expected.append([("human", question), ("gpt", reply.output_text)])
+    base = str(client.base_url).rstrip("/").rsplit("/v1", 1)[0]
+    messages = anthropic.Anthropic(base_url=base, api_key="sk-relayed", max_retries=0, timeout=60)
+    try:
+        question = "Answer over the Messages API."
+        answer = messages.messages.create(model=model, max_tokens=16, messages=[{"role": "user", "content": question}])
+        expected.append([("human", question), ("gpt", "".join(b.text for b in answer.content if b.type == "text"))])
+    finally:
+        messages.close()
+    report(f"litellm: Responses and Messages replies: {[c[1][1] for c in expected]}")
     return expected
 
 

@@ -29,6 +29,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +38,7 @@ import tempfile
 import time
 import venv
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENVS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatproxy-trainers"
@@ -49,7 +50,7 @@ PACKAGES: Dict[str, List[str]] = {
 }
 DATASETS_VENVS: Dict[str, List[str]] = {"datasets-4.0.0": ["datasets==4.0.0"], "datasets-newest": ["datasets"]}
 IMPORT_CHECK = {
-    "llamafactory": "import llamafactory, transformers",
+    "llamafactory": "import llamafactory.data.mm_plugin, transformers; from transformers import Qwen2ForCausalLM",
     "trl": "import trl, transformers",
     "axolotl": "import axolotl, transformers",
     "datasets-4.0.0": "import datasets",
@@ -90,6 +91,21 @@ def install(venvs: Path, names: List[str]) -> None:
         if packages[0] == TORCH:  # torch first, from the local wheel, so nothing pulls a CUDA build
             subprocess.run([python, "-m", "pip", "install", "-q", TORCH], check=True)
         subprocess.run([python, "-m", "pip", "install", "-q", *packages], check=True)
+        if name == "llamafactory":
+            cpu_only_torchvision_torchaudio(venvs / name)
+
+
+def cpu_only_torchvision_torchaudio(folder: Path) -> None:
+    """LLaMA-Factory 0.9.5 requires torchvision and torchaudio; PyPI's builds of both are CUDA builds
+    that do not load beside the CPU torch ("operator torchvision::nms does not exist"; torchaudio's
+    _torchaudio.so needs libc10_cuda.so). LLaMA-Factory never imports torchvision (transformers uses PIL
+    without it), so it goes; mm_plugin.py imports torchaudio at load time but uses it only for audio
+    files, so its compiled extensions go and torchaudio imports as pure Python (_extension/utils.py
+    _load_lib: no library file, no extension)."""
+    python = str(folder / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "uninstall", "-q", "-y", "torchvision"], check=True)
+    for library in folder.glob("lib/python*/site-packages/torchaudio/lib/*.so"):
+        library.unlink()
 
 
 # -- a tiny model, made locally ------------------------------------------------------------------
@@ -399,6 +415,10 @@ OFFLINE = {
     "TRANSFORMERS_OFFLINE": "1",
     "WANDB_DISABLED": "true",
     "CUDA_VISIBLE_DEVICES": "",
+    # Axolotl 0.19 sends telemetry to PostHog unless told not to; offline, its exit then waits forever
+    # on the flush of events that cannot be sent (telemetry/manager.py shutdown).
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
 }
 
 
@@ -407,21 +427,52 @@ def num_examples(output: str) -> Optional[int]:
     return int(found[-1].replace(",", "")) if found else None
 
 
+# LLaMA-Factory 0.9.5 logs why it drops an example. converter.py warns "Invalid role tag in [...]."
+# and/or "Invalid message count in [...].", then "Skipping this abnormal example.", and empties the
+# example; processor/supervised.py then warns "Dropped invalid example: []" for it (and for any example
+# that is not an odd prompt and one response), and "Dropped lengthy example with length N > M.".
+LLAMAFACTORY_REASON = re.compile(r"Invalid role tag|Invalid message count")
+LLAMAFACTORY_LENGTHY = re.compile(r"Dropped lengthy example with length \d+ > \d+")
+
+
+def llamafactory_drops(output: str) -> List[str]:
+    """One reason per example LLaMA-Factory dropped, read off its log (the messages left out)."""
+    pending: List[str] = []  # the converter's reasons for the example it is about to skip
+    abnormal: List[str] = []  # skipped by the converter, dropped later by the processor, in order
+    drops: List[str] = []
+    for line in output.splitlines():
+        reason = LLAMAFACTORY_REASON.search(line)
+        lengthy = LLAMAFACTORY_LENGTHY.search(line)
+        if reason:
+            pending.append(reason.group(0).lower())
+        elif "Skipping this abnormal example" in line:
+            abnormal.append(f"abnormal example ({', '.join(pending) or 'no reason logged'})")
+            pending = []
+        elif "Dropped invalid example" in line:
+            drops.append(abnormal.pop(0) if abnormal else "invalid example (not an odd prompt and one response)")
+        elif lengthy:
+            drops.append(lengthy.group(0))
+    return drops + abnormal
+
+
+def trained_steps(output: str) -> int:
+    """The number of optimiser steps logged: one `{'loss': ...}` dict per step with logging_steps 1."""
+    return len(re.findall(r"\{'loss': ", output))
+
+
 def check_llamafactory(python: Path, model: Path, files: Dict[str, Path], datasets: Path, work: Path) -> bool:
     ok = True
     live = datasets / "check.json"
-    entries = {
-        "export": {
-            "file_name": str(files["sharegpt"]),
-            "formatting": "sharegpt",
-            "columns": {"messages": "conversations", "tools": "tools", "images": "images"},
-        },
+    # The entry `export` prints, less "images": the tiny model is text-only (template `qwen`), and with an
+    # image listed LLaMA-Factory 0.9.5 stops the whole run ("This model does not support image input",
+    # mm_plugin.py _validate_input) instead of dropping the example. A vision template (qwen2_vl) needs
+    # a video processor, which needs torchvision, which does not load beside the CPU torch here. The
+    # `<image>` placeholder then stays in the text, as a text model would see it.
+    columns = {"messages": "conversations", "tools": "tools"}
+    entries: Dict[str, Dict[str, Any]] = {
+        "export": {"file_name": str(files["sharegpt"]), "formatting": "sharegpt", "columns": columns},
         # The live file, registered as the README says (dataset_dir = the datasets folder).
-        "live": {
-            "file_name": str(live),
-            "formatting": "sharegpt",
-            "columns": {"messages": "conversations", "tools": "tools", "images": "images"},
-        },
+        "live": {"file_name": str(live), "formatting": "sharegpt", "columns": columns},
     }
     for name, entry in entries.items():
         folder = work / f"lf-{name}"
@@ -445,6 +496,7 @@ def check_llamafactory(python: Path, model: Path, files: Dict[str, Path], datase
             "overwrite_cache": True,
             "preprocessing_num_workers": 1,
             "output_dir": str(folder / "out"),
+            "overwrite_output_dir": True,
             "per_device_train_batch_size": 1,
             "gradient_accumulation_steps": 1,
             "max_steps": 2,
@@ -457,10 +509,11 @@ def check_llamafactory(python: Path, model: Path, files: Dict[str, Path], datase
         }
         if name == "live":
             (datasets / "dataset_info.json").write_text(json.dumps({name: entry}), encoding="utf-8")
-        (folder / "train.json").write_text(json.dumps(config), encoding="utf-8")
+        # JSON is YAML; the name must end in .yaml: 0.9.5's read_args passes a Path to json.load for .json.
+        (folder / "train.yaml").write_text(json.dumps(config), encoding="utf-8")
         try:
             output = run(
-                [str(python), "-m", "llamafactory.cli", "train", str(folder / "train.json")],
+                [str(python), "-m", "llamafactory.cli", "train", str(folder / "train.yaml")],
                 f"LLaMA-Factory on {name}",
                 env=OFFLINE,
             )
@@ -468,13 +521,15 @@ def check_llamafactory(python: Path, model: Path, files: Dict[str, Path], datase
             print(f"LLaMA-Factory 0.9.5 ({name}): FAILED: {exc}")
             ok = False
             continue
-        skipped = output.count("Skipping this abnormal example")
+        (folder / "log.txt").write_text(output, encoding="utf-8")
         kept = num_examples(output)
+        reasons = llamafactory_drops(output)
+        steps = trained_steps(output)
         print(
             f"LLaMA-Factory 0.9.5 ({name}): {records} records, {kept} examples kept, "
-            f"{skipped} dropped as abnormal; trained 2 steps"
+            f"{len(reasons)} dropped{': ' + '; '.join(reasons) if reasons else ''}; trained {steps} steps"
         )
-        ok = ok and kept == records and skipped == 0
+        ok = ok and kept == records and not reasons and steps == 2
     return ok
 
 
@@ -513,6 +568,7 @@ def check_trl(python: Path, model: Path, files: Dict[str, Path], work: Path) -> 
 
 def check_axolotl(python: Path, model: Path, files: Dict[str, Path], work: Path) -> bool:
     folder = work / "axolotl"
+    shutil.rmtree(folder / "prepared", ignore_errors=True)  # a --keep folder's earlier run counts no rows
     folder.mkdir(exist_ok=True)
     records = len(files["messages"].read_text(encoding="utf-8").splitlines())
     config = {
@@ -547,21 +603,52 @@ def check_axolotl(python: Path, model: Path, files: Dict[str, Path], work: Path)
     path = folder / "config.yml"
     path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
     axolotl = str(python.parent / "axolotl")
+    # `axolotl train` execs `accelerate launch` found through PATH: the venv's own.
+    env = {**OFFLINE, "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     try:
-        prep = run([axolotl, "preprocess", str(path)], "Axolotl preprocess", env=OFFLINE)
-        output = run([axolotl, "train", str(path)], "Axolotl train", env=OFFLINE)
+        prep = run([axolotl, "preprocess", str(path)], "Axolotl preprocess", env=env)
+        (folder / "preprocess.log").write_text(prep, encoding="utf-8")
+        output = run([axolotl, "train", str(path)], "Axolotl train", env=env)
+        (folder / "train.log").write_text(output, encoding="utf-8")
     except CheckFailed as exc:
         print(f"Axolotl 0.19.0 (messages): FAILED: {exc}")
         return False
-    dropped = [
-        line.strip() for line in (prep + output).splitlines() if re.search(r"[Dd]ropp(ed|ing) \d+|[Ff]iltered", line)
-    ]
-    kept = num_examples(output)
+    dropped = axolotl_drops(prep + output)
+    kept = prepared_rows(python, folder / "prepared")
+    steps = trained_steps(output)
     print(
-        f"Axolotl 0.19.0 (messages): {records} records, {kept} examples kept; "
-        f"dropped: {dropped or 'none'}; trained 2 steps"
+        f"Axolotl 0.19.0 (messages): {records} records, {kept} examples kept, "
+        f"{sum(n for n, _ in dropped)} dropped{': ' + '; '.join(r for _, r in dropped) if dropped else ''}; "
+        f"trained {steps} steps"
     )
-    return kept == records
+    return kept == records and not dropped and steps == 2
+
+
+# Axolotl 0.19.0 logs what it drops: utils/data/utils.py "Dropped N sequences outside valid range
+# ([min, max])" and "Dropped N short sequences (<N tokens)"; utils/trainer.py "Dropped N samples with no
+# trainable tokens" (all labels masked).
+AXOLOTL_DROP = re.compile(
+    r"Dropped (\d+) (sequences outside valid range \S+ \S+|short sequences \(<\d+ tokens\)"
+    r"|samples with no trainable tokens)"
+)
+
+
+def axolotl_drops(output: str) -> List[Tuple[int, str]]:
+    """(count, reason) for each drop Axolotl logged."""
+    return [(int(m.group(1)), m.group(0)) for m in AXOLOTL_DROP.finditer(output)]
+
+
+PREPARED_ROWS = r"""
+import sys, datasets
+from pathlib import Path
+print(sum(len(datasets.load_from_disk(str(p.parent))) for p in Path(sys.argv[1]).rglob("dataset_info.json")))
+"""
+
+
+def prepared_rows(python: Path, prepared: Path) -> Optional[int]:
+    """The rows of the tokenized dataset `axolotl preprocess` saved: the examples it trains on."""
+    done = subprocess.run([str(python), "-c", PREPARED_ROWS, str(prepared)], capture_output=True, text=True)
+    return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
 
 
 TRAINERS = ("llamafactory", "trl", "axolotl")
@@ -601,7 +688,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         files = export_all(datasets, work)
         ok = True
         trainer_python = next((pythons[n] for n in TRAINERS if pythons.get(n)), None)
-        model = make_model(trainer_python, work) if trainer_python else None
+        try:
+            model = make_model(trainer_python, work) if trainer_python else None
+        except CheckFailed as exc:
+            print(f"FAILED: {exc}")
+            return 1
         for name, python in pythons.items():
             if python is None:
                 continue

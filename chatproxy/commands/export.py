@@ -24,11 +24,12 @@ from typing import Any, Dict, List, Optional, Set, TextIO, Tuple
 from chatproxy.chats.messages import encode_json
 from chatproxy.commands import sessions
 from chatproxy.commands.common import Parser, UsageError, add_datasets_option, fail, new_parser, parse, tolerant_output
-from chatproxy.commands.profiles import PROFILES, Profile, Unusable
+from chatproxy.commands.profiles import PAIR_PROFILES, PROFILES, Profile, Unusable
 from chatproxy.commands.trainer_config import dataset_name, snippets
 from chatproxy.commands.trainer_rules import unsloth_dataset_problems
 from chatproxy.config import ConfigError
 from chatproxy.recorder import durable
+from chatproxy.review import marks as review_marks
 
 PROG = "chatproxy export"
 OUT_SUFFIXES = (".json", ".jsonl")
@@ -50,6 +51,11 @@ formats:
   messages        TRL SFTTrainer, Axolotl chat_template, Hugging Face datasets: "messages" (roles
                   system/user/assistant/tool, tool calls with JSON-string arguments) and "tools" as one
                   JSON string, which loads back unchanged whatever the tool schemas; images become [image]
+  dpo             TRL DPOTrainer preference pairs: "prompt", "chosen", "rejected" as message lists
+  dpo-sharegpt    LLaMA-Factory ShareGPT with "ranking": true: "conversations" up to the human turn,
+                  "chosen" and "rejected" one gpt turn each, "tools" and "images" as in sharegpt
+                  (both dpo formats pair an edited reply with the recorded one, and branches of one
+                  chat rated differently in the review: see chatproxy mark --help)
   openai          OpenAI fine-tuning upload: the same messages, "tools" as JSON objects (OpenAI wants
                   objects; Hugging Face datasets cannot read differing tool schemas as objects faithfully,
                   so use messages for TRL and Axolotl)
@@ -63,6 +69,11 @@ special tokens:
   </s>, [INST], <end_of_turn>, ...) is tokenized as the real token by LLaMA-Factory and Hugging Face
   tokenizers. Such conversations are counted and reported; --special-tokens drop leaves them out, escape
   writes a zero-width space (U+200B) after the token's first character so no tokenizer matches it.
+
+review marks (chatproxy review, chatproxy mark; SESSION.review.jsonl beside the journal):
+  discarded conversations are left out (--include-discarded keeps them), --only kept exports only
+  those kept, edited replies replace the recorded ones, --tag matches review tags as well as recorded
+  ones, --min-rating N keeps conversations rated N or more.
 
 a conversation's time, model and tags:
   time and model are those of its last reply; its tags are every tag of every exchange it went through.
@@ -91,6 +102,9 @@ class Options:
     special_tokens: str = "keep"
     split: Optional[float] = None
     seed: int = 0
+    only: Optional[str] = None  # "kept" or "unmarked": by review status
+    include_discarded: bool = False
+    min_rating: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -122,7 +136,12 @@ def build_parser() -> Parser:
     parser.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions to export (names in --datasets)")
     parser.add_argument("--all", action="store_true", help="export every session in --datasets")
     add_datasets_option(parser)
-    parser.add_argument("--format", required=True, choices=sorted(PROFILES), help="who the dataset is for (see below)")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=sorted([*PROFILES, *PAIR_PROFILES]),
+        help="who the dataset is for (see below)",
+    )
     parser.add_argument(
         "--out",
         required=True,
@@ -151,6 +170,22 @@ def build_parser() -> Parser:
         default=[],
         metavar="TAG",
         help="only conversations tagged TAG (X-Chatproxy-Tags); repeat to require several",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("kept", "unmarked"),
+        help="only conversations kept in the review (kept), or not marked kept or discarded (unmarked)",
+    )
+    parser.add_argument(
+        "--include-discarded",
+        action="store_true",
+        help="also export conversations discarded in the review (left out by default)",
+    )
+    parser.add_argument(
+        "--min-rating",
+        type=int,
+        metavar="N",
+        help="only conversations rated at least N (1-5) in the review",
     )
     parser.add_argument(
         "--min-turns",
@@ -249,7 +284,7 @@ def options_from(args: argparse.Namespace) -> Options:
     options = Options(
         folder=folder,
         sessions=sessions.resolve(folder, args.sessions, args.all),
-        profile=PROFILES[args.format],
+        profile={**PROFILES, **PAIR_PROFILES}[args.format],
         out=out,
         since=parse_when(args.since, "--since", end=False) if args.since else None,
         until=parse_when(args.until, "--until", end=True) if args.until else None,
@@ -263,6 +298,9 @@ def options_from(args: argparse.Namespace) -> Options:
         special_tokens=args.special_tokens,
         split=args.split,
         seed=args.seed,
+        only=args.only,
+        include_discarded=args.include_discarded,
+        min_rating=args.min_rating,
     )
     _check_out(options)
     return options
@@ -278,6 +316,8 @@ def _check_out(options: Options) -> None:
         raise UsageError(f"--split must be a fraction between 0 and 1, e.g. 0.9 (got {options.split})")
     if options.min_turns < 0:
         raise UsageError("--min-turns must not be negative")
+    if options.min_rating is not None and not 1 <= options.min_rating <= review_marks.MAX_RATING:
+        raise UsageError(f"--min-rating must be from 1 to {review_marks.MAX_RATING}")
     if options.since and options.until and options.since >= options.until:
         raise UsageError("--since must be before --until")
     for path in output_paths(options).values():
@@ -328,35 +368,84 @@ def collect(options: Options, progress: Progress) -> Collected:
         session = sessions.load(options.folder, name, options.keep_incomplete)
         for line in session.warnings():
             progress.note(f"chatproxy: warning: {line}")
+        review = review_marks.read_review(options.folder, name)
+        for number, reason in review.bad_lines:
+            progress.note(f"chatproxy: warning: {name}{review_marks.REVIEW_SUFFIX}: skipped line {number}: {reason}")
+        folded = review_marks.fold(review.events)
         collected.tally.sessions += 1
         collected.tally.records += len(session.records)
-        for conversation in session.conversations(options.branches):
-            _take(conversation, options, collected, seen)
+        marked = [
+            (conversation, review_marks.marks_for(folded, review_marks.contained_ids(conversation.node)))
+            for conversation in session.conversations(options.branches)
+        ]
+        if options.profile.pairs:
+            _take_pairs(marked, options, collected, seen)
+            continue
+        for conversation, mark in marked:
+            _take(conversation, mark, options, collected, seen)
             progress.update(name, collected)
     return collected
 
 
-def _take(conversation: sessions.Conversation, options: Options, collected: Collected, seen: Set[bytes]) -> None:
+def _take_pairs(
+    marked: List[Tuple[sessions.Conversation, review_marks.Marks]],
+    options: Options,
+    collected: Collected,
+    seen: Set[bytes],
+) -> None:
+    from chatproxy.commands.preferences import pairs
+
+    tally = collected.tally
+    tally.conversations += len(marked)
+    usable = [
+        (c, m)
+        for c, m in marked
+        if selected(c, options) and not c.damaged and (not options.tags or set(options.tags) <= c.tags() | m.tags)
+    ]
+    tally.filtered += len(marked) - len(usable)
+    for pair in pairs(usable):
+        try:
+            record = options.profile.pair_record(
+                pair.prompt, pair.chosen, pair.rejected, pair.tools, options.reasoning, options.folder
+            )
+        except Unusable as exc:
+            tally.skip(str(exc), pair.where)
+            continue
+        _add(record, pair.where, options, collected, seen)
+
+
+def _take(
+    conversation: sessions.Conversation,
+    mark: review_marks.Marks,
+    options: Options,
+    collected: Collected,
+    seen: Set[bytes],
+) -> None:
     tally = collected.tally
     tally.conversations += 1
-    if not selected(conversation, options):
+    if not selected(conversation, options) or not chosen_by_marks(conversation, mark, options):
         tally.filtered += 1
         return
     try:
-        record = make_record(conversation, options)
+        record = make_record(conversation, options, mark)
     except Unusable as exc:
         tally.skip(str(exc), f"{conversation.session}/{conversation.id}")
         return
     if written_turns(record) < options.min_turns:
         tally.filtered += 1
         return
+    _add(record, f"{conversation.session}/{conversation.id}", options, collected, seen)
+
+
+def _add(record: Dict[str, Any], where: str, options: Options, collected: Collected, seen: Set[bytes]) -> None:
+    tally = collected.tally
     found = special_tokens_in(record)
     if found:
         tally.special += 1
         for token in found:
             tally.special_tokens[token] += 1
         if options.special_tokens == "drop":
-            tally.skip(f"contains special-token text {found[0]}", f"{conversation.session}/{conversation.id}")
+            tally.skip(f"contains special-token text {found[0]}", where)
             return
         if options.special_tokens == "escape":
             record = escape_special_tokens(record)
@@ -377,16 +466,34 @@ def selected(conversation: sessions.Conversation, options: Options) -> bool:
             return False
     if options.model and not fnmatch.fnmatchcase(conversation.model.lower(), options.model.lower()):
         return False
-    return not options.tags or set(options.tags) <= conversation.tags()
+    return True
 
 
-def make_record(conversation: sessions.Conversation, options: Options) -> Dict[str, Any]:
+def chosen_by_marks(conversation: sessions.Conversation, mark: review_marks.Marks, options: Options) -> bool:
+    """The review's say: status (--only, --include-discarded), rating, and tags (recorded or review)."""
+    if mark.status == "discard" and not options.include_discarded:
+        return False
+    if options.only == "kept" and mark.status != "keep":
+        return False
+    if options.only == "unmarked" and mark.status is not None:
+        return False
+    if options.min_rating is not None and (mark.rating or 0) < options.min_rating:
+        return False
+    return not options.tags or set(options.tags) <= conversation.tags() | mark.tags
+
+
+def make_record(
+    conversation: sessions.Conversation, options: Options, mark: Optional[review_marks.Marks] = None
+) -> Dict[str, Any]:
     if conversation.damaged:
         raise Unusable("its beginning was on a damaged journal line")
+    messages = conversation.messages
+    if mark is not None:
+        messages, _ = review_marks.apply_edits(messages, mark)
     tools = conversation.tools
-    if options.tools == "used" and not calls_tools(conversation.messages):
+    if options.tools == "used" and not calls_tools(messages):
         tools = None
-    return options.profile.record(conversation.messages, tools, options.reasoning, options.folder)
+    return options.profile.record(messages, tools, options.reasoning, options.folder)
 
 
 def calls_tools(messages: List[Dict[str, Any]]) -> bool:

@@ -24,6 +24,14 @@ reason, and is counted and explained rather than written.
   for byte and which TRL 1.16 (trl/trainer/sft_trainer.py, tokenize_fn: json.loads a string) and
   Axolotl 0.19 (prompt_strategies/chat_template.py, _get_tools: json.loads a string) both take.
 
+- dpo: preference pairs for TRL's DPOTrainer, conversational with an explicit prompt: "prompt",
+  "chosen" and "rejected" as lists of messages (the `messages` rendering, split after the prompt).
+- dpo-sharegpt: the same pairs for LLaMA-Factory's `"ranking": true` ShareGPT datasets: "conversations"
+  ending with the human turn, "chosen" and "rejected" one gpt (or function_call) turn each, and the
+  "tools" and "images" columns as in `sharegpt`.
+Pairs come from the review marks (commands/preferences.py): an edited assistant turn against the
+recorded one, and branches of one chat rated differently.
+
 Every profile refuses a conversation whose tool call arguments are not a JSON object (messages.py
 tool_call_problem; the live SESSION.json leaves the same conversations out).
 """
@@ -42,16 +50,19 @@ from chatproxy.commands.trainer_rules import (
     axolotl_problems,
     fastchat_problems,
     llamafactory_problems,
+    llamafactory_ranking_problems,
     openai_problems,
+    trl_preference_problems,
     trl_problems,
     unsloth_problems,
 )
 
-__all__ = ["PROFILES", "Profile", "Unusable", "tool_call_problem"]
+__all__ = ["PAIR_PROFILES", "PROFILES", "Profile", "Unusable", "tool_call_problem"]
 
 Message = Dict[str, Any]
 Record = Dict[str, Any]
 Builder = Callable[[List[Message], Optional[List[Any]], str, Path], Optional[Record]]
+PairBuilder = Callable[[List[Message], Message, Message, Optional[List[Any]], str, Path], Optional[Record]]
 Validator = Callable[[Any], List[str]]
 
 
@@ -65,6 +76,30 @@ class Profile:
     summary: str
     build: Builder
     validators: Tuple[Tuple[str, Validator], ...]
+    build_pair: Optional[PairBuilder] = None  # set for the preference profiles, which write pairs
+
+    @property
+    def pairs(self) -> bool:
+        return self.build_pair is not None
+
+    def pair_record(
+        self,
+        prompt: List[Message],
+        chosen: Message,
+        rejected: Message,
+        tools: Optional[List[Any]],
+        reasoning: str,
+        image_root: Path,
+    ) -> Record:
+        """The preference record to write, or Unusable."""
+        assert self.build_pair is not None
+        problem = tool_call_problem(prompt + [chosen, rejected])
+        if problem:
+            raise Unusable(problem)
+        record = self.build_pair(prompt, chosen, rejected, tools, reasoning, image_root)
+        if record is None:
+            raise Unusable("the prompt and the two replies do not make a pair")
+        return self._checked(record)
 
     def record(self, messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path) -> Record:
         """The record to write, or Unusable."""
@@ -74,6 +109,9 @@ class Profile:
         record = self.build(messages, tools, reasoning, image_root)
         if record is None:
             raise Unusable(_empty_reason(messages))
+        return self._checked(record)
+
+    def _checked(self, record: Record) -> Record:
         for consumer, validator in self.validators:
             problems = validator(record)
             if problems:
@@ -207,6 +245,61 @@ def _build_messages(
     return to_openai_chat(messages, tools, reasoning, tools_as_text=True)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# dpo, dpo-sharegpt
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _no_single(
+    messages: List[Message], tools: Optional[List[Any]], reasoning: str, image_root: Path
+) -> Optional[Record]:
+    return None  # the preference profiles write pairs only (Profile.pair_record)
+
+
+def _build_trl_pair(
+    prompt: List[Message],
+    chosen: Message,
+    rejected: Message,
+    tools: Optional[List[Any]],
+    reasoning: str,
+    image_root: Path,
+) -> Optional[Record]:
+    sides = []
+    for reply in (chosen, rejected):
+        record = to_openai_chat(prompt + [reply], tools, reasoning, tools_as_text=True)
+        if record is None or len(record["messages"]) < 2:
+            return None
+        sides.append(record["messages"])
+    if sides[0][:-1] != sides[1][:-1]:
+        return None  # the replies were merged into the prompt's last turn: not a pair of answers
+    return {"prompt": sides[0][:-1], "chosen": sides[0][-1:], "rejected": sides[1][-1:]}
+
+
+def _build_ranking_pair(
+    prompt: List[Message],
+    chosen: Message,
+    rejected: Message,
+    tools: Optional[List[Any]],
+    reasoning: str,
+    image_root: Path,
+) -> Optional[Record]:
+    sides = []
+    for reply in (chosen, rejected):
+        record = _build_sharegpt(prompt + [reply], tools, reasoning, image_root)
+        if record is None or len(record["conversations"]) < 2:
+            return None
+        sides.append(record)
+    if sides[0]["conversations"][:-1] != sides[1]["conversations"][:-1]:
+        return None
+    return {
+        "conversations": sides[0]["conversations"][:-1],
+        "chosen": sides[0]["conversations"][-1],
+        "rejected": sides[1]["conversations"][-1],
+        "tools": sides[0]["tools"],
+        "images": sides[0]["images"],
+    }
+
+
 PROFILES: Dict[str, Profile] = {
     profile.name: profile
     for profile in (
@@ -233,6 +326,28 @@ PROFILES: Dict[str, Profile] = {
             "the same messages, tools as one JSON string: TRL SFTTrainer, Axolotl chat_template, datasets",
             _build_messages,
             (("Axolotl", axolotl_problems), ("TRL", trl_problems)),
+        ),
+    )
+}
+
+# The preference profiles write pairs, not conversations (Profile.pair_record): kept apart so that what
+# iterates over PROFILES to render one conversation never meets them.
+PAIR_PROFILES: Dict[str, Profile] = {
+    profile.name: profile
+    for profile in (
+        Profile(
+            "dpo",
+            "preference pairs from the review marks, prompt/chosen/rejected messages: TRL DPOTrainer",
+            _no_single,
+            (("TRL", trl_preference_problems),),
+            _build_trl_pair,
+        ),
+        Profile(
+            "dpo-sharegpt",
+            "preference pairs from the review marks, ShareGPT with chosen/rejected: LLaMA-Factory ranking",
+            _no_single,
+            (("LLaMA-Factory", llamafactory_ranking_problems),),
+            _build_ranking_pair,
         ),
     )
 }

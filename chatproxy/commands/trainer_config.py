@@ -32,7 +32,11 @@ def snippets(profile: str, files: Dict[str, Path], name: str, columns: List[str]
         blocks.append(_trl(paths))
     if profile == "openai":
         blocks.append(_openai(paths))
-    if profile in ("sharegpt", "messages"):
+    if profile == "dpo-sharegpt":
+        blocks.append(_llamafactory(paths, name, columns, ranking=True))
+    if profile == "dpo":
+        blocks.append(_trl_dpo(paths))
+    if profile in ("sharegpt", "messages", "dpo", "dpo-sharegpt"):
         blocks.append(_huggingface(paths))
     return "\n\n".join(blocks) + "\n"
 
@@ -60,13 +64,19 @@ def _trl(paths: Dict[str, str]) -> str:
     )
 
 
-def _llamafactory(paths: Dict[str, str], name: str, columns: List[str]) -> str:
+def _llamafactory(paths: Dict[str, str], name: str, columns: List[str], ranking: bool = False) -> str:
     mapping = {"messages": "conversations"}
     mapping.update({column: column for column in columns})  # only columns some record has: a missing one is a KeyError
-    entries = {}
+    if ranking:
+        mapping.update(chosen="chosen", rejected="rejected")
+    entries: Dict[str, Dict[str, object]] = {}
     for split, path in paths.items():
         key = name if len(paths) == 1 else f"{name}_{split}"
-        entries[key] = {"file_name": path, "formatting": "sharegpt", "columns": mapping}
+        entry: Dict[str, object] = {"file_name": path, "formatting": "sharegpt"}
+        if ranking:
+            entry["ranking"] = True  # and train with stage: dpo
+        entry["columns"] = mapping
+        entries[key] = entry
     text = json.dumps(entries, indent=2, ensure_ascii=False)[2:-2]  # the entries, without the outer braces
     lines = ["LLaMA-Factory: add to dataset_info.json (in your dataset_dir)", text]
     if len(paths) == 1:
@@ -74,6 +84,14 @@ def _llamafactory(paths: Dict[str, str], name: str, columns: List[str]) -> str:
     else:
         lines.append(f"and train with:  dataset: {name}_train\n                 eval_dataset: {name}_test")
     return "\n".join(lines)
+
+
+def _trl_dpo(paths: Dict[str, str]) -> str:
+    return (
+        'TRL: DPOTrainer(model=..., train_dataset=load_dataset("json", '
+        f'data_files={json.dumps(paths["train"])}, split="train"), ...)  '
+        "(conversational preference: prompt, chosen, rejected)"
+    )
 
 
 def _axolotl(paths: Dict[str, str], profile: str, reasoning: str) -> str:

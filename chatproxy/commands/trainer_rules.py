@@ -33,7 +33,9 @@ __all__ = [
     "axolotl_problems",
     "fastchat_problems",
     "llamafactory_problems",
+    "llamafactory_ranking_problems",
     "openai_problems",
+    "trl_preference_problems",
     "trl_problems",
     "unsloth_dataset_problems",
     "unsloth_problems",
@@ -361,3 +363,75 @@ def _json_object_text(value: Any) -> bool:
         return isinstance(json.loads(value), dict)
     except ValueError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preference pairs (export --format dpo, dpo-sharegpt)
+# ---------------------------------------------------------------------------------------------------------
+
+SHAREGPT_ASKING = ("human", "observation")
+SHAREGPT_ANSWERING = ("gpt", "function_call")
+
+
+def trl_preference_problems(record: Any) -> List[str]:
+    """TRL's DPOTrainer on a conversational preference dataset with an explicit prompt (TRL docs,
+    "Dataset formats": {"prompt": [messages], "chosen": [messages], "rejected": [messages]};
+    trl/data_utils.py is_conversational looks at the first element of the first of prompt/chosen/...,
+    and maybe_apply_chat_template renders the prompt with add_generation_prompt=True when its last
+    message is not the assistant's, then chosen and rejected each after the prompt)."""
+    if not isinstance(record, dict):
+        return ["record is not a JSON object"]
+    problems = []
+    for column in ("prompt", "chosen", "rejected"):
+        messages = record.get(column)
+        if not isinstance(messages, list) or not messages:
+            return [f"{column} is not a non-empty list of messages"]
+        for position, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                problems.append(f"{column}[{position}] is not a message with a role")
+            elif not isinstance(message.get("content"), str):
+                problems.append(f"{column}[{position}] has no string content")
+    if problems:
+        return problems
+    if record["prompt"][-1].get("role") not in ("user", "tool"):
+        # A prompt ending in an assistant turn is continued, not answered: the pair would train on a
+        # continuation of a message the model did not write.
+        problems.append("the prompt does not end with a user or tool message")
+    for column in ("chosen", "rejected"):
+        if [m.get("role") for m in record[column]] != ["assistant"]:
+            problems.append(f"{column} is not one assistant message")
+    if record["chosen"] == record["rejected"]:
+        problems.append("chosen and rejected are the same")
+    return problems
+
+
+def llamafactory_ranking_problems(record: Any) -> List[str]:
+    """LLaMA-Factory 0.9.5, a ShareGPT dataset with `"ranking": true` (src/llamafactory/data/converter.py,
+    SharegptDatasetConverter): an optional leading system turn is taken out; the other turns must
+    alternate human/observation and gpt/function_call and, for ranking, be odd in number (they end with
+    the asking turn); "chosen" and "rejected" are one turn each, from an answering tag ("Invalid role
+    tag" otherwise). A broken example is dropped with a warning."""
+    if not isinstance(record, dict):
+        return ["record is not a JSON object"]
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
+        return ["conversations is missing or empty"]
+    if turns[0].get("from") == "system":
+        turns = turns[1:]
+    problems = []
+    if len(turns) % 2 == 0:
+        problems.append(f"{len(turns)} turns after the system turn; a ranking example needs an odd number")
+    for position, turn in enumerate(turns):
+        allowed = SHAREGPT_ASKING if position % 2 == 0 else SHAREGPT_ANSWERING
+        if turn.get("from") not in allowed or not isinstance(turn.get("value"), str):
+            problems.append(f"turn {position} is from {turn.get('from')!r} where {' or '.join(allowed)} must be")
+            break
+    for column in ("chosen", "rejected"):
+        turn = record.get(column)
+        if not isinstance(turn, dict) or turn.get("from") not in SHAREGPT_ANSWERING:
+            problems.append(f"{column} is not one gpt or function_call turn")
+        elif not isinstance(turn.get("value"), str) or not turn["value"].strip():
+            problems.append(f"{column} has no text")
+    if not problems and record["chosen"] == record["rejected"]:
+        problems.append("chosen and rejected are the same")
+    return problems

@@ -1,0 +1,1 @@
+"""Looking at recorded sessions and curating them: the review journal of marks, and the review page."""
