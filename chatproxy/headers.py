@@ -122,12 +122,21 @@ def for_client(headers: Sequence[Tuple[bytes, bytes]]) -> Headers:
 
 
 def framing_conflict(headers: Sequence[Tuple[bytes, bytes]]) -> bool:
-    """Content-Length together with Transfer-Encoding is a smuggling vector (RFC 9112 §6.3): refuse it."""
+    """Content-Length together with Transfer-Encoding is a smuggling vector: refuse it.
+
+    RFC 9112 §6.3 (message body length), the steps this proxy relies on:
+    3. Transfer-Encoding and Content-Length both present: Transfer-Encoding overrides, and the
+       message "ought to be handled as an error" by an intermediary; it may be a smuggling attempt,
+       and relaying both would let the next hop frame it otherwise. So it is refused, here.
+    4. Transfer-Encoding whose final coding is chunked: chunked framing (is_chunked; h11 parses it).
+    5. Content-Length alone: that many bytes (h11 rejects a malformed or repeated-different value).
+    """
     names = {key.lower() for key, _ in headers}
     return b"content-length" in names and b"transfer-encoding" in names
 
 
 def is_chunked(headers: Sequence[Tuple[bytes, bytes]]) -> bool:
+    """RFC 9112 §6.3 step 4: chunked is the final transfer coding (h11 accepts no other)."""
     value = get(headers, b"transfer-encoding")
     return value is not None and value.strip().lower().endswith(b"chunked")
 

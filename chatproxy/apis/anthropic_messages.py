@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from chatproxy.apis import Choice, ImageSink, NotRecordable, Reply, Request
 from chatproxy.apis.openai_completions import render_content
-from chatproxy.chats.messages import Message, as_list, as_text
+from chatproxy.chats.messages import Message, as_list, as_text, tool_message
 
 # Blocks of a system prompt that change with every request and carry no instruction.
 VOLATILE_SYSTEM = re.compile(r"^\s*x-anthropic-billing-header:", re.IGNORECASE)
@@ -103,12 +103,7 @@ def _messages(raw: Dict[str, Any], save_image: Optional[ImageSink]) -> List[Mess
 def _tool_result(block: Dict[str, Any], save_image: Optional[ImageSink]) -> Message:
     content = block.get("content")
     text, images = render_content(content, save_image) if isinstance(content, list) else (as_text(content), [])
-    message: Message = {"role": "tool", "tool_call_id": as_text(block.get("tool_use_id"))}
-    if text:
-        message["content"] = text
-    if images:
-        message["images"] = images
-    return message
+    return tool_message(as_text(block.get("tool_use_id")), text, images)
 
 
 def _assistant(content: Any) -> Message:

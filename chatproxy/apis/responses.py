@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional
 
 from chatproxy.apis import Choice, ImageSink, NotRecordable, Reply, Request
 from chatproxy.apis.openai_completions import arguments_text, render_content
-from chatproxy.chats.messages import Message, as_list, as_text
+from chatproxy.chats.messages import Message, as_list, as_text, tool_message
 
 _SYSTEM_ROLES = ("system", "developer")
 _CALL_ITEMS = ("function_call", "custom_tool_call", "local_shell_call")
@@ -143,12 +143,7 @@ def _call(item: Dict[str, Any]) -> Dict[str, str]:
 def _result(item: Dict[str, Any], save_image: Optional[ImageSink]) -> Message:
     output = item.get("output")
     text, images = render_content(output, save_image) if isinstance(output, list) else (_output_text(output), [])
-    message: Message = {"role": "tool", "tool_call_id": as_text(item.get("call_id"))}
-    if text:
-        message["content"] = text
-    if images:
-        message["images"] = images
-    return message
+    return tool_message(as_text(item.get("call_id")), text, images)
 
 
 def _output_text(output: Any) -> str:

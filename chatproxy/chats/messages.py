@@ -117,3 +117,13 @@ def _cut_short(text: str) -> bool:
 def is_local_image(entry: str) -> bool:
     """An `images` entry that can name a saved file: not a URL (http(s), data:, ...), not empty."""
     return bool(entry) and "://" not in entry and not entry.startswith("data:")
+
+
+def tool_message(call_id: str, text: str, images: List[str]) -> Message:
+    """A tool result in the canonical form, whichever API carried it."""
+    message: Message = {"role": "tool", "tool_call_id": call_id}
+    if text:
+        message["content"] = text
+    if images:
+        message["images"] = images
+    return message
