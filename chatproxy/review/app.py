@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from chatproxy._h11 import h11
 from chatproxy.config import Config, RecordOptions, parse_target
 from chatproxy.relay import Downstream, Relay
+from chatproxy.review import exporting
 from chatproxy.review.catalogue import Catalogue, NotFound
 from chatproxy.review.marks import MarkError
 from chatproxy.server import ProxyServer
@@ -94,8 +95,8 @@ class ReviewApp:
         method = request.method.decode("latin-1")
         if route == "":
             return 308, [(b"Location", (PREFIX + "/").encode())] + _common(), b""
-        if method == "POST" and route == "/api/mark":
-            return await self._mark(headers, host, body)
+        if method == "POST" and route in ("/api/mark", "/api/bulk"):
+            return await self._post(route, headers, host, body)
         if method not in ("GET", "HEAD"):
             return _text(405, "method not allowed")
         reply = await self._get(route, params)
@@ -126,13 +127,17 @@ class ReviewApp:
                 None, self.catalogue.conversation, params.get("session", ""), params.get("id", "")
             )
             return _json(200, found)
+        if route == "/api/stats":
+            return _json(200, await loop.run_in_executor(None, self.catalogue.stats, params))
+        if route in ("/api/export", "/api/export/file", "/api/export/profiles"):
+            return await self._export(route, params)
         if route == "/api/image":
             path = self.catalogue.image_path(params.get("session", ""), params.get("name", ""))
             data = await loop.run_in_executor(None, path.read_bytes)
             return 200, [(b"Content-Type", IMAGE_TYPES[path.suffix.lower()].encode())] + _common(), data
         return _text(404, "not found")
 
-    async def _mark(self, headers: Dict[str, str], host: str, body: bytes) -> Reply:
+    async def _post(self, route: str, headers: Dict[str, str], host: str, body: bytes) -> Reply:
         origin = headers.get("origin", "")
         if origin not in (f"http://{host}", f"https://{host}"):
             return _text(403, "marks are changed from the page itself only (Origin differs from Host)")
@@ -146,10 +151,40 @@ class ReviewApp:
             return _text(400, "not JSON")
         if not isinstance(data, dict):
             return _text(400, "not a JSON object")
+        loop = asyncio.get_running_loop()
+        if route == "/api/bulk":
+            return _json(200, await loop.run_in_executor(None, self._bulk, data))
         fields = {k: v for k, v in data.items() if k in ("value", "turn", "content", "target")}
         args = (str(data.get("session", "")), str(data.get("id", "")), str(data.get("op", "")), fields)
-        loop = asyncio.get_running_loop()
         return _json(200, await loop.run_in_executor(None, self.catalogue.mark, *args))
+
+    def _bulk(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        """{"filter": "<the list's query string>", "op": ..., "value": ...}, or {"op": "undo", "batch": id}."""
+        op = str(data.get("op", ""))
+        if op == "undo":
+            return self.catalogue.undo_bulk(str(data.get("batch", "")))
+        query = data.get("filter", "")
+        if not isinstance(query, str):
+            raise MarkError("filter is the list's query string")
+        params = {k: v[-1] for k, v in urllib.parse.parse_qs(query.lstrip("?")).items()}
+        fields = {"value": data["value"]} if "value" in data else {}
+        return self.catalogue.bulk(params, op, fields)
+
+    async def _export(self, route: str, params: Dict[str, str]) -> Reply:
+        loop = asyncio.get_running_loop()
+        catalogue = self.catalogue
+        if route == "/api/export/profiles":
+            return _json(200, {"profiles": await loop.run_in_executor(None, exporting.profiles)})
+        try:
+            result = await loop.run_in_executor(None, exporting.run, params, catalogue.names, catalogue.folder)
+        except exporting.ExportRefused as exc:
+            return _json(400, {"error": str(exc)})
+        data = result.pop("data")
+        if route == "/api/export/file":
+            disposition = f'attachment; filename="{result["file"]}"'
+            headers = [(b"Content-Type", b"application/octet-stream"), (b"Content-Disposition", disposition.encode())]
+            return 200, headers + _common(), data
+        return _json(200, result)
 
 
 def _cookie(header: str) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
+import json
 import os
 import re
 import threading
@@ -26,6 +28,8 @@ from chatproxy.review import marks
 JOURNAL_SUFFIX = ".jsonl"
 FIRST_CHARS = 200  # of the first user message, shown in the list
 MAX_PER_PAGE = 200
+BULK_OPS = ("keep", "discard", "unmark", "tag", "untag")
+HISTOGRAM_BINS = 12
 IMAGE_NAME = re.compile(r"[0-9a-f]{64}\.(png|jpe?g|gif|webp)")  # what the recorder names images (store.py)
 
 
@@ -46,10 +50,19 @@ class Row:
     complete: bool
     text: str  # every turn, lower-cased, for search
     branches: int = 1
+    _digest: Optional[bytes] = None
 
     @property
     def id(self) -> str:
         return self.node.id
+
+    @property
+    def digest(self) -> bytes:
+        """The conversation's messages and tools, hashed: equal digests are duplicates (export drops them)."""
+        if self._digest is None:
+            data = json.dumps([list(self.node.iter_messages()), self.node.tools], sort_keys=True, default=str)
+            self._digest = hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        return self._digest
 
 
 @dataclasses.dataclass
@@ -145,10 +158,7 @@ class Catalogue:
 
     def query(self, params: Mapping[str, str]) -> Dict[str, Any]:
         """One page of the conversations matching `params` (the page's query string), newest first."""
-        with self._lock:
-            views = self.refresh()
-            matching = [(row, view.marks_of(row)) for view in views for row in view.rows if _matches(row, view, params)]
-        matching.sort(key=lambda item: (item[0].time, item[0].node.seq), reverse=True)
+        matching = self.selection(params)
         per = min(max(_int(params.get("per"), 50), 1), MAX_PER_PAGE)
         page = max(_int(params.get("page"), 0), 0)
         shown = matching[page * per : (page + 1) * per]
@@ -158,6 +168,90 @@ class Catalogue:
             "per": per,
             "rows": [_row_json(row, mark) for row, mark in shown],
         }
+
+    def selection(self, params: Mapping[str, str]) -> List[Tuple[Row, marks.Marks]]:
+        """Every conversation matching `params`, with its marks, newest first."""
+        with self._lock:
+            views = self.refresh()
+            matching = [(row, view.marks_of(row)) for view in views for row in view.rows if _matches(row, view, params)]
+        matching.sort(key=lambda item: (item[0].time, item[0].node.seq), reverse=True)
+        return matching
+
+    def stats(self, params: Mapping[str, str]) -> Dict[str, Any]:
+        """The dashboard of the selection: counts per day / model / API, histograms, shares, duplicates."""
+        rows = [row for row, _ in self.selection(params)]
+        per_day: Dict[str, int] = {}
+        per_model: Dict[str, int] = {}
+        per_api: Dict[str, int] = {}
+        tokens: List[int] = []
+        digests = set()
+        for row in rows:
+            day = row.time[:10] or "?"
+            per_day[day] = per_day.get(day, 0) + 1
+            per_model[row.model or "?"] = per_model.get(row.model or "?", 0) + 1
+            per_api[row.api or "?"] = per_api.get(row.api or "?", 0) + 1
+            used = _tokens(row.node.meta.get("usage"))
+            if used is not None:
+                tokens.append(used)
+            digests.add(row.digest)
+        total = len(rows)
+        return {
+            "total": total,
+            "per_day": sorted(per_day.items()),
+            "per_model": sorted(per_model.items(), key=lambda item: (-item[1], item[0])),
+            "per_api": sorted(per_api.items(), key=lambda item: (-item[1], item[0])),
+            "turns": histogram([row.turns for row in rows]),
+            "chars": histogram([row.chars for row in rows]),
+            "tokens": histogram(tokens) if tokens else None,
+            "with_usage": len(tokens),
+            "share": {
+                name: (sum(1 for row in rows if getattr(row, name)) / total if total else 0.0)
+                for name in ("tools", "reasoning", "images")
+            },
+            "duplicates": total - len(digests),
+            "unique": len(digests),
+        }
+
+    def bulk(self, params: Mapping[str, str], op: str, fields: Mapping[str, Any]) -> Dict[str, Any]:
+        """One mark on every conversation matching `params`, as one batch that `undo_bulk` takes back."""
+        if op not in BULK_OPS:
+            raise marks.MarkError(f"{op!r} cannot be applied in bulk (only {', '.join(BULK_OPS)})")
+        batch = os.urandom(6).hex()
+        chosen = self.selection(params)
+        with self._lock:
+            per_session: Dict[str, List[Dict[str, Any]]] = {}
+            for row, _ in chosen:
+                event = marks.make_event(row.id, op, **fields)
+                event["batch"] = batch
+                per_session.setdefault(row.session, []).append(event)
+            for view in self.refresh():
+                if view.name in per_session:
+                    view.review.refresh()
+                    view.review.append_many(per_session[view.name])
+                    view.folded = view.review.marks()
+        return {"batch": batch, "count": len(chosen), "op": op}
+
+    def undo_bulk(self, batch: str) -> Dict[str, Any]:
+        """Take back every event of a bulk action that still counts."""
+        if not batch:
+            raise marks.MarkError("undo names the batch it takes back")
+        count = 0
+        with self._lock:
+            for view in self.refresh():
+                view.review.refresh()
+                undone = {e.get("target") for e in view.review.events if e.get("op") == "undo"}
+                events = [
+                    marks.make_event(e["conv"], "undo", target=str(e["id"]))
+                    for e in view.review.events
+                    if e.get("batch") == batch and e.get("op") != "undo" and e.get("id") not in undone
+                ]
+                if events:
+                    view.review.append_many(events)
+                    view.folded = view.review.marks()
+                    count += len(events)
+        if not count:
+            raise marks.MarkError("nothing to undo in that batch")
+        return {"batch": batch, "count": count, "op": "undo"}
 
     def facets(self) -> Dict[str, Any]:
         with self._lock:
@@ -265,6 +359,31 @@ def _row(session: str, node: Node) -> Row:
         complete=node.complete,
         text="\n".join(texts).lower(),
     )
+
+
+def histogram(values: List[int], bins: int = HISTOGRAM_BINS) -> Dict[str, Any]:
+    """Counts of `values` in equal-width bins from their least to their greatest (whole-number edges)."""
+    if not values:
+        return {"edges": [], "counts": [], "min": 0, "max": 0}
+    low, high = min(values), max(values)
+    width = max(1, -(-(high - low + 1) // bins))
+    count = -(-(high - low + 1) // width)
+    counts = [0] * count
+    for value in values:
+        counts[(value - low) // width] += 1
+    return {"edges": [low + i * width for i in range(count + 1)], "counts": counts, "min": low, "max": high}
+
+
+def _tokens(usage: Any) -> Optional[int]:
+    """Total tokens from a recorded `usage` (OpenAI's total_tokens, or input + output as Anthropic's)."""
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool):
+        return total
+    parts = [usage.get(key) for key in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")]
+    found = [part for part in parts if isinstance(part, int) and not isinstance(part, bool)]
+    return sum(found) if found else None
 
 
 def _str(meta: Dict[str, Any], key: str) -> str:

@@ -24,6 +24,9 @@ One event per line, compact JSON:
                             edit is recognised as stale if the turn changes and so DPO can pair them
     undo      target: id    the event `target` no longer counts
 
+An event written by a bulk action (the page's "apply to all matching") also carries `"batch": "<12 hex>"`,
+shared by every event of that action, so the action can be undone as one (an undo per event).
+
 A conversation that a later record extends (the chat went on) keeps its marks: they are looked up on
 the conversation's own id and on every earlier record it contains whole (see `marks_for`).
 """
@@ -290,6 +293,14 @@ class ReviewJournal:
         line = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
         self._log.append(line)
         self.events.append(event)
+
+    def append_many(self, events: List[Dict[str, Any]]) -> None:
+        """Several events in one write and one fsync (a bulk action): all of them land, or none."""
+        lines = [
+            json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n" for event in events
+        ]
+        self._log.append(b"".join(lines))
+        self.events.extend(events)
 
     def marks(self) -> Dict[str, Marks]:
         return fold(self.events)

@@ -197,3 +197,103 @@ def test_the_running_proxy_answers_the_page_itself(upstream: Any, make_proxy: An
     conn.close()
     if before is not None:
         assert not any("_chatproxy" in str(r) for r in upstream.requests)
+
+
+def post(page: Page, path: str, body: Dict[str, Any], **headers: str) -> Tuple[int, Any]:
+    sent = {
+        "Content-Type": "application/json",
+        "Origin": f"http://127.0.0.1:{page.port}",
+        "X-Chatproxy-Token": page.app.token,
+    }
+    sent.update({k.replace("_", "-"): v for k, v in headers.items()})
+    status, _, data = page.request("POST", "/_chatproxy/review/" + path, body, {k: v for k, v in sent.items() if v})
+    return status, json.loads(data) if status == 200 else data
+
+
+def test_a_bulk_mark_covers_the_filtered_set_and_undoes_as_one(page: Page, week: Path) -> None:
+    status, done = post(page, "api/bulk", {"filter": "q=haiku", "op": "discard"})
+    assert status == 200 and done["count"] == 2
+    assert {r["id"] for r in page.get_json("api/list?status=discarded")["rows"]} == {
+        "a000000000000002",
+        "a000000000000003",
+    }
+    assert len((week / "week.review.jsonl").read_bytes().splitlines()) == 2
+    assert post(page, "api/bulk", {"filter": "", "op": "tag", "value": "batch1"})[1]["count"] == 5
+    assert page.get_json("api/list?tag=batch1")["total"] == 5
+    # A single mark made after the bulk one survives the bulk undo.
+    assert page.mark({"session": "week", "id": "a000000000000002", "op": "keep"})[0] == 200
+    status, undone = post(page, "api/bulk", {"op": "undo", "batch": done["batch"]})
+    assert status == 200 and undone["count"] == 2
+    assert page.get_json("api/list?status=discarded")["total"] == 0
+    assert [r["id"] for r in page.get_json("api/list?status=kept")["rows"]] == ["a000000000000002"]
+    assert page.get_json("api/list?tag=batch1")["total"] == 5
+    assert post(page, "api/bulk", {"op": "undo", "batch": done["batch"]})[0] == 400  # nothing left to undo
+    assert post(page, "api/bulk", {"filter": "", "op": "edit"})[0] == 400
+    assert post(page, "api/bulk", {"filter": "", "op": "rating", "value": 3})[0] == 400
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": ""},
+        {"X_Chatproxy_Token": "0" * 32},
+        {"Content_Type": "text/plain"},
+    ],
+)
+def test_a_bulk_mark_needs_the_same_origin_and_the_token(page: Page, headers: Dict[str, str]) -> None:
+    status, _ = post(page, "api/bulk", {"filter": "", "op": "discard"}, **headers)
+    assert status in (403, 415)
+    assert page.get_json("api/list?status=discarded")["total"] == 0
+    assert page.request("GET", "/_chatproxy/review/api/bulk")[0] == 404
+
+
+def test_the_dashboard_of_the_selection(page: Page, week: Path) -> None:
+    stats = page.get_json("api/stats")
+    assert stats["total"] == 5
+    assert stats["per_day"] == [["2026-05-01", 3], ["2026-05-02", 2]]
+    assert stats["per_model"] == [["gpt-4o", 4], ["llama-3", 1]]
+    assert stats["per_api"] == [["/v1/chat/completions", 5]]
+    assert sum(stats["turns"]["counts"]) == 5 and stats["turns"]["min"] == 2
+    assert sum(stats["chars"]["counts"]) == 5 and len(stats["chars"]["edges"]) == len(stats["chars"]["counts"]) + 1
+    assert stats["share"] == {"tools": 0.0, "reasoning": 0.2, "images": 0.2}
+    assert stats["duplicates"] == 0 and stats["tokens"] is None
+    assert page.get_json("api/stats?model=llama*")["total"] == 1
+    # The same chat recorded twice (a retried request) counts once; usage gives a token histogram.
+    from review_sessions import bot, record, user, week_records, write_session
+
+    extra = [
+        record("b000000000000001", [user("same"), bot("same")], "2026-05-03T10:00:00.000Z", usage={"total_tokens": 7}),
+        record("b000000000000002", [user("same"), bot("same")], "2026-05-03T11:00:00.000Z", usage={"total_tokens": 9}),
+    ]
+    write_session(week, "week", week_records("week") + extra)
+    stats = page.get_json("api/stats?since=2026-05-03")
+    assert stats["total"] == 2 and stats["duplicates"] == 1 and stats["unique"] == 1
+    assert stats["with_usage"] == 2 and stats["tokens"]["min"] == 7 and stats["tokens"]["max"] == 9
+
+
+def test_export_from_the_page_counts_downloads_and_prints_the_command(page: Page, week: Path) -> None:
+    assert "messages" in page.get_json("api/export/profiles")["profiles"]
+    assert page.mark({"session": "week", "id": "a000000000000001", "op": "discard"})[0] == 200
+    preview = page.get_json("api/export?profile=messages&q=haiku&model=gpt*")
+    assert preview["records"] == 3  # the discarded chat left out; the search is not an export option
+    assert preview["not_applied"] == ["search"]
+    assert preview["command"].startswith("python -m chatproxy export --all --datasets ")
+    assert "--format messages --model 'gpt*' --out messages.jsonl" in preview["command"]
+    status, headers, body = page.request("GET", "/_chatproxy/review/api/export/file?profile=messages&model=gpt*")
+    assert status == 200 and 'filename="messages.jsonl"' in headers["content-disposition"]
+    lines = body.decode().splitlines()
+    assert len(lines) == 3 and "Hi." not in body.decode()
+    assert all(json.loads(line)["messages"] for line in lines)
+    # The command line printed gives the same file.
+    import shlex
+
+    from chatproxy import cli
+
+    argv = shlex.split(page.get_json("api/export?profile=messages&model=gpt*")["command"])[3:]
+    out = week.parent / "messages.jsonl"
+    assert cli.main(argv[:-1] + [str(out)]) == 0
+    assert out.read_bytes() == body
+    # What the validators refuse is shown: a DPO export without pairs refuses nothing but yields nothing.
+    assert page.get_json("api/export?profile=dpo")["records"] == 0
+    assert page.request("GET", "/_chatproxy/review/api/export?profile=nonsense")[0] == 400

@@ -3,139 +3,24 @@ stdlib only): search, open, mark with the keyboard, reload, export; a hostile co
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import shutil
-import struct
-import subprocess
 import time
-import zlib
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Iterator
 
 import pytest
+from cdp import CHROMIUM, Browser, distinct_pixel_bytes
 from review_sessions import make_week
 from test_app import Page
 
 from chatproxy import cli
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (.ci/run installs Debian's chromium)")
 
 
 @pytest.fixture
 def week(tmp_path: Path) -> Path:
     return make_week(tmp_path)
-
-
-class Browser:
-    """A tiny CDP client: NUL-separated JSON messages over the pipe pair Chromium reads on fd 3, writes on fd 4."""
-
-    def __init__(self, profile: Path) -> None:
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
-
-        def wire() -> None:
-            os.dup2(to_child_r, 3)
-            os.dup2(from_child_w, 4)
-
-        args = [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe"]
-        args += ["--no-first-run", "--disable-extensions", f"--user-data-dir={profile}", "--window-size=1280,900"]
-        self.proc = subprocess.Popen(
-            args + ["about:blank"],
-            preexec_fn=wire,
-            close_fds=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self._buffer = b""
-        self._next = 0
-        self.session: Optional[str] = None
-        target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        self.call("Page.enable")
-        self.call("Runtime.enable")
-
-    def call(self, method: str, **params: Any) -> Dict[str, Any]:
-        self._next += 1
-        message: Dict[str, Any] = {"id": self._next, "method": method, "params": params}
-        if self.session and not method.startswith("Target."):
-            message["sessionId"] = self.session
-        os.write(self._to_child, json.dumps(message).encode() + b"\0")
-        while True:
-            reply = self._read()
-            if reply.get("id") == self._next:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})  # type: ignore[no-any-return]
-
-    def _read(self) -> Dict[str, Any]:
-        while b"\0" not in self._buffer:
-            chunk = os.read(self._from_child, 1 << 16)
-            if not chunk:
-                raise RuntimeError("chromium closed the pipe")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(line)  # type: ignore[no-any-return]
-
-    def js(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        return result["result"].get("value")
-
-    def wait(self, expression: str, timeout: float = 10) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {expression}")
-
-    def open(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-        self.wait("document.body && document.body.dataset.ready === '1'")
-
-    def key(self, key: str) -> None:
-        for kind in ("keyDown", "keyUp"):
-            self.call(
-                "Input.dispatchKeyEvent", type=kind, key=key, text=key if kind == "keyDown" and len(key) == 1 else ""
-            )
-
-    def type(self, text: str) -> None:
-        self.call("Input.insertText", text=text)
-
-    def screenshot(self, path: Path) -> bytes:
-        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
-        path.write_bytes(data)
-        return data
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close")
-        except RuntimeError:
-            pass  # already gone: the wait below reaps it
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._to_child)
-        os.close(self._from_child)
-
-
-def distinct_pixel_bytes(png: bytes) -> int:
-    """How many different byte values the decoded image data holds: 1 or 2 for a blank page."""
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    position, idat = 8, b""
-    while position < len(png):
-        length, kind = struct.unpack(">I4s", png[position : position + 8])
-        if kind == b"IDAT":
-            idat += png[position + 8 : position + 8 + length]
-        position += 12 + length
-    return len(set(zlib.decompress(idat)))
 
 
 @pytest.fixture
@@ -189,3 +74,50 @@ def test_a_hostile_conversation_renders_as_text_and_runs_nothing(browser: Browse
     assert found("#transcript script, #transcript a, #transcript img[src='x'], #rows b, #transcript b") == 0
     assert "<b>not bold</b>" in browser.js("document.getElementById('transcript').textContent")
     assert "javascript:" in browser.js("document.getElementById('transcript').textContent")
+
+
+def test_bulk_marks_the_dashboard_and_export_from_the_page(browser: Browser, page: Page, tmp_path: Path) -> None:
+    browser.open(f"http://127.0.0.1:{page.port}/_chatproxy/review/?q=haiku")
+    assert browser.wait("document.querySelectorAll('#rows li').length") == 2
+    browser.js("document.getElementById('bulk-discard').click()")
+    browser.wait("document.querySelectorAll('#rows li.discard').length === 2")
+    assert browser.js("document.getElementById('bulk-state').textContent") == "discard on 2 conversations"
+    assert page.get_json("api/list?status=discarded")["total"] == 2
+    browser.js("document.getElementById('bulk-undo').click()")
+    browser.wait("document.querySelectorAll('#rows li.discard').length === 0")
+    assert page.get_json("api/list?status=discarded")["total"] == 0
+    # Tag all with the keyboard in the bulk field.
+    browser.js("document.getElementById('bulk-tag').focus()")
+    browser.type("rainy")
+    browser.key("Enter")
+    browser.wait(
+        "document.querySelectorAll('#rows li').length === 2 && "
+        "[...document.querySelectorAll('#rows .badge')].filter(b => b.textContent === '#rainy').length === 2"
+    )
+
+    # The dashboard of the selection, drawn as SVG elements (no markup parsed).
+    browser.js("document.getElementById('show-dashboard').click()")
+    browser.wait("document.querySelectorAll('#charts svg').length >= 6")
+    assert browser.js("document.getElementById('dash-summary').textContent").startswith("2 conversations")
+    assert browser.js("document.querySelectorAll('#charts svg rect.bar').length") >= 6
+    assert browser.js("document.querySelector('#charts svg').namespaceURI") == "http://www.w3.org/2000/svg"
+    assert "llama-3" in browser.js("document.getElementById('charts').textContent")
+    assert distinct_pixel_bytes(browser.screenshot(tmp_path / "dashboard.png")) > 8
+
+    # Export: the count for the profile, the command line, the download link.
+    browser.js("document.getElementById('show-export').click()")
+    browser.wait("document.getElementById('export-command').textContent.includes('chatproxy export')")
+    count = browser.js("document.getElementById('export-count').textContent")
+    # The search is no export option: the page says so, and counts what the command would write.
+    assert count.startswith("5 records (messages)") and "not applied by export: search" in count
+    href = browser.js("document.getElementById('export-download').href")
+    assert "api/export/file?" in href and "profile=messages" in href
+    download = browser.js(f"fetch({href!r}).then(r => r.text())")
+    assert len(download.splitlines()) == 5 and all(json.loads(line)["messages"] for line in download.splitlines())
+    browser.js(
+        "const s = document.getElementById('export-profile'); s.value = 'sharegpt'; "
+        "s.dispatchEvent(new Event('change'))"
+    )
+    browser.wait("document.getElementById('export-command').textContent.includes('--format sharegpt')")
+    browser.js("document.getElementById('export-copy').click()")
+    browser.wait("document.getElementById('export-copy').textContent !== 'copy command'")

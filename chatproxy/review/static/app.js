@@ -244,8 +244,199 @@ $("keys-close").addEventListener("click", () => $("keys").close());
 $("prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); refreshList(false); });
 $("next").addEventListener("click", () => { state.page += 1; refreshList(false); });
 let typingTimer = null;
-form.addEventListener("input", () => { clearTimeout(typingTimer); typingTimer = setTimeout(() => { state.page = 0; refreshList(false); }, 200); });
+form.addEventListener("input", () => { clearTimeout(typingTimer); typingTimer = setTimeout(() => { state.page = 0; refreshList(false); refreshPanels(); }, 200); });
 form.addEventListener("submit", (event) => event.preventDefault());
+
+// -- Bulk marks on the filtered set ---------------------------------------------------------------
+
+function filterQuery() {
+  const query = params();
+  query.delete("page");
+  return query;
+}
+
+async function post(path, body) {
+  return api(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-Chatproxy-Token": token },
+    body: JSON.stringify(body),
+  });
+}
+
+const bulkDone = [];  // batches of this page's bulk actions, newest last, for undo
+
+async function bulk(op, value) {
+  const body = { filter: filterQuery().toString(), op: op };
+  if (value !== undefined) body.value = value;
+  try {
+    const done = await post("api/bulk", body);
+    bulkDone.push(done);
+    $("bulk-state").textContent = `${done.op} on ${done.count} conversations`;
+  } catch (error) {
+    $("bulk-state").textContent = "not saved: " + error.message;
+  }
+  $("bulk-undo").disabled = !bulkDone.length;
+  await afterBulk();
+}
+
+async function undoBulk() {
+  const last = bulkDone.pop();
+  if (!last) return;
+  try {
+    const undone = await post("api/bulk", { op: "undo", batch: last.batch });
+    $("bulk-state").textContent = `undid ${last.op} on ${undone.count} conversations`;
+  } catch (error) {
+    $("bulk-state").textContent = "undo failed: " + error.message;
+  }
+  $("bulk-undo").disabled = !bulkDone.length;
+  await afterBulk();
+}
+
+async function afterBulk() {
+  await refreshList(false);
+  if (state.open) openConversation(state.open.session, state.open.id).catch(() => {});
+  refreshPanels();
+}
+
+// -- Dashboard: inline SVG built node by node -----------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attributes, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// A horizontal bar chart of [label, count] pairs.
+function barChart(title, pairs) {
+  const shown = pairs.slice(0, 12);
+  const width = 340, row = 18, top = 22, labelWidth = 130;
+  const height = top + Math.max(1, shown.length) * row + 6;
+  const chart = svg("svg", { class: "chart", width: width, height: height, viewBox: `0 0 ${width} ${height}`, role: "img" });
+  chart.appendChild(svg("text", { x: 6, y: 15, class: "title" }, title + (pairs.length > shown.length ? ` (top ${shown.length})` : "")));
+  const most = Math.max(1, ...shown.map((pair) => pair[1]));
+  shown.forEach(([label, count], n) => {
+    const y = top + n * row;
+    chart.appendChild(svg("text", { x: 6, y: y + 12 }, String(label).slice(0, 20)));
+    const bar = svg("rect", { class: "bar", x: labelWidth, y: y + 2, height: row - 5, width: Math.max(1, ((width - labelWidth - 50) * count) / most) });
+    bar.appendChild(svg("title", {}, `${label}: ${count}`));
+    chart.appendChild(bar);
+    chart.appendChild(svg("text", { x: labelWidth + 4 + ((width - labelWidth - 50) * count) / most, y: y + 12 }, String(count)));
+  });
+  return chart;
+}
+
+// A histogram: {edges, counts} as vertical bars, the range under the first and last.
+function histogramChart(title, hist) {
+  const width = 340, height = 150, top = 22, bottom = 20;
+  const chart = svg("svg", { class: "chart", width: width, height: height, viewBox: `0 0 ${width} ${height}`, role: "img" });
+  chart.appendChild(svg("text", { x: 6, y: 15, class: "title" }, title));
+  const counts = hist.counts;
+  if (!counts.length) return chart;
+  const most = Math.max(1, ...counts);
+  const step = (width - 12) / counts.length;
+  counts.forEach((count, n) => {
+    const h = ((height - top - bottom) * count) / most;
+    const bar = svg("rect", { class: "bar", x: 6 + n * step, y: height - bottom - h, width: Math.max(1, step - 2), height: h });
+    bar.appendChild(svg("title", {}, `${hist.edges[n]}–${hist.edges[n + 1] - 1}: ${count}`));
+    chart.appendChild(bar);
+  });
+  chart.appendChild(svg("text", { x: 6, y: height - 5 }, String(hist.min)));
+  chart.appendChild(svg("text", { x: width - 6, y: height - 5, "text-anchor": "end" }, String(hist.max)));
+  return chart;
+}
+
+async function refreshDashboard() {
+  const data = await api("api/stats?" + filterQuery().toString());
+  const percent = (share) => `${Math.round(share * 100)}%`;
+  $("dash-summary").textContent = `${data.total} conversations · ${data.unique} after removing ${data.duplicates} duplicates · ` +
+    `with tools ${percent(data.share.tools)} · reasoning ${percent(data.share.reasoning)} · images ${percent(data.share.images)}`;
+  const charts = $("charts");
+  charts.replaceChildren(
+    barChart("per day", data.per_day),
+    barChart("per model", data.per_model),
+    barChart("per API", data.per_api),
+    barChart("share of the selection (%)", [["tools", Math.round(data.share.tools * 100)], ["reasoning", Math.round(data.share.reasoning * 100)], ["images", Math.round(data.share.images * 100)]]),
+    histogramChart("turns", data.turns),
+    data.tokens ? histogramChart(`tokens (usage of ${data.with_usage})`, data.tokens) : histogramChart("characters", data.chars),
+  );
+  if (data.tokens) charts.appendChild(histogramChart("characters", data.chars));
+}
+
+// -- Export ----------------------------------------------------------------------------------------
+
+function exportQuery() {
+  const query = filterQuery();
+  query.set("profile", $("export-profile").value || "messages");
+  return query;
+}
+
+async function refreshExport() {
+  if (!$("export-profile").options.length) {
+    const data = await api("api/export/profiles");
+    for (const name of data.profiles) $("export-profile").appendChild(el("option", "", name)).value = name;
+    $("export-profile").value = data.profiles.includes("messages") ? "messages" : data.profiles[0];
+  }
+  const query = exportQuery();
+  $("export-download").href = "api/export/file?" + query.toString();
+  $("export-count").textContent = "counting…";
+  let data;
+  try {
+    data = await api("api/export?" + query.toString());
+  } catch (error) {
+    $("export-count").textContent = "export refused: " + error.message;
+    return;
+  }
+  $("export-count").textContent = `${data.records} records (${data.profile}) from ${data.conversations} conversations: ` +
+    `${data.filtered} filtered out, ${data.duplicates} duplicates, ${data.skipped} refused by the validator` +
+    (data.not_applied.length ? ` · not applied by export: ${data.not_applied.join(", ")}` : "");
+  const refused = $("export-refused");
+  refused.replaceChildren();
+  for (const item of data.refused) refused.appendChild(el("li", "", `${item.count} × ${item.reason} (${item.examples.join(", ")})`));
+  $("export-command").textContent = data.command;
+}
+
+async function copyCommand() {
+  const text = $("export-command").textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    $("export-copy").textContent = "copied";
+  } catch (error) {
+    const range = document.createRange();  // no clipboard (plain http, no permission): select it instead
+    range.selectNodeContents($("export-command"));
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+    $("export-copy").textContent = "selected: Ctrl+C";
+  }
+}
+
+function showPanel(name) {
+  for (const panel of ["dashboard", "export"]) {
+    const open = panel === name && $(panel).hidden;
+    $(panel).hidden = !open;
+    $("show-" + panel).classList.toggle("active", open);
+  }
+  refreshPanels();
+}
+
+function refreshPanels() {
+  if (!$("dashboard").hidden) refreshDashboard().catch(() => {});
+  if (!$("export").hidden) refreshExport().catch(() => {});
+}
+
+$("bulk-keep").addEventListener("click", () => bulk("keep"));
+$("bulk-discard").addEventListener("click", () => bulk("discard"));
+$("bulk-undo").addEventListener("click", () => undoBulk());
+$("bulk-tag").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && $("bulk-tag").value.trim()) { bulk("tag", $("bulk-tag").value.trim()); $("bulk-tag").value = ""; }
+});
+$("show-dashboard").addEventListener("click", () => showPanel("dashboard"));
+$("show-export").addEventListener("click", () => showPanel("export"));
+$("export-check").addEventListener("click", () => refreshExport());
+$("export-profile").addEventListener("change", () => refreshExport());
+$("export-copy").addEventListener("click", () => copyCommand());
 
 async function facets() {
   const data = await api("api/facets");
