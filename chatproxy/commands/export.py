@@ -2,8 +2,10 @@
 
 Conversations are rebuilt from the journals (never from the live SESSION.json, whose options were fixed
 when it was recorded), filtered, shaped by a profile (profiles.py) and checked against the rules of its
-consumers. A conversation that cannot be made valid is counted and explained, never written; an exact
-duplicate of one already written (the same chat recorded in two sessions) is dropped.
+consumers. The sessions are read as one collection (sessions.Collection): a chat recorded in one session
+and continued in another is one record, the longest, with its branches; an exact duplicate (the same
+chat recorded in two sessions) is dropped. A conversation that cannot be made valid is counted and
+explained, never written.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ EXAMPLES_SHOWN = 3  # skipped conversations named per reason
 PROGRESS_INTERVAL = 0.2  # seconds between progress redraws: often enough to look alive, cheap to draw
 
 DESCRIPTION = """\
-Write one training dataset from recorded sessions: conversations rebuilt from the journals, exact
-duplicates across sessions dropped, every record checked against the rules of the trainer it is for.
+Write one training dataset from recorded sessions: conversations rebuilt from the journals, the sessions
+read as one (a chat continued in another session is one record, the longest; exact duplicates dropped),
+every record checked against the rules of the trainer it is for.
 """
 
 EPILOG = """\
@@ -114,6 +117,7 @@ class Tally:
     conversations: int = 0
     filtered: int = 0
     duplicates: int = 0
+    merged: int = 0  # conversations of one session continued in another: written once, the longest
     skipped: int = 0
     reasons: Dict[str, List[str]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
     special: int = 0  # conversations holding special-token text
@@ -361,9 +365,13 @@ def parse_when(text: str, option: str, end: bool, now: Optional[datetime.datetim
 
 
 def collect(options: Options, progress: Progress) -> Collected:
+    """The sessions read as one collection (sessions.Collection): a chat continued in another session is
+    one conversation, the longest; then each conversation filtered, shaped and checked."""
     collected = Collected([], Tally(), set())
     seen: Set[bytes] = set()
-    for name in options.sessions:
+    folded: Dict[str, review_marks.Marks] = {}
+    collection = sessions.Collection(options.keep_incomplete)
+    for name in sessions.oldest_first(options.folder, options.sessions):
         progress.update(name, collected, force=True)  # a long journal takes a while to read
         session = sessions.load(options.folder, name, options.keep_incomplete)
         for line in session.warnings():
@@ -371,19 +379,26 @@ def collect(options: Options, progress: Progress) -> Collected:
         review = review_marks.read_review(options.folder, name)
         for number, reason in review.bad_lines:
             progress.note(f"chatproxy: warning: {name}{review_marks.REVIEW_SUFFIX}: skipped line {number}: {reason}")
-        folded = review_marks.fold(review.events)
+        folded.update(review_marks.fold(review.events))  # keyed by record ids, which no two sessions share
+        collection.add(session)
         collected.tally.sessions += 1
         collected.tally.records += len(session.records)
-        marked = [
-            (conversation, review_marks.marks_for(folded, review_marks.contained_ids(conversation.node)))
-            for conversation in session.conversations(options.branches)
-        ]
-        if options.profile.pairs:
-            _take_pairs(marked, options, collected, seen)
-            continue
-        for conversation, mark in marked:
-            _take(conversation, mark, options, collected, seen)
-            progress.update(name, collected)
+        progress.update(name, collected, force=True)
+    collected.tally.duplicates += collection.duplicates()
+    collected.tally.merged = collection.merged()
+    marked = [
+        (
+            conversation,
+            review_marks.marks_for(folded, collection.with_copies(review_marks.contained_ids(conversation.node))),
+        )
+        for conversation in collection.conversations(options.branches)
+    ]
+    if options.profile.pairs:
+        _take_pairs(marked, options, collected, seen)
+        return collected
+    for conversation, mark in marked:
+        _take(conversation, mark, options, collected, seen)
+        progress.update(conversation.session, collected)
     return collected
 
 
@@ -658,6 +673,8 @@ def _counts(tally: Tally) -> str:
         f"{tally.duplicates} duplicate{_s(tally.duplicates)}",
         f"{tally.skipped} skipped",
     ]
+    if tally.merged:
+        dropped.insert(2, f"{tally.merged} continued in another session")
     return "read " + ", ".join(parts) + "; " + ", ".join(dropped)
 
 

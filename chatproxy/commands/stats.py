@@ -10,7 +10,7 @@ import collections
 import dataclasses
 import datetime
 from pathlib import Path
-from typing import Any, Counter, Dict, List, Optional
+from typing import Any, Counter, Dict, Iterable, List, Optional
 
 from chatproxy.apis import route
 from chatproxy.commands import sessions
@@ -36,6 +36,8 @@ STATS_PROG = "chatproxy stats"
 STATS_EPILOG = """\
 counts:
   conversations  chats (a regenerated reply or an edited message starts a branch, not a new chat)
+  across sessions  in the total: the sessions read as one, as export reads them (a chat continued in
+                 another session, or recorded whole in two, counted once); the other rows are sums
   branches       conversations as `export --branches all` starts from: every branch of every chat
   turns          messages in those branches, system prompts not counted
   characters     text of those messages
@@ -83,24 +85,28 @@ def stats_main(argv: List[str]) -> int:
         STATS_PROG, "Summarise recorded sessions: one table per session and one in total.", STATS_EPILOG
     )
     parser.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions to count (default: every session)")
+    parser.add_argument("--all", action="store_true", help="count every session in --datasets (the default)")
     add_datasets_option(parser)
     args = parse(parser, argv)
     if isinstance(args, int):
         return args
     folder = Path(args.datasets)
     try:
-        names = sessions.resolve(folder, args.sessions, every=not args.sessions)
+        names = sessions.resolve(folder, args.sessions, every=args.all or not args.sessions)
     except ConfigError as exc:
         return fail(STATS_PROG, str(exc))
     total = Stats()
-    for name in names:
+    collection = sessions.Collection()
+    for name in sessions.oldest_first(folder, names):
         session = sessions.load(folder, name)
         print_warnings(session)
         counted = session_stats(session)
         total.add(counted)
         print(render(f"session {name}", counted))
+        if len(names) > 1:
+            collection.add(session)
     if len(names) > 1:
-        print(render(f"total ({len(names)} sessions)", total))
+        print(render(f"total ({len(names)} sessions)", total, across_sessions(collection)))
     return 0
 
 
@@ -109,8 +115,21 @@ def session_stats(session: sessions.Session) -> Stats:
     for record in session.records:
         meta = record.get("meta")
         _count_record(stats, meta if isinstance(meta, dict) else {})
+    _count_conversations(stats, session.conversations("all"))
+    return stats
+
+
+def across_sessions(collection: sessions.Collection) -> Stats:
+    """The conversations of the sessions read as one, as `export` writes them: a chat continued in
+    another session (or recorded whole in two) counted once."""
+    stats = Stats()
+    _count_conversations(stats, collection.conversations("all"))
+    return stats
+
+
+def _count_conversations(stats: Stats, conversations: Iterable[sessions.Conversation]) -> None:
     roots = set()
-    for conversation in session.conversations("all"):
+    for conversation in conversations:
         roots.add(conversation.node.root)
         stats.branches += 1
         chat = [m for m in conversation.messages if m.get("role") != "system"]
@@ -119,7 +138,6 @@ def session_stats(session: sessions.Session) -> Stats:
         if not _exportable(conversation):
             stats.skipped += 1
     stats.conversations = len(roots)
-    return stats
 
 
 def _count_record(stats: Stats, meta: Dict[str, Any]) -> None:
@@ -156,7 +174,7 @@ def _exportable(conversation: sessions.Conversation) -> bool:
     return True
 
 
-def render(title: str, stats: Stats) -> str:
+def render(title: str, stats: Stats, across: Optional[Stats] = None) -> str:
     models = ", ".join(f"{name} ({count})" for name, count in stats.models.most_common()) or "-"
     apis = ", ".join(f"{name} ({count})" for name, count in stats.apis.most_common()) or "-"
     tokens = f"{stats.prompt_tokens:,} prompt + {stats.completion_tokens:,} completion"
@@ -174,6 +192,16 @@ def render(title: str, stats: Stats) -> str:
         ("first", local_time(stats.first)),
         ("last", local_time(stats.last)),
     ]
+    if across is not None:
+        # The sums above count a chat once per session that holds it; export writes it once.
+        rows.insert(
+            2,
+            (
+                "across sessions",
+                f"{across.conversations:,} conversations, {across.branches:,} branches, {across.turns:,} turns "
+                "(a chat continued in another session counted once, as export writes it)",
+            ),
+        )
     width = max(len(label) for label, _ in rows)
     return "\n".join([title] + [f"  {label:<{width}}  {value}" for label, value in rows]) + "\n"
 

@@ -315,7 +315,12 @@ def contained_ids(node: Any) -> List[str]:
     ids = [node.id]
     ancestor = node.parent
     while ancestor is not None:
-        if ancestor.length and ancestor.chains and node.chain_at(ancestor.length) == ancestor.chain_at(ancestor.length):
+        if (
+            ancestor.length
+            and ancestor.chains
+            and ancestor.length <= node.length
+            and node.chain_at(ancestor.length) == ancestor.chain_at(ancestor.length)
+        ):
             ids.append(ancestor.id)
         ancestor = ancestor.parent
     return ids
