@@ -256,6 +256,22 @@ def _no_single(
     return None  # the preference profiles write pairs only (Profile.pair_record)
 
 
+def _pair_sides(
+    prompt: List[Message],
+    chosen: Message,
+    rejected: Message,
+    render: Callable[[List[Message]], Optional[Record]],
+    key: str,
+) -> Optional[Tuple[Record, Record]]:
+    """The prompt rendered once with each reply; None unless both render and share all but their last turn
+    (a reply merged into the prompt's last turn is not a pair of answers)."""
+    sides = [render(prompt + [reply]) for reply in (chosen, rejected)]
+    first, second = sides
+    if first is None or second is None or len(first[key]) < 2 or len(second[key]) < 2:
+        return None
+    return (first, second) if first[key][:-1] == second[key][:-1] else None
+
+
 def _build_trl_pair(
     prompt: List[Message],
     chosen: Message,
@@ -264,15 +280,14 @@ def _build_trl_pair(
     reasoning: str,
     image_root: Path,
 ) -> Optional[Record]:
-    sides = []
-    for reply in (chosen, rejected):
-        record = to_openai_chat(prompt + [reply], tools, reasoning, tools_as_text=True)
-        if record is None or len(record["messages"]) < 2:
-            return None
-        sides.append(record["messages"])
-    if sides[0][:-1] != sides[1][:-1]:
-        return None  # the replies were merged into the prompt's last turn: not a pair of answers
-    return {"prompt": sides[0][:-1], "chosen": sides[0][-1:], "rejected": sides[1][-1:]}
+    def render(messages: List[Message]) -> Optional[Record]:
+        return to_openai_chat(messages, tools, reasoning, tools_as_text=True)
+
+    sides = _pair_sides(prompt, chosen, rejected, render, "messages")
+    if sides is None:
+        return None
+    good, bad = sides[0]["messages"], sides[1]["messages"]
+    return {"prompt": good[:-1], "chosen": good[-1:], "rejected": bad[-1:]}
 
 
 def _build_ranking_pair(
@@ -283,20 +298,19 @@ def _build_ranking_pair(
     reasoning: str,
     image_root: Path,
 ) -> Optional[Record]:
-    sides = []
-    for reply in (chosen, rejected):
-        record = _build_sharegpt(prompt + [reply], tools, reasoning, image_root)
-        if record is None or len(record["conversations"]) < 2:
-            return None
-        sides.append(record)
-    if sides[0]["conversations"][:-1] != sides[1]["conversations"][:-1]:
+    def render(messages: List[Message]) -> Optional[Record]:
+        return _build_sharegpt(messages, tools, reasoning, image_root)
+
+    sides = _pair_sides(prompt, chosen, rejected, render, "conversations")
+    if sides is None:
         return None
+    good, bad = sides
     return {
-        "conversations": sides[0]["conversations"][:-1],
-        "chosen": sides[0]["conversations"][-1],
-        "rejected": sides[1]["conversations"][-1],
-        "tools": sides[0]["tools"],
-        "images": sides[0]["images"],
+        "conversations": good["conversations"][:-1],
+        "chosen": good["conversations"][-1],
+        "rejected": bad["conversations"][-1],
+        "tools": good["tools"],
+        "images": good["images"],
     }
 
 
