@@ -37,6 +37,15 @@ SECRET_HEADERS = frozenset(
         PROXY_KEY_HEADER,
     }
 )
+# Vendors name their own key headers (x-goog-api-key, ocp-apim-subscription-key, x-amz-security-token,
+# x-auth-token…): any field whose name holds one of these words is treated as a secret too.
+_SECRET_WORDS = (b"key", b"token", b"secret", b"auth", b"password", b"credential", b"signature", b"cookie")
+
+
+def is_secret(name: bytes) -> bool:
+    """True for a header field whose value must never reach a log line or a file."""
+    lowered = name.lower()
+    return lowered in SECRET_HEADERS or any(word in lowered for word in _SECRET_WORDS)
 
 
 def get(headers: Iterable[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
@@ -146,8 +155,21 @@ def masked(headers: Iterable[Tuple[bytes, bytes]]) -> List[Tuple[str, str]]:
     shown = []
     for key, value in headers:
         name = key.decode("latin-1")
-        if key.lower() in SECRET_HEADERS:
+        if is_secret(key):
             shown.append((name, "***"))
         else:
             shown.append((name, value.decode("latin-1")))
     return shown
+
+
+def masked_target(target: str) -> str:
+    """A request target safe for a log line: values of secret-looking query parameters (`?key=…`,
+    `access_token=…`) hidden, the rest kept as sent."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    fields = []
+    for field in query.split("&"):
+        name, eq, _ = field.partition("=")
+        fields.append(f"{name}=***" if eq and is_secret(name.encode("latin-1", "replace")) else field)
+    return f"{path}?{'&'.join(fields)}"

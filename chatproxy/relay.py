@@ -125,7 +125,8 @@ class Relay:
         )
         if log.isEnabledFor(logging.DEBUG):
             # headers.masked() is the only way headers reach a log line: keys and cookies show as ***.
-            log.debug("-> %s %s %s", request.method.decode("latin-1"), path, hdr.masked(raw_headers))
+            target = hdr.masked_target(path)
+            log.debug("-> %s %s %s", request.method.decode("latin-1"), target, hdr.masked(raw_headers))
             forwarding.sent, forwarding.received = BodySample(), BodySample()
         upgrade = hdr.upgrade_token(raw_headers)
         if upgrade is not None:
@@ -141,8 +142,8 @@ class Relay:
             complete = await self._relay_response(conn, response, forwarding)
         finally:
             if forwarding.sent is not None:
-                log.debug("-> %s body %s", path, forwarding.sent)
-                log.debug("<- %s body %s", path, forwarding.received)
+                log.debug("-> %s body %s", hdr.masked_target(path), forwarding.sent)
+                log.debug("<- %s body %s", hdr.masked_target(path), forwarding.received)
             self._hand_over(forwarding.capture, complete)
 
     async def _tunnel(self, forwarding: Forwarding) -> None:

@@ -46,6 +46,13 @@ SECRET_FIELDS = [
     b"Cookie",
     b"Set-Cookie",
     b"X-Chatproxy-Key",
+    # Vendors' own key headers: Gemini, Azure API Management, AWS, and common token headers.
+    b"x-goog-api-key",
+    b"Ocp-Apim-Subscription-Key",
+    b"X-Amz-Security-Token",
+    b"X-Auth-Token",
+    b"X-Access-Token",
+    b"X-Client-Secret",
 ]
 
 
@@ -313,6 +320,34 @@ def test_masked_shows_other_fields_decoded_in_order() -> None:
         ("X-A", "1"),
         ("x-a", "2"),
     ]
+
+
+def test_masked_keeps_ordinary_fields_readable() -> None:
+    """The name-based rule does not hide the fields a reader of the debug log needs."""
+    fields = [
+        b"Content-Type",
+        b"Content-Length",
+        b"Accept",
+        b"User-Agent",
+        b"Host",
+        b"X-Request-Id",
+        b"Anthropic-Version",
+    ]
+    assert all(value != "***" for _, value in hdr.masked((name, b"v") for name in fields))
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        ("/v1beta/models/g:generateContent?key=AIzaSecret", "/v1beta/models/g:generateContent?key=***"),
+        ("/v1/chat?alt=sse&access_token=tok-1&x=2", "/v1/chat?alt=sse&access_token=***&x=2"),
+        ("/v1/chat/completions", "/v1/chat/completions"),
+        ("/v1/models?limit=5&flag", "/v1/models?limit=5&flag"),
+    ],
+)
+def test_masked_target_hides_secret_query_values(target: str, shown: str) -> None:
+    """Keys passed in the query string (Gemini's `?key=`, OAuth's `access_token`) never reach a log line."""
+    assert hdr.masked_target(target) == shown
 
 
 def test_masked_decodes_any_byte_as_latin1() -> None:

@@ -17,7 +17,7 @@ from chatproxy.config import DEFAULT_HOST, Config, parse_target
 from conftest import raw_exchange
 from fake_upstream import Json, Raw
 from subproc import ROOT, ProxyProcess
-from support_faults import H11Client, assert_serves_next, journal, post_chat, request, wait_until
+from support_faults import H11Client, assert_serves_next, chat_body, journal, post_chat, request, wait_until
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 PROXY_KEY = "proxy-secret-abcdef"
@@ -29,7 +29,10 @@ SECRETS = {
     "OpenAI-Project": "proj-secret-2222",
     "Cookie": "session=cookie-secret-3333",
     "Proxy-Authorization": "Basic cHJveHktc2VjcmV0",
+    "x-goog-api-key": "goog-secret-6666",
+    "Ocp-Apim-Subscription-Key": "apim-secret-8888",
 }
+QUERY_SECRET = "query-secret-1234"  # Gemini-style ?key= in the request target
 RESPONSE_SECRET = "set-cookie-secret-5555"
 
 
@@ -213,7 +216,12 @@ def test_debug_flag_logs_masked_heads(upstream, tmp_path):
     with run_proxy("--target", upstream.url, "--debug", "--datasets", str(tmp_path / "d"), "--session", "dbg") as proxy:
         assert post_chat(proxy.port, "debug me", headers=list(SECRETS.items())).status == 200
         proxy.wait_for("recorded dbg: ")
+        target = f"/v1/chat/completions?alt=sse&key={QUERY_SECRET}"
+        body = chat_body("query key", False)
+        assert request(proxy.port, "POST", target, body, [("Content-Type", "application/json")]).status == 200
+        proxy.wait_for("echo: query key")
         output = stop(proxy)
+    assert "?alt=sse&key=***" in output and QUERY_SECRET not in output
     assert "-> POST /v1/chat/completions" in output and "<- 200" in output
     assert "debug me" in output  # the request body
     assert "echo: debug me" in output  # the response body
