@@ -11,8 +11,9 @@ Templates, tried in this order (most specific markers first):
 
 * Role blocks: ChatML (`<|im_start|>role\\n...<|im_end|>`), Llama 3 (`<|start_header_id|>role<|end_header_id|>
   ...<|eot_id|>`), Gemma (`<start_of_turn>role\\n...<end_of_turn>`, and Gemma 4's `<|turn>`/`<turn|>`; "model"
-  is the assistant). A role that is not a known role is a speaker's name (SillyTavern's "-Names" presets):
-  the name on the final open block is the assistant, every other name is the user.
+  is the assistant). A role that is not a known role is a speaker's name (SillyTavern's "-Names" presets,
+  `<|im_start|>[Alex]`): one of them is the user's (the request's stop strings say which), the others are
+  characters; an open block named "System" is SillyTavern's quiet prompt.
 * Mistral / Llama 2: `[INST] user [/INST] answer</s>`, with or without the spaces; a `<<SYS>>` block or a
   `[SYSTEM_PROMPT]` block becomes a system message, a system prompt merged into an [INST] stays user text.
 * Alpaca (`### Instruction:` / `### Input:` / `### Response:`), Vicuna (`USER: ... ASSISTANT: ...</s>`), and
@@ -21,16 +22,20 @@ Templates, tried in this order (most specific markers first):
 Text before the first block or marker (SillyTavern's story string when the context template does not wrap it
 in a system block) is the system turn. The final open assistant turn is not a message: its text is `prefill`
 ("" for a bare header, and always "" for a transcript, which ends on the bare "Name:"); a final open user
-block (SillyTavern's Impersonate) sets `open_role` "user". BOS/EOS tokens and surrounding whitespace are
-stripped from every text, and empty turns are dropped.
+turn (SillyTavern's Impersonate) sets `open_role` "user", and `side` says the prompt asks for no turn of the
+chat ("impersonate", "quiet-prompt"). BOS/EOS tokens and surrounding whitespace are stripped from every
+text, and empty turns are dropped. SillyTavern's presets add turns of their own (the Mistral contexts'
+canned "Understood.", the Mistral and Llama 2 "user alignment message"): they leave the chat for
+`template_text`, so the card is the system turn and the greeting the first assistant turn.
 
 Speaker names. SillyTavern's presets write the speaker's name into each turn ("Alex: Hi.", and the open
 "Seraphina:" the model is to go on from); its chat-completion requests and its saved chat do not carry them.
 When the open assistant turn starts with a name, that name is the template's: it is stripped from every
 assistant turn that starts with it, and the one name every user turn starts with likewise, so records of
 text and chat completions agree. `names` says what was stripped ({"user": ..., "assistant": ...}). In a
-group chat (assistant turns spoken by more than one character) the names are what tells the speakers
-apart: they are kept in the text, and `names` lists {"speakers": [...]}.
+group chat the characters' names are what tells the speakers apart: every character's turn keeps "Name: "
+(or gets it from its role header), the user's name goes, and `names` lists {"speakers": [...], "user": ...}.
+Where the template writes every reply's name but the open turn has none, the prompt is a quiet prompt.
 
 Anything unrecognised, or recognised and then inconsistent (an unterminated block, stray text between
 blocks, an unmatched [/INST]), is kept whole as one user message with template "none": a wrong split would
@@ -44,7 +49,7 @@ import dataclasses
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # (canonical role, raw text) before cleaning.
 Turn = Tuple[str, str]
@@ -57,28 +62,39 @@ class ParsedPrompt:
     prefill: str  # text of an assistant turn left open at the end ("" for a bare open header)
     names: Optional[Dict[str, Any]] = None  # the speaker names the template supplied (see above)
     open_role: str = "assistant"  # whose turn the prompt leaves open: "user" for an impersonation
+    side: Optional[str] = None  # "impersonate" or "quiet-prompt": not the chat's next turn (see above)
+    template_text: Tuple[str, ...] = ()  # the presets' own turns left out of the chat (see above)
 
 
 class _Inconsistent(Exception):
     """A template's markers are present but do not form a prompt in that template."""
 
 
-def parse_prompt(prompt: str) -> ParsedPrompt:
-    """Split a rendered text-completion prompt back into canonical messages; never raises."""
+def parse_prompt(prompt: str, stops: Sequence[str] = ()) -> ParsedPrompt:
+    """Split a rendered text-completion prompt back into canonical messages; never raises.
+
+    `stops` are the request's stop strings: SillyTavern's name the user ("\\nAlex:", or the input
+    sequence with the user's name in it), which tells the user from the characters where the template
+    writes names into its role headers."""
     try:
         for syntax in _BLOCK_SYNTAXES:
             if syntax.opener in prompt:
-                return _with_names(_parse_blocks(prompt, syntax))
+                return _settled(_parse_blocks(prompt, syntax, stops), stops)
         if "[INST]" in prompt and "[/INST]" in prompt:
-            return _with_names(_parse_mistral(prompt))
+            return _settled(_parse_mistral(prompt), stops)
     except _Inconsistent:
         return _unparsed(prompt)
     for parser in (_parse_alpaca, _parse_vicuna):
         parsed = parser(prompt)
         if parsed is not None:
-            return _with_names(parsed)
+            return _settled(parsed, stops)
     parsed = _parse_transcript(prompt)
     return parsed if parsed is not None else _unparsed(prompt)
+
+
+def _settled(parsed: ParsedPrompt, stops: Sequence[str] = ()) -> ParsedPrompt:
+    """The presets' own turns left out, then the names they wrote read (both below)."""
+    return _with_names(_without_template_turns(parsed), stops)
 
 
 def _unparsed(prompt: str) -> ParsedPrompt:
@@ -123,6 +139,17 @@ def _finish(template: str, turns: List[Turn], prefill: str) -> ParsedPrompt:
     return ParsedPrompt(messages, template, _clean_start(prefill))
 
 
+def _open_user(parsed: ParsedPrompt) -> ParsedPrompt:
+    """The prompt ends in the user's own turn, left open for the model to write (SillyTavern's Impersonate)."""
+    return dataclasses.replace(parsed, open_role="user", side="impersonate")
+
+
+def _is_bare_label(text: str) -> bool:
+    """Nothing, or only a speaker's name ("Alex:"): how an impersonation leaves the user's turn open. A
+    loose template's last user turn with text in it is a prompt that was never finished, not a chat."""
+    return not text.strip() or _OPEN_LABEL.fullmatch(text.strip()) is not None
+
+
 def _clean_start(prefill: str) -> str:
     """The prefill without the whitespace and BOS before it; the whitespace it ends with stays, since the
     reply is joined to it exactly ("Sure, " + "here")."""
@@ -154,22 +181,46 @@ _BLOCK_SYNTAXES = (
     _BlockSyntax("gemma", "<|turn>", "\n", "<turn|>", _GEMMA_ROLES),  # Gemma 4
 )
 
-# A role header: a role or a speaker's name, nothing that reads like prose.
-_HEADER = re.compile(r"[^\W\d_][\w .'\-]{0,63}")
+# A role header: a role or a speaker's name, nothing that reads like prose; SillyTavern's "-Names" presets
+# write the name in brackets ("<|im_start|>[Alex]").
+_HEADER = re.compile(r"[^\W\d_][\w .'\-]{0,63}|\[[^\W\d_][\w .'\-]{0,63}\]")
 
 
-def _parse_blocks(prompt: str, syntax: _BlockSyntax) -> ParsedPrompt:
+_QUIET_SPEAKER = "System"
+
+
+def _parse_blocks(prompt: str, syntax: _BlockSyntax, stops: Sequence[str] = ()) -> ParsedPrompt:
     preamble, blocks = _split_blocks(prompt, syntax)
-    last_header, last_body, last_closed = blocks[-1]
+    last_closed = blocks[-1][2]
+    named = [None if header.lower() in syntax.roles else header.strip("[]") for header, _, _ in blocks]
     # The name on the final open block is the one the frontend asks the model to speak as.
-    speaker = None if last_closed or last_header.lower() in syntax.roles else last_header
-    turns = [("system", preamble)] + [(_block_role(header, syntax, speaker), body) for header, body, _ in blocks]
-    if not last_closed and turns[-1][0] == "assistant":
-        return _finish(syntax.template, turns[:-1], turns[-1][1])
-    if not last_closed and turns[-1][0] == "user":
-        # The user's own turn left open: the frontend asks the model to write it (Impersonate).
-        return dataclasses.replace(_finish(syntax.template, turns[:-1], turns[-1][1]), open_role="user")
-    return _finish(syntax.template, turns, "")
+    speaker = None if last_closed else named[-1]
+    user = _user_name([name for name in named if name], speaker, stops, syntax)
+    characters = list(dict.fromkeys(name for name in named if name and name != user))
+    group = len(characters) > 1 or bool(_stop_names(stops) - {user, speaker})
+    turns: List[Turn] = [("system", preamble)]
+    for (header, body, closed), name in zip(blocks, named):
+        role = syntax.roles.get(header.lower()) or ("user" if name == user else "assistant")
+        if name and _name_of(_clean(body)) == name:
+            body = _without_name(_clean(body), name)  # the name in the header and again in the text
+        if role == "assistant" and name and group and (_clean(body) or not closed):
+            body = f"{name}: {_clean(body)}"  # a group chat: the transcript shows who speaks
+        turns.append((role, body))
+    if speaker == _QUIET_SPEAKER and user != speaker:
+        # SillyTavern's quiet prompts (/gen, extensions) ask for text "as" System, a name no chat has.
+        return dataclasses.replace(_finish(syntax.template, turns[:-1], ""), side="quiet-prompt")
+    if last_closed or turns[-1][0] not in ("assistant", "user"):
+        parsed = _finish(syntax.template, turns, "")
+    else:
+        parsed = _finish(syntax.template, turns[:-1], turns[-1][1])
+        if turns[-1][0] == "user":
+            parsed = _open_user(parsed)
+    if not characters:
+        return parsed
+    names: Dict[str, Any] = {"speakers": sorted(characters)} if group else {"assistant": characters[0]}
+    if user is not None:
+        names["user"] = user
+    return dataclasses.replace(parsed, names=names)
 
 
 def _split_blocks(prompt: str, syntax: _BlockSyntax) -> Tuple[str, List[Tuple[str, str, bool]]]:
@@ -194,11 +245,38 @@ def _split_blocks(prompt: str, syntax: _BlockSyntax) -> Tuple[str, List[Tuple[st
     return preamble, blocks
 
 
-def _block_role(header: str, syntax: _BlockSyntax, speaker: Optional[str]) -> str:
+def _block_role(header: str, syntax: _BlockSyntax, user: Optional[str]) -> str:
     role = syntax.roles.get(header.lower())
     if role is not None:
         return role
-    return "assistant" if header == speaker else "user"
+    return "user" if header.strip("[]") == user else "assistant"
+
+
+def _stop_names(stops: Sequence[str]) -> set[str]:
+    """The speakers SillyTavern's stop strings name, each as exactly "\\nAlex:" (its instruct sequences, such
+    as Vicuna's "USER: ", are not names): the user and, in a group, the other members."""
+    return {stop[1:-1] for stop in stops if stop[:1] == "\n" and _OPEN_LABEL.fullmatch(stop[1:])}
+
+
+def _user_name(named: List[str], speaker: Optional[str], stops: Sequence[str], syntax: _BlockSyntax) -> Optional[str]:
+    """Which of the names in the role headers is the user's. SillyTavern's stop strings say it: its
+    instruct stops hold the user's own header (the open block is the user's in an impersonation), its
+    name stops start with "\\nAlex:". Without them: the other name, or in a group the most frequent
+    one that is not the open block's (the user speaks between the characters), the latest on a tie."""
+    for stop in stops:
+        for name in dict.fromkeys(named):
+            if syntax.opener + "[" + name + "]" in stop or stop.strip() == syntax.opener + name:
+                return name
+    others = [name for name in named if name != speaker]
+    if not others:
+        return None
+    for stop in stops:
+        label = stop.strip()
+        if label.endswith(":") and label[:-1] in others:
+            return label[:-1]
+    counts = Counter(others)
+    latest = {name: index for index, name in enumerate(others)}
+    return max(counts, key=lambda name: (counts[name], latest[name]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,7 +300,8 @@ def _parse_mistral(prompt: str) -> ParsedPrompt:
             _flush_user(turns, user)
             user = [text]
         elif marker == "[/INST]":
-            if user is None:
+            closed_answer = turns[-1][0] == "assistant" and turns[-1][1].rstrip().endswith("</s>")
+            if user is None and not closed_answer:  # consecutive answers: a group chat's characters
                 raise _Inconsistent("[/INST] without [INST]")
             _flush_user(turns, user)
             user = None
@@ -258,8 +337,10 @@ def _flush_user(turns: List[Turn], user: Optional[List[str]]) -> None:
 
 
 def _mistral_finish(turns: List[Turn], user: Optional[List[str]], last: Tuple[Optional[str], str]) -> ParsedPrompt:
-    _flush_user(turns, user)
     marker, text = last
+    if marker == "[INST]" and user is not None:  # the user's own turn left open: an impersonation
+        return _open_user(_finish("mistral", turns, "".join(user)))
+    _flush_user(turns, user)
     prefill = ""
     # After the last [/INST] the answer is open unless an EOS already closed it.
     if marker == "[/INST]" and not text.rstrip().endswith("</s>"):
@@ -277,7 +358,7 @@ _ALPACA_HEADER = re.compile(r"^### (Instruction|Input|Response):[ \t]*\n?", re.M
 def _parse_alpaca(prompt: str) -> Optional[ParsedPrompt]:
     headers = list(_ALPACA_HEADER.finditer(prompt))
     kinds = [header.group(1) for header in headers]
-    if "Instruction" not in kinds or kinds[-1] != "Response":
+    if "Instruction" not in kinds or kinds[-1] == "Input" or (kinds[-1] == "Instruction" and "Response" not in kinds):
         return None
     turns: List[Turn] = [("system", prompt[: headers[0].start()])]
     for index, header in enumerate(headers):
@@ -285,16 +366,19 @@ def _parse_alpaca(prompt: str) -> Optional[ParsedPrompt]:
         body, kind = prompt[header.end() : end], header.group(1)
         previous = kinds[index - 1] if index else None
         if kind == "Response":
-            if previous == "Response":
-                return None
-            turns.append(("assistant", body))
+            turns.append(("assistant", body))  # one after another: a group chat's characters
         elif kind == "Input" and previous == "Instruction":
             # The optional input belongs to the instruction it follows.
             turns[-1] = ("user", _clean(turns[-1][1]) + "\n\n" + _clean(body))
+        elif kind == "Input":
+            turns.append(("system", body))  # SillyTavern's Alpaca writes system messages as "### Input:"
         else:
             turns.append(("user", body))
     prefill = turns.pop()[1]
-    return _finish("alpaca", turns, prefill)
+    parsed = _finish("alpaca", turns, prefill)
+    if kinds[-1] != "Instruction":
+        return parsed
+    return _open_user(parsed) if _is_bare_label(parsed.prefill) else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -309,10 +393,14 @@ _VICUNA_SYSTEM_LABEL = re.compile(r"^\s*SYSTEM:")
 def _parse_vicuna(prompt: str) -> Optional[ParsedPrompt]:
     marks = list(_VICUNA_ROLE.finditer(prompt))
     roles = [mark.group(1) for mark in marks]
-    # Strict alternation to a final ASSISTANT (from USER, or from a greeting): a text that merely
-    # mentions "USER:" is no chat.
-    alternating = all(first != second for first, second in zip(roles, roles[1:]))
-    if len(marks) < 2 or not alternating or roles[-1] != "ASSISTANT":
+    # Strict alternation to a final ASSISTANT (from USER, or from a greeting), or to an open USER after a
+    # whole exchange (an impersonation): a text that merely mentions "USER:" is no chat. Answers closed by an
+    # EOS may follow one another (a group chat's characters).
+    alternating = all(
+        first != second or (first == "ASSISTANT" and prompt[: mark.start()].rstrip().endswith("</s>"))
+        for first, second, mark in zip(roles, roles[1:], marks[1:])
+    )
+    if len(marks) < (2 if roles[-1:] == ["ASSISTANT"] else 3) or not alternating:
         return None
     preamble = _VICUNA_SYSTEM_LABEL.sub("", prompt[: marks[0].start()])
     turns: List[Turn] = [("system", preamble)]
@@ -320,7 +408,10 @@ def _parse_vicuna(prompt: str) -> Optional[ParsedPrompt]:
         end = marks[index + 1].start() if index + 1 < len(marks) else len(prompt)
         turns.append(("user" if mark.group(1) == "USER" else "assistant", prompt[mark.end() : end]))
     prefill = turns.pop()[1]
-    return _finish("vicuna", turns, prefill)
+    parsed = _finish("vicuna", turns, prefill)
+    if roles[-1] != "USER":
+        return parsed
+    return _open_user(parsed) if _is_bare_label(parsed.prefill) else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -375,10 +466,72 @@ def _chat_bounds(body: str, speaker_starts: List[int]) -> Tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The presets' own turns
+# ---------------------------------------------------------------------------------------------------------
+
+# SillyTavern 1.12's Mistral context templates answer their story string themselves ("[INST] card [/INST]
+# Understood.</s>"), and its Mistral and Llama 2 instruct presets put a "user alignment message" before a chat
+# that opens with the character's greeting (default/content/presets/*/Mistral*.json, Llama 2 Chat.json).
+_ACKNOWLEDGEMENT = "Understood."
+_ALIGNMENT = "Let's get started. Please respond based on the information and instructions provided above."
+
+
+def _without_template_turns(parsed: ParsedPrompt) -> ParsedPrompt:
+    """The card as the system turn and the greeting as the first assistant turn, as in the chat the
+    frontend saves: the canned answer and the alignment message are the presets' text, kept in
+    `template_text`; a card rendered as a user turn (Llama 2's inside [INST] with <<SYS>>, Gemma's in a
+    user block) becomes part of the system turn when the chat's own user turns all carry a name."""
+    messages, dropped = list(parsed.messages), []
+    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    following = messages[first + 1 : first + 3]
+    if len(following) == 2 and messages[first]["role"] == "user" and following[0] == _acknowledgement():
+        dropped.append(_ACKNOWLEDGEMENT)
+        messages[first : first + 2] = [dict(messages[first], role="system")]
+    elif (
+        parsed.template == "mistral" and first and [m["role"] for m in messages[first : first + 2]] == ["user", "user"]
+    ):
+        # Two [INST] spans with no answer between: the first is Llama 2's story string, not a question.
+        joined = messages[first - 1]["content"] + "\n" + messages[first]["content"]
+        messages[first - 1 : first + 1] = [dict(messages[first - 1], content=joined)]
+        first -= 1
+    answer = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
+    if answer and messages[answer - 1]["role"] == "user" and _unnamed(messages[answer - 1]["content"]) == _ALIGNMENT:
+        dropped.append(_unnamed(messages.pop(answer - 1)["content"]))
+    if _is_unnamed_card(messages):
+        first = next(i for i, m in enumerate(messages) if m["role"] != "system")
+        messages[first] = dict(messages[first], role="system")
+    if messages == parsed.messages:
+        return parsed
+    return dataclasses.replace(parsed, messages=messages, template_text=parsed.template_text + tuple(dropped))
+
+
+def _acknowledgement() -> Dict[str, Any]:
+    return {"role": "assistant", "content": _ACKNOWLEDGEMENT}
+
+
+def _unnamed(text: str) -> str:
+    name = _name_of(text)
+    return _without_name(text, name) if name else text
+
+
+def _is_unnamed_card(messages: List[Dict[str, Any]]) -> bool:
+    """A first user turn with no name, answered by the greeting, in a chat whose user turns all start
+    with one name: the card, in the user block of a template that has no system role."""
+    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
+    if first is None or first + 1 >= len(messages) or messages[first]["role"] != "user":
+        return False
+    if messages[first + 1]["role"] != "assistant" or _name_of(messages[first]["content"]) is not None:
+        return False
+    later = {_name_of(m["content"]) for m in messages[first + 1 :] if m["role"] == "user"}
+    return len(later) == 1 and None not in later
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Speaker names the template wrote into the turns
 # ---------------------------------------------------------------------------------------------------------
 
 _NAME_PREFIX = re.compile(rf"({_NAME}):(?:[ \t]+|\Z)")
+_OPEN_LABEL = re.compile(rf"{_NAME}:")
 
 
 def _name_of(text: str) -> Optional[str]:
@@ -390,26 +543,46 @@ def _without_name(text: str, name: str) -> str:
     return text[len(name) + 1 :].lstrip(" \t") if text.startswith(name + ":") else text
 
 
-def _with_names(parsed: ParsedPrompt) -> ParsedPrompt:
-    """Strip the names the template put before each turn, when the open assistant turn starts with one."""
-    assistant = _name_of(parsed.prefill) if parsed.open_role == "assistant" else None
-    if assistant is None:
-        return parsed
+def _with_names(parsed: ParsedPrompt, stops: Sequence[str] = ()) -> ParsedPrompt:
+    """Strip the names the template put before each turn, when the open assistant turn starts with one.
+
+    A group chat is told by more than one character's name on the replies, by replies that carry names
+    where the user's turns carry none (SillyTavern's "force" names behaviour writes them in groups only),
+    or by the stop strings naming other members ("\\nBob:"), so that its first turns, before a second
+    character has spoken, already keep their names."""
+    if parsed.names is not None or parsed.open_role != "assistant":
+        return parsed  # names the role headers carried, or an impersonation (not recorded)
     answers = [m["content"] for m in parsed.messages if m["role"] == "assistant"]
     asks = [m["content"] for m in parsed.messages if m["role"] == "user"]
+    assistant = _name_of(parsed.prefill)
+    if assistant is None:
+        if answers and all(_name_of(text) for text in answers):
+            # The template writes every reply's name, but not this one's: a quiet prompt's answer
+            # (SillyTavern's /gen and extensions ask for "System" text, with no name).
+            return dataclasses.replace(parsed, side="quiet-prompt")
+        return parsed
     characters = {assistant, *(name for name in map(_name_of, answers) if name is not None)}
-    if len(characters) > 1:  # a group chat: the names tell the characters apart
-        speakers = sorted(characters | {name for name in map(_name_of, asks) if name is not None})
-        return dataclasses.replace(parsed, names={"speakers": speakers})
-    names: Dict[str, Any] = {"assistant": assistant}
     user_names = {_name_of(text) for text in asks}
-    user = user_names.pop() if len(user_names) == 1 else None
-    if user is not None and user != assistant:
+    user = next(iter(user_names)) if len(user_names) == 1 else None
+    if user in characters:
+        user = None
+    members = _stop_names(stops) - {user, assistant}
+    forced = bool(asks) and user_names == {None} and any(_name_of(text) for text in answers)
+    if len(characters) > 1 or forced or (members and user is not None):
+        # A group chat: the characters' names tell them apart, so they stay; the user's goes.
+        names: Dict[str, Any] = {"speakers": sorted(characters)}
+        strip = {"user": user}
+        prefill = f"{assistant}: {_without_name(parsed.prefill, assistant)}"
+    else:
+        names = {"assistant": assistant}
+        strip = {"user": user, "assistant": assistant}
+        prefill = _without_name(parsed.prefill, assistant)
+    if user is not None:
         names["user"] = user
     messages = []
     for message in parsed.messages:
-        name = names.get(message["role"]) if message["role"] in ("user", "assistant") else None
+        name = strip.get(message["role"])
         content = _without_name(message["content"], name) if name else message["content"]
         if content:
             messages.append(dict(message, content=content))
-    return dataclasses.replace(parsed, messages=messages, prefill=_without_name(parsed.prefill, assistant), names=names)
+    return dataclasses.replace(parsed, messages=messages, prefill=prefill, names=names)

@@ -8,8 +8,9 @@ of the frontends' own prompts. `housekeeping_kind` names the task ("title", "tag
 Each frontend sends its task instruction as fixed text, so a marker is a distinctive phrase of that text as
 the frontend ships it by default. Open WebUI rewrites its templates' wording between releases, so its task
 prompts are also recognised by their stable structure (`_task_kind`: the "### Task:" head, the
-<chat_history> wrapper, the JSON-only answer and its key). A template the user has rewritten beyond that
-structure is not recognised.
+<chat_history> wrapper, the JSON-only answer and its key), and so are LibreChat's (`_librechat_kind`: how
+it quotes the exchange a title is for, its summaries' labels). A template the user has rewritten beyond
+that structure is not recognised.
 Markers are looked for in the places the frontends put them: the last user message (most task prompts),
 the final message whatever its role (SillyTavern's quiet prompts and NextChat's summary request are system
 messages appended after the chat), and the system messages (LibreChat, LobeChat, chat-ui and Open WebUI's
@@ -33,7 +34,7 @@ def housekeeping_kind(messages: list[dict[str, Any]]) -> str | None:
         if found:
             return min(found)[1]  # the marker nearest the start is the instruction; later ones are quoted chat
     for text in probes:
-        kind = _task_kind(text)
+        kind = _task_kind(text) or _librechat_kind(text)
         if kind is not None:
             return kind
     return None
@@ -63,6 +64,32 @@ def _task_kind(text: str) -> str | None:
         return None
     match = _JSON_KEY.search(head)
     return _TASK_KEYS.get(match.group(1), "task") if match else "task"
+
+
+# LibreChat lets its admin reword the title prompt (librechat.yaml `titlePrompt`), and its task prompts have
+# changed from release to release, but the parts its code depends on have not: the exchange a title is asked
+# for is quoted as `||>User:\n"…"\n||>Response:\n"…"` by its clients (2023 to now) and as "User: …\nAI: …"
+# by @librechat/agents (`titlePromptTemplate`'s default); its summaries fill "Current summary:" / "New
+# lines:" / "New summary:" (summaryPrompts.js) or ask for a "checkpoint" and nothing else (the agents'
+# context compaction, 3.1+); its activity and reasoning labels end their rules with "Output only the label
+# (title, summary) — no quotes" (3.2+).
+_AGENTS_EXCHANGE = re.compile(r"(?:^| )user: ")
+_LABEL_RULE = re.compile(r"output only the (?:label|title|summary) \u2014 no quotes")
+
+
+def _librechat_kind(text: str) -> str | None:
+    if "||>response:" in text and ("||>user:" in text or "||>message:" in text):
+        return "title"
+    exchange = _AGENTS_EXCHANGE.search(text)
+    if exchange and " ai: " in text[exchange.end() :] and "title" in text[: exchange.start()]:
+        return "title"
+    if "current summary:" in text and "new summary:" in text[-300:]:
+        return "summary"
+    if "the following text is cut-off:" in text and text.endswith("summary:"):
+        return "summary"
+    if "checkpoint" in text and "don't respond to me or continue the conversation" in text:
+        return "summary"
+    return "label" if _LABEL_RULE.search(text) else None
 
 
 def _probes(messages: list[dict[str, Any]]) -> List[str]:
@@ -140,9 +167,10 @@ _MARKERS = (
     # the opening sentence and the "Responses from models:" label its {{responses}} follow.
     _marker("merge-responses", r"you have been provided with a set of responses from various models to the latest"),
     _marker("merge-responses", r"your task is to synthesize these responses into a single, high-quality response"),
-    # --- LibreChat. danny-avila/agents src/utils/title.ts defaultCompletionPrompt ("Provide a concise,
-    # 5-word-or-less title for the conversation, ...") and LibreChat api/app/clients/prompts/titlePrompts.js
-    # titleInstruction, sent as "Please generate a concise, 5-word-or-less title for the conversation, ...".
+    # --- LibreChat (`_librechat_kind` reads their structure). danny-avila/agents src/utils/title.ts
+    # defaultCompletionPrompt ("Provide a concise, 5-word-or-less title for the conversation, ...") and
+    # LibreChat api/app/clients/prompts/titlePrompts.js titleInstruction, sent as "Please generate a concise,
+    # 5-word-or-less title for the conversation, ...".
     _marker("title", r"a concise, 5-word-or-less title for the conversation"),
     # danny-avila/agents src/utils/title.ts defaultTitlePrompt (title and language as structured output).
     _marker("title", r"analyze this conversation and provide: 1\. the detected language of the conversation"),

@@ -211,12 +211,11 @@ CASES = [
         "",
     ),
     Case(
-        "sillytavern mistral v1 context: story string as a first exchange",
+        "sillytavern mistral v1 context: the story string and its canned answer are the system turn",
         " [INST] Write Seraphina's next reply.\n" + SERAPHINA_CARD + " [/INST] Understood.</s>"
         " [INST] Anon: Hello? [/INST] Seraphina: You're awake!</s> [INST] Anon: Where am I? [/INST]",
         [
-            user("Write Seraphina's next reply.\n" + SERAPHINA_CARD.strip()),
-            bot("Understood."),
+            system("Write Seraphina's next reply.\n" + SERAPHINA_CARD.strip()),
             user("Anon: Hello?"),
             bot("Seraphina: You're awake!"),
             user("Anon: Where am I?"),
@@ -393,7 +392,6 @@ FALLBACKS = {
     "<</SYS>> without <<SYS>>": "[INST] Hi <</SYS>> there [/INST]",
     "[SYSTEM_PROMPT] inside [INST]": "[INST] Hi [SYSTEM_PROMPT]x[/SYSTEM_PROMPT] [/INST]",
     "alpaca without a final response": "### Instruction:\nDo it.\n\n### Response:\nDone.\n\n### Instruction:\nAgain.",
-    "alpaca two responses in a row": "### Instruction:\nA\n\n### Response:\nB\n\n### Response:\nC",
     "vicuna out of order": "USER: hi USER: again ASSISTANT:",
 }
 
@@ -596,7 +594,8 @@ def test_continue_in_text_completion_keeps_the_message_as_prefill_without_its_na
 
 
 def test_group_chat_keeps_the_names_that_tell_the_characters_apart() -> None:
-    """Three speakers: each assistant turn's name says which character spoke, so names stay in the text."""
+    """Three speakers: each assistant turn's name says which character spoke, so those names stay in the
+    text; the user's, the same on every user turn, goes as in a one-to-one chat."""
     prompt = (
         "A group chat.\n<|im_start|>user\nAlex: Hi all.<|im_end|>\n<|im_start|>assistant\nSeraphina: Hello.<|im_end|>\n"
         "<|im_start|>assistant\nBob: Yo.<|im_end|>\n<|im_start|>user\nAlex: What now?<|im_end|>\n"
@@ -605,12 +604,12 @@ def test_group_chat_keeps_the_names_that_tell_the_characters_apart() -> None:
     parsed = parse_prompt(prompt)
     assert parsed.messages == [
         system("A group chat."),
-        user("Alex: Hi all."),
+        user("Hi all."),
         bot("Seraphina: Hello."),
         bot("Bob: Yo."),
-        user("Alex: What now?"),
+        user("What now?"),
     ]
-    assert (parsed.prefill, parsed.names) == ("Bob:", {"speakers": ["Alex", "Bob", "Seraphina"]})
+    assert (parsed.prefill, parsed.names) == ("Bob: ", {"speakers": ["Bob", "Seraphina"], "user": "Alex"})
 
 
 def test_names_are_not_stripped_when_the_open_turn_has_none() -> None:
