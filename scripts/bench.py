@@ -143,12 +143,14 @@ class Bench:
             self.nginx.stop()
         self.upstream.stop()
 
-    def fresh_proxy(self, extra: Tuple[str, ...] = (), datasets: Optional[Path] = None, port: int = 0) -> ChatProxy:
+    def fresh_proxy(
+        self, extra: Tuple[str, ...] = (), datasets: Optional[Path] = None, port: int = 0, ready_within: float = 30.0
+    ) -> ChatProxy:
         datasets = datasets or Path(tempfile.mkdtemp(prefix="datasets-", dir=self.workdir))
-        return ChatProxy(self.upstream, datasets, self.workdir, extra, port)
+        return ChatProxy(self.upstream, datasets, self.workdir, extra, port, ready_within)
 
-    def finish(self, proxy: ChatProxy, what: str) -> None:
-        proxy.stop()
+    def finish(self, proxy: ChatProxy, what: str, within: float = 20.0) -> None:
+        proxy.stop(within)
         self.problems += [f"{what}: {line}" for line in proxy.problems()]
 
     def with_target(self, target: str, what: str, measure: Callable[[int, Optional[ChatProxy]], Any]) -> Any:
@@ -243,14 +245,23 @@ def run_memory(bench: Bench) -> None:
             idle = measured("idle_kb")
             if proxy:
                 idle["idle_recorder_private_kb"] = proxy.recorder_private_kb()
+                idle.update(kb_fields("idle_pss_kb", proxy.pss_kb()))
             samples: List[int] = []
-            held = load.hold_streams(
-                port, settings.slow_streams, settings.slow_chunks, 1000, lambda: samples.append(rss())
-            )
+            pss_samples: List[Dict[str, int]] = []
+
+            def sample() -> None:
+                samples.append(rss())
+                if proxy:
+                    pss_samples.append(proxy.pss_kb())
+
+            held = load.hold_streams(port, settings.slow_streams, settings.slow_chunks, 1000, sample)
             time.sleep(1.0)
             held.update(idle, peak_sampled_kb=max(samples, default=0), **measured("after_kb"))
             if proxy:
                 held.update(kb_fields("peak_hwm_kb", proxy.memory_kb("VmHWM")))
+                # PSS has no kernel-kept peak: the highest sample of each process.
+                peaks = {who: max((s[who] for s in pss_samples), default=0) for who in ("proxy", "recorder")}
+                held.update(kb_fields("peak_pss_kb", peaks))
             bench.record("memory", target, held)
         finally:
             if proxy:
@@ -297,29 +308,62 @@ def journal_lines(count: int) -> bytes:
 
 
 def run_growth(bench: Bench) -> None:
-    journals = {size: journal_lines(size) for size in bench.settings.growth_sizes}
     for number in range(bench.settings.rounds):
         for size in bench.settings.growth_sizes:
-            progress(f"round {number + 1}: growth, resuming {size} conversations")
+            progress(f"round {number + 1}: growth, resuming {size:,} conversations")
             datasets = Path(tempfile.mkdtemp(prefix=f"growth-{size}-", dir=bench.workdir))
-            (datasets / "bench-growth.jsonl").write_bytes(journals[size])
-            proxy = bench.fresh_proxy(("--session", "bench-growth"), datasets, port=free_port())
-            try:
-                rss_start = kb_fields("rss_kb_start", proxy.memory_kb())
-                load.run_load(proxy.port, 1, bench.settings.warmup)
-                result = load.run_load(proxy.port, 1, bench.settings.growth_seconds)
-                result.update(rss_start, startup_s=proxy.startup, **kb_fields("rss_kb_after", proxy.memory_kb()))
-            finally:
-                bench.finish(proxy, f"growth {size}")
-            result["conversations_after"] = after = count_conversations(datasets / "bench-growth.json")
-            if after is None or after < size:
-                bench.problems.append(f"growth {size}: the dataset holds {after} conversations after resuming {size}")
-            bench.record("growth", str(size), result)
+            write_journal(datasets / "bench-growth.jsonl", size)
+            bench.record("growth", str(size), measure_growth(bench, datasets, size))
+            shutil.rmtree(datasets, ignore_errors=True)  # 200,000 conversations are 250 MB of journal alone
 
 
-def count_conversations(snapshot: Path) -> Optional[int]:
+def write_journal(path: Path, count: int, batch: int = 10000) -> None:
+    with open(path, "wb") as journal:
+        for start in range(0, count, batch):
+            journal.write(journal_lines(min(batch, count - start)))
+
+
+def measure_growth(bench: Bench, datasets: Path, size: int) -> Dict[str, Any]:
+    """Start on a journal of `size` conversations (nothing else: as after an upgrade), stop, start again
+    (a restart after a clean exit), then load at c=1: time per request, memory (RSS and PSS of both
+    processes, after resuming and after the run), and what the recorder wrote per new record."""
+    journal = datasets / "bench-growth.jsonl"
+    # Resuming a large session is what is measured: it may take long (the rows say how long).
+    extra = ("--session", "bench-growth")
+    first = bench.fresh_proxy(extra, datasets, port=free_port(), ready_within=900)
+    started = time.perf_counter()
+    bench.finish(first, f"growth {size}, first start", within=900)
+    result: Dict[str, Any] = {"first_start_s": first.startup, "first_stop_s": time.perf_counter() - started}
+    journal_before = journal.stat().st_size
+    proxy = bench.fresh_proxy(extra, datasets, port=free_port(), ready_within=900)
     try:
-        return len(json.loads(snapshot.read_bytes()))
+        time.sleep(1.0)  # the live dataset's first write after resuming, if it is due, starts meanwhile
+        result.update(kb_fields("rss_kb_start", proxy.memory_kb()))
+        result.update(kb_fields("pss_kb_start", proxy.pss_kb()))
+        warmup = load.run_load(proxy.port, 1, bench.settings.warmup)
+        result.update(load.run_load(proxy.port, 1, bench.settings.growth_seconds))
+        time.sleep(1.5)  # one more rewrite of the live dataset, due a second after the last record
+        result.update(
+            startup_s=proxy.startup,
+            recorder_written=proxy.recorder_written(),
+            records=warmup["requests"] + result["requests"],
+            **kb_fields("rss_kb_after", proxy.memory_kb()),
+            **kb_fields("pss_kb_after", proxy.pss_kb()),
+        )
+        result["journal_added"] = journal.stat().st_size - journal_before
+    finally:
+        bench.finish(proxy, f"growth {size}", within=900)
+    result["conversations_after"] = after = count_conversations(datasets / "bench-growth.json")
+    if after is None or after < size:
+        bench.problems.append(f"growth {size}: the dataset holds {after} conversations after resuming {size}")
+    return result
+
+
+def count_conversations(dataset: Path) -> Optional[int]:
+    """Conversations in a live dataset: one JSON array, or a folder of them (its parts)."""
+    try:
+        files = sorted(dataset.glob("*.json")) if dataset.is_dir() else [dataset]
+        return sum(len(json.loads(path.read_bytes())) for path in files)
     except (OSError, ValueError):
         return None
 
@@ -338,10 +382,14 @@ def run_long_chat(bench: Bench) -> None:
         "turns": bench.settings.turns,
         "text_bytes": text,
         "journal_bytes": (datasets / "bench-chat.jsonl").stat().st_size,
-        "snapshot_bytes": (datasets / "bench-chat.json").stat().st_size,
+        "snapshot_bytes": dataset_bytes(datasets / "bench-chat.json"),
         "last10_ms": {"chatproxy": sum(seconds[-10:]) * 100, "direct": sum(direct_seconds[-10:]) * 100},
         "first10_ms": {"chatproxy": sum(seconds[:10]) * 100, "direct": sum(direct_seconds[:10]) * 100},
     }
+
+
+def dataset_bytes(dataset: Path) -> int:
+    return sum(path.stat().st_size for path in dataset.glob("*.json")) if dataset.is_dir() else dataset.stat().st_size
 
 
 def run_startup(bench: Bench) -> None:
@@ -476,7 +524,16 @@ def memory_rows(bench: Bench) -> List[List[str]]:
     recorded = med(bench, "c32", "chatproxy", lambda r: r["requests"])
     parts = {
         name: split(parts_mb(bench, key, "chatproxy", name))
-        for key, name in (("memory", "idle_kb"), ("memory", "peak_hwm_kb"), ("c32", "rss_kb_after"))
+        for key, name in (
+            ("memory", "idle_kb"),
+            ("memory", "peak_hwm_kb"),
+            ("c32", "rss_kb_after"),
+            ("memory", "idle_pss_kb"),
+            ("memory", "peak_pss_kb"),
+        )
+    }
+    pss = {
+        which: med(bench, "memory", "chatproxy", lambda r, w=which: mb(r[f"{w}_pss_kb"])) for which in ("idle", "peak")
     }
     own = med(bench, "memory", "chatproxy", lambda r: mb(r.get("idle_recorder_private_kb", 0)))
     if own:  # the rest of the recorder's RSS is the interpreter's files, the same pages as the proxy's
@@ -499,6 +556,15 @@ def memory_rows(bench: Bench) -> List[List[str]]:
             f"peak of each: {parts['peak_hwm_kb']}; {fmt(left, ' MB', 1)} 1 s after they ended",
             "≤ 100 MB",
             verdict(bench, streams + ", sum of peaks (MB)", peak["chatproxy"], lambda v: v <= 100),
+        ],
+        [
+            "  PSS idle / with the streams (peak)",
+            "",
+            f"{fmt(pss['idle'], ' MB', 1)} / {fmt(pss['peak'], ' MB', 1)}",
+            "",
+            f"idle: {parts['idle_pss_kb']}; peak of each: {parts['peak_pss_kb']}",
+            "",
+            "",
         ],
         [
             "  RSS after the c=32 run",
@@ -542,14 +608,19 @@ def recording_rows(bench: Bench) -> List[List[str]]:
 
 def growth_rows(bench: Bench) -> List[List[str]]:
     sizes = bench.settings.growth_sizes
+    if not bench.raw.get("growth"):
+        return []
     per = {s: med(bench, "growth", str(s), lambda r: 1e6 / r["rps"]) for s in sizes}
     base = per[sizes[0]]
     rows = []
     for size in sizes:
         start = med(bench, "growth", str(size), lambda r: r["startup_s"] * 1000)
         rss = med(bench, "growth", str(size), lambda r: r["rss_kb_after"] / 1024)
+        pss = med(bench, "growth", str(size), lambda r: r["pss_kb_after"] / 1024)
         parts = parts_mb(bench, "growth", str(size), "rss_kb_after")
+        pss_parts = parts_mb(bench, "growth", str(size), "pss_kb_after")
         rss_note = fmt(rss, " MB", 1) + (f" ({parts[0]:.1f} + {parts[1]:.1f})" if parts else "")
+        pss_note = fmt(pss, " MB", 1) + (f" ({pss_parts[0]:.1f} + {pss_parts[1]:.1f})" if pss_parts else "")
         value = per[size]
         growth = value / base * 100 - 100 if value is not None and base else None
         label = f"time/request c=1 after {size:,} conversations"
@@ -561,11 +632,16 @@ def growth_rows(bench: Bench) -> List[List[str]]:
                 "",
                 fmt(value, " µs"),
                 "",
-                f"{fmt(growth, '%', 1)}; start {fmt(start, ' ms')}; RSS {rss_note}",
+                f"{fmt(growth, '%', 1)}; start {fmt(start, ' ms')}; RSS {rss_note}; PSS {pss_note}",
                 "≤ +10% vs 0" if last else "",
                 ok,
             ]
         )
+    return rows + resume_rows(bench) + per_conversation_rows(bench) + written_rows(bench)
+
+
+def long_chat_rows(bench: Bench) -> List[List[str]]:
+    rows: List[List[str]] = []
     chat = bench.raw.get("long_chat")
     if chat:
         ratio = chat["journal_bytes"] / chat["text_bytes"]
@@ -594,6 +670,80 @@ def growth_rows(bench: Bench) -> List[List[str]]:
     return rows
 
 
+def resume_rows(bench: Bench) -> List[List[str]]:
+    rows = []
+    for size in [s for s in bench.settings.growth_sizes if s]:
+        seconds = med(bench, "growth", str(size), lambda r: r["startup_s"])
+        first = med(bench, "growth", str(size), lambda r: r["first_start_s"])
+        stop = med(bench, "growth", str(size), lambda r: r["first_stop_s"])
+        label = f"resume of {size:,} conversations after a clean exit"
+        last = size == max(bench.settings.growth_sizes)
+        rows.append(
+            [
+                label,
+                "",
+                fmt(seconds, " s", 2),
+                "",
+                f"spawn to listening; from the journal alone {fmt(first, ' s', 2)}, its stop {fmt(stop, ' s', 2)}",
+                "≤ 5 s" if last else "",
+                verdict(bench, label + " (s)", seconds, lambda v: v <= 5) if last else "",
+            ]
+        )
+    return rows
+
+
+def per_conversation_rows(bench: Bench) -> List[List[str]]:
+    """The recorder's memory per resumed conversation: its RSS (and PSS) after the run at each size, less at 0."""
+    sizes = bench.settings.growth_sizes
+    rows = []
+    for size in [s for s in sizes if s]:
+        figures = {}
+        for measure in ("rss_kb", "pss_kb"):
+            pick = lambda r, m=measure: r[f"{m.replace('_kb', '_recorder_kb')}_after"]  # noqa: E731
+            now, empty = med(bench, "growth", str(size), pick), med(bench, "growth", str(sizes[0]), pick)
+            figures[measure] = None if now is None or empty is None else (now - empty) * 1024 / size
+        start = med(bench, "growth", str(size), lambda r: r["rss_recorder_kb_start"])
+        empty_start = med(bench, "growth", str(sizes[0]), lambda r: r["rss_recorder_kb_start"])
+        at_start = None if start is None or empty_start is None else (start - empty_start) * 1024 / size
+        label = f"recorder memory per conversation at {size:,}"
+        rows.append(
+            [
+                label,
+                "",
+                fmt(figures["rss_kb"], " B"),
+                "",
+                f"RSS over the {sizes[0]:,} run's, after the run; PSS {fmt(figures['pss_kb'], ' B')}; "
+                f"just after resuming {fmt(at_start, ' B')}",
+                "≤ 1 KB",
+                verdict(bench, label + " (bytes of RSS)", figures["rss_kb"], lambda v: v <= 1024),
+            ]
+        )
+    return rows
+
+
+def written_rows(bench: Bench) -> List[List[str]]:
+    """Bytes the recorder wrote (journal, live dataset, its replies to the proxy) per new record, over the
+    journal line of one: from resuming to 1.5 s after the run, the final write on exit aside."""
+    rows = []
+    for size in bench.settings.growth_sizes:
+        per_record = med(bench, "growth", str(size), lambda r: r["recorder_written"] / max(r["records"], 1))
+        line = med(bench, "growth", str(size), lambda r: r["journal_added"] / max(r["records"], 1))
+        ratio = per_record / line if per_record is not None and line else None
+        label = f"bytes written per new record after {size:,}"
+        rows.append(
+            [
+                label,
+                "",
+                fmt(per_record, " B"),
+                "",
+                f"{fmt(ratio, '×', 1)} its journal line ({fmt(line, ' B')})",
+                "≤ 4×",
+                verdict(bench, label + " / journal line", ratio, lambda v: v <= 4),
+            ]
+        )
+    return rows
+
+
 def startup_rows(bench: Bench) -> List[List[str]]:
     runs = [seconds * 1000 for seconds in bench.raw.get("startup", {}).get("chatproxy", [])]
     value = load.median(runs) if runs else None
@@ -612,14 +762,17 @@ def startup_rows(bench: Bench) -> List[List[str]]:
 
 
 def all_rows(bench: Bench) -> List[List[str]]:
-    return (
-        throughput_rows(bench)
-        + latency_rows(bench)
-        + memory_rows(bench)
-        + recording_rows(bench)
-        + growth_rows(bench)
-        + startup_rows(bench)
+    """The rows of the scenarios that ran (see --only)."""
+    sections = (
+        ("c32", throughput_rows),
+        ("probe", latency_rows),
+        ("memory", memory_rows),
+        ("recording_c32", recording_rows),
+        ("growth", growth_rows),
+        ("long_chat", long_chat_rows),
+        ("startup", startup_rows),
     )
+    return [row for key, rows in sections if key in bench.raw for row in rows(bench)]
 
 
 HEADER = ["figure", "direct", "chatproxy", "nginx", "ratio / notes", "target", "verdict"]
@@ -675,8 +828,18 @@ def chatproxy_version() -> str:
     return f"{version} at {commit.stdout.strip()}{'+' if edits.stdout.strip() else ''}"
 
 
+def python_speed() -> float:
+    """Seconds of CPU for ten million steps of a Python loop: how fast this machine runs Python right now
+    (a shared machine runs it several times slower than an idle one), to compare runs by."""
+    started, total = time.process_time(), 0
+    for step in range(10_000_000):
+        total += step
+    return time.process_time() - started
+
+
 def environment(settings: Settings, nginx_workers: Optional[str]) -> Dict[str, Any]:
     return {
+        "python_loop_s": python_speed(),
         "chatproxy": chatproxy_version(),
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
@@ -711,7 +874,8 @@ def print_report(bench: Bench, env: Dict[str, Any], as_json: bool) -> None:
         f"load average {env['load_average_at_start'][0]:.2f} at start, "
         f"{env['load_average_at_end'][0]:.2f} at end; other processes used {env['other_processes_cpu_share']:.0%} "
         "of the CPUs meanwhile; "
-        f"Python {env['python']}, load by {env['load_generator']}, nginx {env['nginx']}, "
+        f"Python {env['python']} (10M-step loop: {env['python_loop_s']:.2f} s of CPU), "
+        f"load by {env['load_generator']}, nginx {env['nginx']}, "
         f"{bench.settings.rounds} round(s) of {bench.settings.seconds} s runs; medians over rounds"
     )
     print(render_table(rows))
@@ -780,6 +944,16 @@ def run_profile(bench: Bench, output: Path) -> None:
             print()
 
 
+SCENARIOS: Dict[str, Callable[[Bench], None]] = {
+    "startup": run_startup,
+    "rounds": run_rounds,
+    "recording": run_recording_cost,
+    "memory": run_memory,
+    "growth": run_growth,
+    "long-chat": run_long_chat,
+}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one round of short runs, under a minute")
@@ -791,11 +965,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even if it is installed")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, datasets)")
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        default=list(SCENARIOS),
+        metavar="NAMES",
+        help=f"run only these scenarios, comma-separated: {','.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--growth-sizes",
+        type=lambda text: tuple(int(size) for size in text.split(",")),
+        metavar="N,N,...",
+        help="sessions resumed by the growth scenario, in conversations (default 0,1000,20000); "
+        "the first is the baseline, e.g. 0,20000,200000 for the memory-per-conversation figures",
+    )
+    parser.add_argument("--growth-seconds", type=int, metavar="S", help="length of each growth run (default 1, 5 full)")
     args = parser.parse_args(argv)
+    unknown = set(args.only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}: choose from {', '.join(SCENARIOS)}")
     if args.no_wrk:
         load.WRK = None
     use_nginx = shutil.which("nginx") is not None and not args.no_nginx
     settings = QUICK if args.quick else FULL
+    if args.growth_sizes:
+        settings = dataclasses.replace(settings, growth_sizes=args.growth_sizes)
+    if args.growth_seconds:
+        settings = dataclasses.replace(settings, growth_seconds=args.growth_seconds)
     workdir = Path(tempfile.mkdtemp(prefix="chatproxy-bench-"))
     env = environment(settings, args.nginx_workers if use_nginx else None)
     become_subreaper()
@@ -805,8 +1001,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.profile:
             run_profile(bench, args.profile)
             return 0
-        for scenario in (run_startup, run_rounds, run_recording_cost, run_memory, run_growth, run_long_chat):
-            scenario(bench)
+        for name, scenario in SCENARIOS.items():
+            if name in args.only:
+                scenario(bench)
     finally:
         bench.close()
         running = reap_adopted()  # before cpu_seconds(): an orphaned recorder's CPU is chatproxy's too

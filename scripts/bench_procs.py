@@ -68,6 +68,26 @@ def private_kb(pid: int) -> int:
         return 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size (Pss of smaps_rollup) in kB: each shared page divided among the processes that
+    map it, as `smem` counts, so the proxy's and its recorder's figures add up; 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return next((int(line.split()[1]) for line in rollup if line.startswith("Pss:")), 0)
+    except OSError:
+        return 0
+
+
+def written_bytes(pid: int) -> int:
+    """Bytes the process has handed to write() and its kin so far (`wchar` of /proc/PID/io): what it asks
+    of the file system, whatever the page cache makes of it; 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/io") as io:
+            return next((int(line.split()[1]) for line in io if line.startswith("wchar:")), 0)
+    except OSError:
+        return 0
+
+
 def children(pid: int) -> List[int]:
     """The processes whose parent is `pid`. /proc lists a child under the thread that forked it, so every
     thread's list is read; a kernel without those lists (CONFIG_PROC_CHILDREN) gets a scan of /proc."""
@@ -176,7 +196,13 @@ class ChatProxy:
     count = 0
 
     def __init__(
-        self, upstream: Upstream, datasets: Path, workdir: Path, extra: Sequence[str] = (), port: int = 0
+        self,
+        upstream: Upstream,
+        datasets: Path,
+        workdir: Path,
+        extra: Sequence[str] = (),
+        port: int = 0,
+        ready_within: float = 30.0,
     ) -> None:
         ChatProxy.count += 1
         self.log_path = workdir / f"chatproxy-{ChatProxy.count}.log"
@@ -197,11 +223,15 @@ class ChatProxy:
         with open(self.log_path, "wb") as log:
             started = time.perf_counter()
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
-        if port:
-            wait_until_accepting(port, self.proc)
-            self.port = port
-        else:
-            self.port = self._port_from_log()
+        try:
+            if port:
+                wait_until_accepting(port, self.proc, ready_within)
+                self.port = port
+            else:
+                self.port = self._port_from_log(ready_within)
+        except BaseException:
+            stop_process(self.proc)  # not left running (with its recorder) behind the failed start
+            raise
         self.startup = time.perf_counter() - started
         self.pid = self.proc.pid
         self.exit_status: Optional[int] = None
@@ -227,6 +257,13 @@ class ChatProxy:
             "recorder": sum(proc_kb(child, field) for child in children(self.pid)),
         }
 
+    def pss_kb(self) -> Dict[str, int]:
+        """The proxy's and its recorder's PSS in kB (see pss_kb)."""
+        return {"proxy": pss_kb(self.pid), "recorder": sum(pss_kb(child) for child in children(self.pid))}
+
+    def recorder_written(self) -> int:
+        return sum(written_bytes(child) for child in children(self.pid))
+
     def rss_kb(self) -> int:
         return sum(self.memory_kb().values())
 
@@ -236,8 +273,8 @@ class ChatProxy:
     def recorder_pids(self) -> List[int]:
         return children(self.pid)
 
-    def stop(self) -> Optional[int]:
-        self.exit_status = stop_process(self.proc)
+    def stop(self, within: float = 20.0) -> Optional[int]:
+        self.exit_status = stop_process(self.proc, timeout=within)
         self.stopped = True
         return self.exit_status
 

@@ -13,7 +13,8 @@ trainer venv's own transformers.
 The check: start `python -m chatproxy` in front of the tests' fake backend (tests/fake_upstream.py),
 record a varied session with the real `openai` SDK (multi-turn, a regeneration, streamed and not,
 parallel tool calls with text and reasoning beside them, a strict-mode tool schema, a data-URL and an
-http image, an assistant prefill, special-token text, a reply cut off mid tool call), stop it, export
+http image, an assistant prefill, special-token text, a reply cut off mid tool call; and a second session
+of more chats than one shard of the live dataset holds, so that its live dataset is a folder), stop it, export
 every profile, then for each trainer run its own data pipeline and 2 training steps, and print records
 exported / examples kept / dropped with the trainer's reason. Every export is also loaded with each
 `datasets` venv and compared, record by record, with the file.
@@ -186,6 +187,7 @@ def record_session(datasets: Path) -> int:
             wait_listening(port)
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-check", max_retries=0)
             count = drive(client, upstream, Chat)
+            count += drive_many(client)
         finally:
             proxy.send_signal(signal.SIGTERM)
             proxy.wait(30)
@@ -312,6 +314,33 @@ def drive(client: Any, upstream: Any, Chat: Callable[..., Any]) -> int:
     return requests
 
 
+MANY = "check-many"  # a session with more chats than one shard of the live dataset holds: a folder of them
+
+
+def drive_many(client: Any) -> int:
+    """One-turn chats into session MANY, past one shard; their metas differ between shards (tags from the
+    second shard on), as Arrow, typing each file on its own, must still join them."""
+    from chatproxy.recorder.store import SHARD_CHATS
+
+    chats = SHARD_CHATS + 10
+    for number in range(chats):
+        headers = {"X-Chatproxy-Session": MANY}
+        if number >= SHARD_CHATS:
+            headers["X-Chatproxy-Tags"] = "late"
+        client.chat.completions.create(
+            model="fake-model",
+            messages=[{"role": "user", "content": f"Question number {number}"}],
+            extra_headers=headers,
+        )
+    return chats
+
+
+def live_entries(path: Path) -> List[Dict[str, Any]]:
+    """A live dataset's entries: one JSON array, or a folder of them (its shards)."""
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    return [entry for file in files for entry in json.loads(file.read_text(encoding="utf-8"))]
+
+
 # -- export, datasets ----------------------------------------------------------------------------
 
 
@@ -372,7 +401,36 @@ for path in sys.argv[1:]:
 """
 
 
-def check_datasets(python: Path, name: str, files: Dict[str, Path]) -> bool:
+READ_LIVE = r"""
+import json, sys, datasets
+from pathlib import Path
+folder = Path(sys.argv[1])
+want = [entry for file in sorted(folder.glob("*.json")) for entry in json.loads(file.read_text(encoding="utf-8"))]
+try:
+    got = list(datasets.load_dataset("json", data_files=str(folder / "*.json"), split="train"))
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {str(exc)[:200]}"}))
+else:
+    print(json.dumps({"rows": len(got), "records": len(want), "differ": sum(1 for a, b in zip(got, want) if a != b)}))
+"""
+
+
+def check_live_folder(python: Path, version: str, name: str, folder: Path) -> bool:
+    """The live dataset of MANY, a folder of shards, loaded as the README says (`SESSION.json/*.json`)."""
+    done = subprocess.run([str(python), "-c", READ_LIVE, str(folder)], capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    result = json.loads(lines[-1]) if lines else {"error": done.stderr.strip()[-300:]}
+    if "error" in result:
+        verdict = f"does not load: {result['error']}"
+    elif result["differ"] or result["rows"] != result["records"]:
+        verdict = f"{result['differ']} of {result['records']} entries read back changed ({result['rows']} rows)"
+    else:
+        verdict = f"{result['rows']} entries read back unchanged"
+    print(f"datasets {version} ({name}): live folder {folder.name}/: {verdict}")
+    return verdict.endswith("unchanged")
+
+
+def check_datasets(python: Path, name: str, files: Dict[str, Path], datasets: Path) -> bool:
     version = subprocess.run(
         [str(python), "-c", "import datasets; print(datasets.__version__)"], capture_output=True, text=True
     ).stdout.strip()
@@ -391,7 +449,7 @@ def check_datasets(python: Path, name: str, files: Dict[str, Path]) -> bool:
         ok = ok and (expected_bad or verdict.endswith("unchanged"))
         note = " (expected for openai)" if expected_bad and not verdict.endswith("unchanged") else ""
         print(f"datasets {version} ({name}): {profile}: {verdict}{note}")
-    return ok
+    return check_live_folder(python, version, name, datasets / f"{MANY}.json") and ok
 
 
 # -- trainers ------------------------------------------------------------------------------------
@@ -473,14 +531,17 @@ def check_llamafactory(python: Path, model: Path, files: Dict[str, Path], datase
         "export": {"file_name": str(files["sharegpt"]), "formatting": "sharegpt", "columns": columns},
         # The live file, registered as the README says (dataset_dir = the datasets folder).
         "live": {"file_name": str(live), "formatting": "sharegpt", "columns": columns},
+        # A live dataset past one shard: the folder of that same name, which LLaMA-Factory reads whole.
+        "live-folder": {"file_name": f"{MANY}.json", "formatting": "sharegpt", "columns": columns},
     }
     for name, entry in entries.items():
         folder = work / f"lf-{name}"
         folder.mkdir(exist_ok=True)
         (folder / "dataset_info.json").write_text(json.dumps({name: entry}), encoding="utf-8")
+        live_run = name.startswith("live")
         records = (
-            len(json.loads(Path(entry["file_name"]).read_text(encoding="utf-8")))
-            if name == "live"
+            len(live_entries(datasets / entry["file_name"]))
+            if live_run
             else len(files["sharegpt"].read_text(encoding="utf-8").splitlines())
         )
         config = {
@@ -490,7 +551,7 @@ def check_llamafactory(python: Path, model: Path, files: Dict[str, Path], datase
             "do_train": True,
             "finetuning_type": "full",
             "dataset": name,
-            "dataset_dir": str(datasets if name == "live" else folder),
+            "dataset_dir": str(datasets if live_run else folder),
             "template": "qwen",
             "cutoff_len": 1024,
             "overwrite_cache": True,
@@ -507,7 +568,7 @@ def check_llamafactory(python: Path, model: Path, files: Dict[str, Path], datase
             "bf16": False,
             "fp16": False,
         }
-        if name == "live":
+        if live_run:
             (datasets / "dataset_info.json").write_text(json.dumps({name: entry}), encoding="utf-8")
         # JSON is YAML; the name must end in .yaml: 0.9.5's read_args passes a Path to json.load for .json.
         (folder / "train.yaml").write_text(json.dumps(config), encoding="utf-8")
@@ -698,7 +759,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 continue
             try:
                 if name in DATASETS_VENVS:
-                    ok = check_datasets(python, name, files) and ok
+                    ok = check_datasets(python, name, files, datasets) and ok
                 elif model is not None and name == "llamafactory":
                     ok = check_llamafactory(python, model, files, datasets, work) and ok
                 elif model is not None and name == "trl":

@@ -16,8 +16,6 @@ import json
 import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
-import pytest
-
 from chatproxy.config import RecordOptions
 
 from fake_upstream import Chat, Completion, FakeUpstream
@@ -405,10 +403,6 @@ def test_post_history_instructions_and_an_empty_send_are_one_record(proxy: Any, 
     assert proxy.journal()[-1]["meta"]["instructions"] == [PHI]
 
 
-@pytest.mark.xfail(
-    reason="each speaker's turn comes with that speaker's card as the system prompt; the thread tree matches "
-    "a window only from the request's first message after the system block (the greeting), which it refuses"
-)
 def test_a_group_chat_with_three_speakers_is_one_record(proxy: Any, upstream: FakeUpstream) -> None:
     """SillyTavern's group chat (names behaviour Default): each character's message is sent as "Name: text",
     the group nudge and Post-History Instructions after the chat, the speaker's card as the system prompt.

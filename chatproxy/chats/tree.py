@@ -21,8 +21,10 @@ just a system prompt and a greeting are different chats (they still share storag
 
 from __future__ import annotations
 
+import array
 import json
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+import struct
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from chatproxy.chats.messages import encode_json
 
@@ -34,8 +36,10 @@ except ImportError:  # other Python implementations
 
 Message = Dict[str, Any]
 
-WINDOW_CANDIDATES = 16  # recent places a message was seen, checked for a trimmed-context match
+WINDOW_CANDIDATES = 16  # recent records a message was seen in, checked for a trimmed-context match
 MIN_WINDOW_OVERLAP = 2
+KEY_BYTES = 16  # a message's key: what says two turns are the same, compared in full
+CHAIN_BYTES = 8  # a chained prefix hash: a lookup key only, every hit is checked against the full keys
 
 
 def message_key(message: Message) -> bytes:
@@ -51,7 +55,7 @@ def message_key(message: Message) -> bytes:
         parts.append(f"{call.get('name', '')}\x1f{_squeezed(call.get('arguments', ''))}")
     parts.extend(message.get("images", ()))
     material = "\x1e".join(parts).encode("utf-8", "surrogatepass")
-    return blake2b(material, digest_size=16).digest()
+    return blake2b(material, digest_size=KEY_BYTES).digest()
 
 
 def _squeezed(text: Any) -> str:
@@ -67,58 +71,224 @@ def _continues(reply: Message, earlier: Message) -> bool:
 
 
 def _chain(previous: bytes, key: bytes) -> bytes:
-    return blake2b(previous + key, digest_size=16).digest()
+    return blake2b(previous + key, digest_size=CHAIN_BYTES).digest()
+
+
+def _slot(digest: bytes) -> int:
+    """A dict key for a digest: 60 of its bits as an int, which Python stores in 32 bytes (8 bytes more
+    for all 64, 16 more as a bytes object). Hits are verified, so a shorter key only costs a lookup."""
+    return int(_FIRST_8.unpack_from(digest)[0]) >> 4
+
+
+_FIRST_8 = struct.Struct("<Q")
+
+
+# -- where records' journal lines are kept ---------------------------------------------------------------
+
+
+class LinesInMemory:
+    """Every record's line held as bytes: for reading a journal once (export, stats, the review page)."""
+
+    def __init__(self) -> None:
+        self._lines: List[bytes] = []
+        self._tools = ToolsCache()
+
+    def keep(self, line: bytes, offset: Optional[int] = None) -> int:
+        self._lines.append(line)
+        return len(self._lines) - 1
+
+    def get(self, handle: int) -> bytes:
+        return self._lines[handle]
+
+    def tools(self, handle: int) -> Optional[List[Any]]:
+        return self._tools.get(handle, self.get)
+
+
+class ToolsCache:
+    """The tool lists of the records last asked for, decoded from their lines: a chat's records all ask for
+    the same one. Not kept per record: an agent's tool list is tens of kilobytes as Python objects."""
+
+    SIZE = 64
+
+    def __init__(self) -> None:
+        self._decoded: Dict[int, Optional[List[Any]]] = {}
+
+    def get(self, handle: int, line: Callable[[int], bytes]) -> Optional[List[Any]]:
+        if handle not in self._decoded:
+            if len(self._decoded) >= self.SIZE:
+                self._decoded.clear()
+            self._decoded[handle] = json.loads(line(handle)).get("tools")
+        return self._decoded[handle]
+
+
+class LinesInJournal:
+    """Records' lines left in the journal they were read from or written to: 12 bytes per record in
+    memory (where the line starts, and its length), read back with `read(offset, length)` when a record
+    is decoded. A line not yet written (its record is pending) is kept as bytes until `written`."""
+
+    def __init__(self, read: Callable[[int, int], bytes]) -> None:
+        self._read = read
+        self._offsets = array.array("q")
+        self._lengths = array.array("L")
+        self._unwritten: Dict[int, bytes] = {}
+        self._tools = ToolsCache()
+
+    def keep(self, line: bytes, offset: Optional[int] = None) -> int:
+        handle = len(self._offsets)
+        self._offsets.append(-1 if offset is None else offset)
+        self._lengths.append(len(line))
+        if offset is None:
+            self._unwritten[handle] = line
+        return handle
+
+    def written(self, handle: int, offset: int) -> None:
+        """The line of `handle` is now in the journal at `offset`."""
+        self._offsets[handle] = offset
+        del self._unwritten[handle]
+
+    def get(self, handle: int) -> bytes:
+        line = self._unwritten.get(handle)
+        if line is not None:
+            return line
+        length, offset = self._lengths[handle], self._offsets[handle]
+        line = self._read(offset, length)
+        if len(line) != length or not line.endswith(b"\n"):
+            raise OSError(f"the journal no longer holds the record written at byte {offset} ({length} bytes)")
+        return line
+
+    def tools(self, handle: int) -> Optional[List[Any]]:
+        return self._tools.get(handle, self.get)
+
+
+Lines = Union[LinesInMemory, LinesInJournal]
+
+
+class Summary:
+    """What placing a record needs of it: from the record itself, or read back from a resume cache
+    (recorder/store.py) without decoding the record's JSON or hashing its messages again."""
+
+    __slots__ = (
+        "id",
+        "parent",
+        "base",
+        "keys",
+        "own_user",
+        "complete",
+        "own_tools",
+        "side_request",
+        "continued",
+        "chains",
+    )
+
+    def __init__(
+        self,
+        record_id: str,
+        parent: Optional[str],
+        base: int,
+        keys: bytes,
+        own_user: Optional[int],
+        complete: bool,
+        own_tools: bool,
+        side_request: bool,
+        continued: bool,
+        chains: Optional[bytes] = None,
+    ) -> None:
+        self.id = record_id
+        self.parent = parent
+        self.base = base
+        self.keys = keys  # the message keys, end to end
+        self.own_user = own_user  # the index of the record's first user message
+        self.complete = complete
+        self.own_tools = own_tools  # the record says which tools (else: as its parent)
+        self.side_request = side_request
+        self.continued = continued
+        self.chains = chains  # the chained hashes, when known (computed from the parent's otherwise)
+
+    @classmethod
+    def of(cls, record: Dict[str, Any]) -> Summary:
+        messages: List[Message] = record["messages"]
+        meta = record.get("meta") or {}
+        return cls(
+            record["id"],
+            record.get("parent") or None,
+            record.get("base", 0),
+            b"".join(message_key(m) for m in messages),
+            next((i for i, m in enumerate(messages) if m.get("role") == "user"), None),
+            bool(meta.get("complete", True)),
+            "tools" in record,
+            bool(meta.get("side_request")),
+            bool(meta.get("continued")),
+        )
 
 
 class Node:
-    """One record in memory: its hashes and links, and its messages kept as the compact journal line.
+    """One record in memory: its hashes and links. Its messages stay in its journal line, which `lines`
+    keeps (in memory, or as a place in the journal) and which is decoded when asked for: held as Python
+    objects they would take ten times the memory, for every record of a long session.
 
-    Messages and meta are decoded from that line when asked for (rendering a leaf, an export): held
-    as Python objects they would take ten times the memory, for every record of a long session.
+    `keys` holds the record's message keys end to end (KEY_BYTES each), `chains` the chained hash of the
+    conversation up to each of them (CHAIN_BYTES each): one bytes object each, not one per message.
     """
 
     __slots__ = (
         "id",
         "parent",
         "base",
-        "line",
         "keys",
         "chains",
-        "length",
         "root",
         "complete",
-        "tools",
-        "encoded",
-        "seq",
-        "chars",
+        "tools_at",
         "first_user",
+        "seq",
+        "lines",
+        "shard",
     )
 
-    def __init__(self, record: Dict[str, Any], parent: Optional[Node], seq: int, line: Optional[bytes] = None) -> None:
-        messages: List[Message] = record["messages"]
-        self.id: str = record["id"]
+    def __init__(self, summary: Summary, parent: Optional[Node], seq: int, lines: Lines) -> None:
+        self.id: str = summary.id
         self.parent = parent
-        self.base: int = record.get("base", 0) if parent else 0
-        self.line = line if line is not None else encode_json({"messages": messages, "meta": record.get("meta", {})})
-        self.length = self.base + len(messages)
-        self.complete: bool = bool(record.get("meta", {}).get("complete", True))
-        self.tools: Optional[List[Any]] = record["tools"] if "tools" in record else (parent.tools if parent else None)
-        self.keys = [message_key(m) for m in messages]
-        previous = parent.chain_at(self.base) if parent and self.base else b""
-        self.chains: List[bytes] = []
-        for key in self.keys:
-            previous = _chain(previous, key)
-            self.chains.append(previous)
+        self.base: int = summary.base if parent else 0
+        self.lines = lines
+        self.seq = seq  # the order records were added in, from 1; `lines` keeps this one's line as seq - 1
+        self.complete = summary.complete
+        # The record whose line names this conversation's tools (None: no tools).
+        self.tools_at: Optional[Node] = self if summary.own_tools else (parent.tools_at if parent else None)
+        self.keys = summary.keys
+        # Hashes read back hold while the record's parent is the one they were computed under (not lost).
+        known = summary.chains is not None and (parent is not None or not summary.parent or not summary.base)
+        if known and len(summary.chains or b"") * KEY_BYTES == len(self.keys) * CHAIN_BYTES:
+            self.chains = summary.chains or b""
+        else:
+            previous = parent.chain_at(self.base) if parent and self.base else b""
+            chains = []
+            for offset in range(0, len(self.keys), KEY_BYTES):
+                previous = _chain(previous, self.keys[offset : offset + KEY_BYTES])
+                chains.append(previous)
+            self.chains = summary.chains = b"".join(chains)
         inherited = parent.first_user if parent is not None else None
         shares_user_turn = inherited is not None and inherited < self.base
-        own_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+        own_user = summary.own_user
         self.first_user: Optional[int] = (
             inherited if shares_user_turn else (None if own_user is None else self.base + own_user)
         )
         self.root: str = parent.root if (parent and shares_user_turn) else self.id
-        self.chars: int = _chars_before(parent, self.base) + sum(len(m.get("content", "")) for m in messages)
-        self.encoded: Optional[bytes] = None  # the ShareGPT object, cached while this is a leaf
-        self.seq = seq
+        self.shard: Any = None  # for the index's owner: the file of the live dataset that shows this record
+
+    @property
+    def tools(self) -> Optional[List[Any]]:
+        """The tools the conversation was offered (decoded from the record that names them)."""
+        return None if self.tools_at is None else self.tools_at.lines.tools(self.tools_at.seq - 1)
+
+    @property
+    def line(self) -> bytes:
+        """The record's journal line (or, for a record added without one, its messages and meta)."""
+        return self.lines.get(self.seq - 1)
+
+    @property
+    def length(self) -> int:
+        """Messages in the full conversation up to and including this record's."""
+        return self.base + len(self.keys) // KEY_BYTES
 
     @property
     def messages(self) -> List[Message]:
@@ -130,13 +300,25 @@ class Node:
         meta: Dict[str, Any] = json.loads(self.line).get("meta", {})
         return meta
 
+    @property
+    def chars(self) -> int:
+        """Characters of the whole conversation's texts (decodes every record it is made of)."""
+        return sum(len(m.get("content", "")) for m in self.iter_messages())
+
+    def key(self, index: int) -> bytes:
+        """This record's own message `index`'s key (negative counts from the end)."""
+        if index < 0:
+            index += len(self.keys) // KEY_BYTES
+        return self.keys[index * KEY_BYTES : (index + 1) * KEY_BYTES]
+
     def chain_at(self, position: int) -> bytes:
         """The chained hash of the first `position` (>= 1) messages of the full conversation."""
         node: Node = self
         while position <= node.base:
             assert node.parent is not None
             node = node.parent
-        return node.chains[position - node.base - 1]
+        offset = (position - node.base - 1) * CHAIN_BYTES
+        return node.chains[offset : offset + CHAIN_BYTES]
 
     def _segments(self, upto: int) -> List[Tuple[Node, int]]:
         segments = []
@@ -161,11 +343,10 @@ class Node:
         for node, count in self._segments(self.length if upto is None else upto):
             yield from node.messages[:count]
 
-    def full_keys(self) -> List[bytes]:
-        keys: List[bytes] = []
-        for node, count in self._segments(self.length):
-            keys.extend(node.keys[:count])
-        return keys
+    def full_keys(self, upto: Optional[int] = None) -> bytes:
+        """The keys of the full conversation's first `upto` messages (all by default), end to end."""
+        segments = self._segments(self.length if upto is None else upto)
+        return b"".join(node.keys[: count * KEY_BYTES] for node, count in segments)
 
 
 def _ending_at(node: Optional[Node], length: int) -> Optional[Node]:
@@ -185,20 +366,12 @@ def _superseded(node: Node, continued: bool) -> Optional[Node]:
     last = _ending_at(node.parent, node.base + 1)
     if last is None or last.root != node.root or not node.keys:
         return None
-    if node.keys[0] == last.keys[-1] and len(node.keys) > 1:
+    own = len(node.keys) // KEY_BYTES
+    if node.key(0) == last.key(-1) and own > 1:
         return last
-    if continued and len(node.keys) == 1 and _continues(node.messages[0], last.messages[-1]):
+    if continued and own == 1 and _continues(node.messages[0], last.messages[-1]):
         return last
     return None
-
-
-def _chars_before(parent: Optional[Node], base: int) -> int:
-    """Characters of the first `base` messages, cheaply when the whole parent is continued."""
-    if parent is None or base == 0:
-        return 0
-    if base == parent.length:
-        return parent.chars
-    return sum(len(m.get("content", "")) for m in parent.iter_messages(base))
 
 
 class Placement:
@@ -212,14 +385,21 @@ class Placement:
 
 
 class ThreadIndex:
-    """All records of one session, the indexes that place new ones, and the current leaves."""
+    """All records of one session, the indexes that place new ones, and the current leaves.
 
-    def __init__(self) -> None:
+    `lines` keeps the records' journal lines: in memory by default, or LinesInJournal (the recorder, whose
+    sessions run for months) to leave them in the journal. Both indexes are dicts keyed by 60-bit ints:
+    prefix (a chained hash -> the newest record holding that prefix) and window (a message key -> the
+    record it was last seen in, or a list of the last WINDOW_CANDIDATES such records when there are several).
+    """
+
+    def __init__(self, lines: Optional[Lines] = None) -> None:
+        self.lines: Lines = lines if lines is not None else LinesInMemory()
         self.nodes: Dict[str, Node] = {}
         self.leaves: Dict[str, Node] = {}  # insertion order = order in the live dataset
-        self._prefix: Dict[bytes, Node] = {}
-        self._seen: Dict[bytes, List[Tuple[Node, int]]] = {}
-        self._seq = 0
+        self.dropped: Optional[Node] = None  # the leaf the last add() replaced, if any
+        self._prefix: Dict[int, Node] = {}
+        self._seen: Dict[int, Union[Node, List[Node]]] = {}
 
     def place(self, history: List[Message], reply: Message) -> Placement:
         keys = [message_key(m) for m in history]
@@ -240,7 +420,7 @@ class ThreadIndex:
         new_keys = keys[new_from:] + [message_key(reply)]
         new = history[new_from:] + [reply]
         if parent is not None and matched + len(new_keys) <= parent.length:
-            if parent.full_keys()[matched : matched + len(new_keys)] == new_keys:
+            if parent.full_keys(matched + len(new_keys))[matched * KEY_BYTES :] == b"".join(new_keys):
                 return Placement(parent, matched, new, duplicate=True)
         return Placement(parent, matched, new)
 
@@ -248,14 +428,23 @@ class ThreadIndex:
         """Follow `keys` on from `node`'s first `position` messages: the newest record holding the
         longest such prefix, and that prefix's length."""
         previous = node.chain_at(position) if node is not None and position else b""
-        best: Tuple[Optional[Node], int] = (None, 0)
-        for offset, key in enumerate(keys):
+        hits: List[Node] = []
+        for key in keys:
             previous = _chain(previous, key)
-            hit = self._prefix.get(previous)
+            hit = self._prefix.get(_slot(previous))
             if hit is None:
                 break
-            best = (hit, position + offset + 1)
-        return best
+            hits.append(hit)
+        if not hits:
+            return None, 0
+        # A hit is a short hash of the prefix: it counts once the record's own keys say the same.
+        expected = (node.full_keys(position) if node is not None else b"") + b"".join(keys[: len(hits)])
+        while hits:
+            matched = position + len(hits)
+            if hits[-1].full_keys(matched) == expected[: matched * KEY_BYTES]:
+                return hits[-1], matched
+            hits.pop()
+        return None, 0
 
     def _window(self, history: List[Message], keys: List[bytes]) -> Optional[Tuple[Node, int, int]]:
         """A trimmed context: history = system prompt(s) + a window from the middle of a recorded chat.
@@ -265,47 +454,89 @@ class ThreadIndex:
         start = 0
         while start < len(history) and history[start].get("role") == "system":
             start += 1
+        # From the first user message: the system block before it (and the greeting) may differ from
+        # request to request (World Info, a summary, the examples that fit, a group's speaker's card).
+        first_user = next((i for i in range(start, len(history)) if history[i].get("role") == "user"), start)
+        if first_user < len(history) - 1:
+            start = first_user
         window = keys[start:]
         best: Optional[Tuple[Node, int, int]] = None
         best_overlap = MIN_WINDOW_OVERLAP - 1
-        for node, position in reversed(self._seen.get(window[0], ()) if window else ()):
-            if node.first_user is None or position < node.first_user:
-                # The window starts before that chat's first user message (with the greeting): nothing was
-                # trimmed, only the system prompt differs. Another chat with the same character.
-                continue
+        for node, position in self._places(window[0]) if window else ():
             hit, matched = self._extend(node, position, window)
             overlap = matched - position
             if hit is not None and overlap > best_overlap:
                 best, best_overlap = (hit, matched, start + overlap), overlap
         return best
 
-    def add(self, record: Dict[str, Any], keep_incomplete: bool = False, line: Optional[bytes] = None) -> Node:
+    def _places(self, key: bytes) -> Iterator[Tuple[Node, int]]:
+        """Where a message with `key` was recorded at or after its chat's first user message, newest first."""
+        seen = self._seen.get(_slot(key))
+        for node in reversed(seen) if isinstance(seen, list) else (seen,) if seen is not None else ():
+            found = []
+            at = node.keys.find(key)
+            while at >= 0:
+                if at % KEY_BYTES == 0:
+                    found.append(node.base + at // KEY_BYTES)
+                at = node.keys.find(key, at + 1)
+            for position in reversed(found):
+                if node.first_user is not None and position >= node.first_user:
+                    yield node, position
+
+    def add(
+        self,
+        record: Dict[str, Any],
+        keep_incomplete: bool = False,
+        line: Optional[bytes] = None,
+        offset: Optional[int] = None,
+    ) -> Node:
         """Insert a record (new, or read back from the journal) and update leaves and indexes.
 
-        `line` is the record's journal line when the caller has it, to keep instead of re-encoding."""
-        parent = self.nodes.get(record.get("parent") or "")
-        self._seq += 1
-        node = Node(record, parent, self._seq, line)
+        `line` is the record's journal line when the caller has it, to keep instead of re-encoding; `offset`
+        is where it starts in the journal, when it is there already (see LinesInJournal)."""
+        if line is None:
+            kept = {key: record[key] for key in ("messages", "meta", "tools") if key in record}
+            line = encode_json(kept)
+        return self.restore(Summary.of(record), line, keep_incomplete, offset)
+
+    def restore(
+        self, summary: Summary, line: bytes, keep_incomplete: bool = False, offset: Optional[int] = None
+    ) -> Node:
+        """Insert a record known by its summary (see add)."""
+        parent = self.nodes.get(summary.parent or "")
+        handle = self.lines.keep(line, offset)
+        node = Node(summary, parent, handle + 1, self.lines)
         self.nodes[node.id] = node
+        self.dropped = None
         if node.complete:
             self._index(node)
-            meta = record.get("meta") or {}
-            superseded = _superseded(node, bool(meta.get("continued"))) if not meta.get("side_request") else None
-            if superseded is not None:
-                self.leaves.pop(superseded.id, None)
-                superseded.encoded = None
+            superseded = None if summary.side_request else _superseded(node, summary.continued)
+            if superseded is not None and self.leaves.pop(superseded.id, None) is not None:
+                self.dropped = superseded
         if node.complete or keep_incomplete:
             self.leaves[node.id] = node
         return node
 
     def _index(self, node: Node) -> None:
-        for offset, (key, chain) in enumerate(zip(node.keys, node.chains)):
-            position = node.base + offset
-            self._prefix[chain] = node
-            places = self._seen.setdefault(key, [])
-            places.append((node, position))
-            if len(places) > WINDOW_CANDIDATES:
-                del places[0]
+        prefix, seen_at = self._prefix, self._seen
+        for (chain,) in struct.iter_unpack("<Q", node.chains):
+            prefix[chain >> 4] = node  # as _slot()
+        # A window never starts before its chat's first user message (see _window).
+        start = None if node.first_user is None else max(node.first_user - node.base, 0)
+        if start is None:
+            return
+        for key, _ in struct.iter_unpack("<QQ", node.keys[start * KEY_BYTES :]):
+            slot = key >> 4
+            seen = seen_at.get(slot)
+            if seen is None:
+                seen_at[slot] = node
+            elif isinstance(seen, list):
+                if seen[-1] is not node:
+                    seen.append(node)
+                    if len(seen) > WINDOW_CANDIDATES:
+                        del seen[0]
+            elif seen is not node:
+                seen_at[slot] = [seen, node]
 
     def current(self, branches: str = "all") -> List[Node]:
         """The live dataset's conversations: every leaf, or the newest leaf of each chat."""

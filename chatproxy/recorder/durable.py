@@ -39,9 +39,14 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: temp file in the same folder, fsync, rename, fsync the folder."""
-    fd, tmp = _create_temporary(path)
+def atomic_write(path: Path, data: bytes, temporary: Optional[Path] = None) -> None:
+    """Replace `path` with `data`: temp file, fsync, rename, fsync the folder.
+
+    The temp file is made beside `path`, or as `temporary` (a name that `_create_temporary` makes unique)
+    for a folder whose readers must never see one (a trainer loads every file of a live dataset's folder):
+    it must be on the same file system for the rename to be atomic.
+    """
+    fd, tmp = _create_temporary(temporary or path.parent / f".{path.name}")
     try:
         with os.fdopen(fd, "wb") as tmp_file:
             tmp_file.write(data)
@@ -57,15 +62,15 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_directory(path.parent)
 
 
-def _create_temporary(path: Path) -> tuple[int, str]:
-    """A new 0600 file beside `path` (private from its first byte), as tempfile.mkstemp makes it."""
+def _create_temporary(stem: Path) -> tuple[int, str]:
+    """A new 0600 file named `STEM.PID.RANDOM.tmp` (private from its first byte), as tempfile.mkstemp makes it."""
     for _ in range(100):
-        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        tmp = f"{stem}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE), tmp
         except FileExistsError:
             continue  # another writer's temporary file: try the next name
-    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(path.parent))
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(stem.parent))
 
 
 def write_new_file(path: Path, data: bytes) -> bool:
@@ -81,24 +86,34 @@ class AppendLog:
 
     Each `append` is one `write` on an O_APPEND descriptor followed by `fsync`. If the disk
     fills mid-write, the partial bytes are truncated away so the next append does not glue
-    a record onto a torn line.
+    a record onto a torn line. `read` reads back what is there, through the same descriptor.
+    With `sync=False` the fsync is left out: for a file that only saves time (a cache), never data.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sync: bool = True) -> None:
         self.path = path
+        self.sync = sync
         self._fd: Optional[int] = None
         self._size = 0
 
     def _open(self) -> int:
         if self._fd is None:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
             fd = os.open(str(self.path), flags, FILE_MODE)
             self._size = os.fstat(fd).st_size
             self._fd = fd
         return self._fd
 
-    def append(self, data: bytes) -> None:
+    @property
+    def size(self) -> int:
+        """The file's length, where the next append starts."""
+        self._open()
+        return self._size
+
+    def append(self, data: bytes) -> int:
+        """Write `data` at the end and fsync it; returns where it starts in the file."""
         fd = self._open()
+        start = self._size
         try:
             view = memoryview(data)
             while view:
@@ -106,11 +121,27 @@ class AppendLog:
                 if written <= 0:
                     raise OSError(errno.EIO, "short write")
                 view = view[written:]
-            os.fsync(fd)
+            if self.sync:
+                os.fsync(fd)
         except OSError:
             self._cut_back(fd)
             raise
         self._size += len(data)
+        return start
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (fewer only if the file is shorter)."""
+        fd = self._open()
+        if os.name != "posix":  # no pread: one read at a time is all this file sees (one writer thread)
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.read(fd, length)
+        return os.pread(fd, length, offset)
+
+    def truncate(self, size: int) -> None:
+        """Cut the file back to `size` bytes (appends go on from there)."""
+        fd = self._open()
+        os.ftruncate(fd, size)
+        self._size = size
 
     def _cut_back(self, fd: int) -> None:
         try:

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from chatproxy.chats.messages import encode_json
+from chatproxy.chats.tree import Summary
 
 JOURNAL_VERSION = 1
 
@@ -60,13 +63,18 @@ def parse_line(line: bytes, number: int, bad_lines: List[Tuple[int, str]]) -> Op
 
 
 class JournalScan:
-    """Reads a journal line by line, so that resuming a large session never holds it whole."""
+    """Reads a journal line by line, so that resuming a large session never holds it whole.
+
+    Yields each record with its line (newline included); `offset` is where that line starts. `lines()`
+    yields every complete line without parsing it, for a caller that parses only some (see ResumeCache).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.bad_lines: List[Tuple[int, str]] = []
         self.torn_tail = b""  # bytes after the last newline: a line cut by a crash
         self.good_size = 0
+        self.offset = 0
 
     def __iter__(self) -> Iterator[Tuple[Dict[str, Any], bytes]]:
         try:
@@ -78,10 +86,26 @@ class JournalScan:
                 if not line.endswith(b"\n"):
                     self.torn_tail = line
                     return
+                self.offset = self.good_size
                 self.good_size += len(line)
                 record = parse_line(line[:-1], number, self.bad_lines)
                 if record is not None:
-                    yield record, line[:-1]
+                    yield record, line
+
+    def lines(self) -> Iterator[Tuple[int, bytes]]:
+        """(line number, line) for every complete line; a torn last line is kept in torn_tail."""
+        try:
+            handle = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith(b"\n"):
+                    self.torn_tail = line
+                    return
+                self.offset = self.good_size
+                self.good_size += len(line)
+                yield number, line
 
 
 def _record_problem(record: Any) -> str:
@@ -105,3 +129,92 @@ def read_journal(path: Path) -> JournalContents:
 def encode_record(record: Dict[str, Any]) -> bytes:
     """One journal line: compact JSON, non-ASCII kept as UTF-8 (half the bytes of \\u escapes)."""
     return encode_json(record) + b"\n"
+
+
+# -- the resume cache -----------------------------------------------------------------------------------
+#
+# Beside each journal the recorder keeps `.SESSION.jsonl.cache`: for each record line, in journal order,
+# what placing it needs (chats/tree.py Summary), so that resuming a session of months does not decode and
+# hash every record again. A cache, never the record: each entry names its line's length and CRC-32, and
+# an entry that does not match the journal's line (or none) sends resume back to the line itself. Written
+# after the journal, without fsync: a crash can only leave it short, and a short cache costs time, not data.
+
+CACHE_MAGIC = b"chatproxy resume cache 2\n"
+# line length, line CRC, base, own user, id / parent / keys lengths, flags; then id, parent, keys, chains
+_ENTRY = struct.Struct("<IIIhHHHB")
+_KEYS_PER_CHAIN = 2  # KEY_BYTES / CHAIN_BYTES (chats/tree.py)
+_COMPLETE, _OWN_TOOLS, _SIDE_REQUEST, _CONTINUED, _RESPONSE = 1, 2, 4, 8, 16
+
+
+def cache_entry(summary: Summary, line: bytes, response_id: Optional[str], chains: bytes) -> bytes:
+    """One record's entry (see above); `response_id`: a Responses API reply's id, for previous_response_id;
+    `chains`: the record's chained hashes (its node's), which resuming then need not compute."""
+    flags = (
+        (_COMPLETE if summary.complete else 0)
+        | (_OWN_TOOLS if summary.own_tools else 0)
+        | (_SIDE_REQUEST if summary.side_request else 0)
+        | (_CONTINUED if summary.continued else 0)
+        | (_RESPONSE if response_id is not None else 0)
+    )
+    record_id, parent = (
+        summary.id.encode("utf-8", "surrogatepass"),
+        (summary.parent or "").encode("utf-8", "surrogatepass"),
+    )
+    own_user = -1 if summary.own_user is None else summary.own_user
+    head = _ENTRY.pack(
+        len(line), zlib.crc32(line), summary.base, own_user, len(record_id), len(parent), len(summary.keys), flags
+    )
+    tail = b""
+    if response_id is not None:
+        encoded = response_id.encode("utf-8", "surrogatepass")
+        tail = struct.pack("<H", len(encoded)) + encoded
+    return head + record_id + parent + summary.keys + chains + tail
+
+
+class CachedRecord:
+    __slots__ = ("summary", "length", "crc", "response_id", "end")
+
+    def __init__(self, summary: Summary, length: int, crc: int, response_id: Optional[str], end: int) -> None:
+        self.summary = summary
+        self.length = length
+        self.crc = crc
+        self.response_id = response_id
+        self.end = end  # where the entry ends in the cache file
+
+    def matches(self, line: bytes) -> bool:
+        return len(line) == self.length and zlib.crc32(line) == self.crc
+
+
+def read_cache(data: bytes) -> Iterator[CachedRecord]:
+    """The entries of a cache file's contents, up to the first that is cut short or damaged."""
+    if not data.startswith(CACHE_MAGIC):
+        return
+    at, size = len(CACHE_MAGIC), len(data)
+    while at + _ENTRY.size <= size:
+        length, crc, base, own_user, id_size, parent_size, keys_size, flags = _ENTRY.unpack_from(data, at)
+        start = at + _ENTRY.size
+        end = start + id_size + parent_size + keys_size + keys_size // _KEYS_PER_CHAIN
+        response_id = None
+        if flags & _RESPONSE:
+            if end + 2 > size:
+                return
+            (response_size,) = struct.unpack_from("<H", data, end)
+            response_id = data[end + 2 : end + 2 + response_size].decode("utf-8", "surrogatepass")
+            end += 2 + response_size
+        if end > size:
+            return
+        keys_at = start + id_size + parent_size
+        summary = Summary(
+            data[start : start + id_size].decode("utf-8", "surrogatepass"),
+            data[start + id_size : keys_at].decode("utf-8", "surrogatepass") or None,
+            base,
+            data[keys_at : keys_at + keys_size],
+            None if own_user < 0 else own_user,
+            bool(flags & _COMPLETE),
+            bool(flags & _OWN_TOOLS),
+            bool(flags & _SIDE_REQUEST),
+            bool(flags & _CONTINUED),
+            data[keys_at + keys_size : keys_at + keys_size + keys_size // _KEYS_PER_CHAIN],
+        )
+        yield CachedRecord(summary, length, crc, response_id, end)
+        at = end

@@ -215,10 +215,6 @@ def test_a_text_completion_chat_is_one_record_over_several_turns(
     assert got == expected
 
 
-@pytest.mark.xfail(
-    reason="each speaker's turn comes with that speaker's card as the system prompt; the thread tree matches "
-    "a window only from the request's first message after the system block (the greeting), which it refuses"
-)
 @pytest.mark.parametrize("preset", ["ChatML", "Mistral V2 & V3", "Alpaca", "ChatML-Names", "Llama-3-Instruct-Names"])
 def test_a_group_chat_is_one_record_with_each_characters_name(proxy: Any, upstream: FakeUpstream, preset: str) -> None:
     """Point 2 through the proxy: the user, then Seraphina and Bob in turn, several rounds: one record,
