@@ -22,9 +22,12 @@ from chatproxy.config import (
     Config,
     ConfigError,
     RecordOptions,
+    Rotation,
     Timeouts,
-    check_session_id,
+    expand_session,
     new_session_id,
+    parse_rotation,
+    parse_size,
     parse_target,
 )
 
@@ -33,6 +36,8 @@ log = logging.getLogger("chatproxy")
 SUBCOMMANDS = ("export", "stats", "show", "mark", "review")
 ENV_PREFIX = "CHATPROXY_"
 STATUS_INTERVAL = 0.5  # seconds between redraws of the terminal status line
+# Read by the recorder only, never an option: a fake clock for rotation tests (see recorder/core.py).
+TEST_HOOKS = ("CHATPROXY_TEST_CLOCK_FILE",)
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
 
@@ -51,6 +56,8 @@ examples:
       record chats with a llama.cpp server; frontends use http://127.0.0.1:{DEFAULT_PORT}/v1 as base URL
   chatproxy --target https://api.openai.com/v1 --session my-chats
       record into datasets/my-chats.json, resuming it if it exists
+  chatproxy --target http://10.0.0.5:8000/v1 --session team-{{host}} --rotate 1d --datasets /shared/chats
+      one of several proxies sharing a folder: a session per machine, a new part every day (00:00 UTC)
   CHATPROXY_TARGET=http://127.0.0.1:11434/v1 CHATPROXY_LOG_FORMAT=json chatproxy
       Ollama, configured from the environment, logging JSON lines
 
@@ -64,6 +71,16 @@ files (in --datasets, default ./datasets):
   SESSION.json         the live ShareGPT dataset (a JSON array), replaced atomically about once a second
   SESSION/images/      images sent in chats, stored once each, referenced from the "images" column
   SESSION.lock         held while a proxy records the session
+  SESSION.spool        exchanges the recorder had not written yet while it was behind (--recorder-memory);
+                       emptied once recorded; one left by a killed proxy is recorded at the next start
+  With --rotate, the journal and live dataset are per part: SESSION@20261202T000000Z.jsonl and .json,
+  named by the part's start time (UTC), so ls lists them in time order; export, stats and show read
+  every part of SESSION as one session (a chat continued in the next part is one record).
+
+session templates:
+  --session may hold {{host}} (this machine's short host name, made safe for a file name) and
+  {{instance}} (--instance, or CHATPROXY_INSTANCE), so proxies sharing one --datasets folder record
+  sessions of their own: --session team-{{host}}, or team-{{host}}-{{instance}} for several per machine.
 
 frontend control headers (removed before forwarding):
   X-Chatproxy-Session: NAME   record into dataset NAME instead of the running session
@@ -122,12 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--session",
         metavar="ID",
-        help="record into this session, resuming its dataset if it exists (default: a new UUID)",
+        help="record into this session, resuming its dataset if it exists (default: a new UUID); "
+        "{host} and {instance} are filled in (see session templates)",
     )
+    parser.add_argument("--instance", metavar="NAME", help="the value of {instance} in --session")
     parser.add_argument(
         "--datasets", metavar="DIR", default="datasets", help="folder for journals and datasets (default ./datasets)"
     )
     parser.add_argument("--no-record", action="store_true", help="relay only, record nothing")
+    parser.add_argument(
+        "--rotate",
+        metavar="WHEN",
+        type=_rotation,
+        help="roll the session into a new part: daily (at 00:00 UTC), weekly (Mondays 00:00 UTC), every "
+        "PERIOD (12h, 1d, 7d: at UTC boundaries), past SIZE of journal (200MB), or both (1d,200MB)",
+    )
     parser.add_argument(
         "--branches",
         choices=("all", "last"),
@@ -155,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="record in the proxy's own process instead of a second one (half the "
         "throughput under load; for hosts that allow no child processes)",
+    )
+    parser.add_argument(
+        "--recorder-memory",
+        metavar="SIZE",
+        type=_size,
+        default="64MiB",
+        help="exchanges not yet on disk the proxy holds in memory while the recorder is behind; past "
+        "that they wait in SESSION.spool (default 64MiB; 0: spool them all)",
     )
     parser.add_argument(
         "--proxy-key", metavar="KEY", help="require this key (X-Chatproxy-Key header, or Authorization: Bearer KEY)"
@@ -203,6 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rotation(text: str) -> Rotation:
+    try:
+        return parse_rotation(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # -- environment variables -------------------------------------------------------------------
 
 
@@ -239,6 +287,11 @@ def env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) ->
                 value = float(value)
             except ValueError:
                 raise ConfigError(f"{name}={raw!r}: not a number") from None
+        elif callable(action.type):
+            try:
+                value = action.type(value)
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                raise ConfigError(f"{name}={raw!r}: {exc}") from None
         if action.choices is not None and value not in action.choices:
             raise ConfigError(f"{name}={raw!r}: use one of {', '.join(map(str, action.choices))}")
         defaults[action.dest] = value
@@ -247,7 +300,7 @@ def env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) ->
 
 def unknown_env_names(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> List[str]:
     """CHATPROXY_* variables that name no option: most likely typos."""
-    known = {env_name(a) for a in _env_options(parser)}
+    known = {env_name(a) for a in _env_options(parser)} | set(TEST_HOOKS)
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
 
 
@@ -266,7 +319,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise ConfigError(f"{option} must be a positive number of seconds (got {seconds})")
     if args.ca_file and not os.path.isfile(args.ca_file):
         raise ConfigError(f"--ca-file {args.ca_file}: no such file")
-    session = check_session_id(args.session) if args.session else new_session_id()
+    session = expand_session(args.session, args.instance or None) if args.session else new_session_id()
     timeouts = Timeouts(connect=args.connect_timeout, upstream_read=args.timeout)
     record = RecordOptions(
         enabled=not args.no_record,
@@ -275,6 +328,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         keep_incomplete=args.keep_incomplete,
         record_all=args.record_all,
         in_process=args.in_process_recorder,
+        recorder_memory=args.recorder_memory,
+        rotate=args.rotate,
     )
     return Config(
         target=parse_target(args.target),
@@ -391,7 +446,8 @@ async def _serve_until_signal(config: Config, status_line: Optional[StatusLine])
         print(f"chatproxy: error: {message}", file=sys.stderr)
         return 1
     _warn_about_exposure(config)
-    dataset = str(proxy.dataset_path) if proxy.dataset_path else "not recording (--no-record)"
+    live = current_dataset(proxy)
+    dataset = str(live) if live else "not recording (--no-record)"
     log.info(
         "chatproxy %s listening on %s -> %s, dataset %s",
         __version__,
@@ -403,9 +459,16 @@ async def _serve_until_signal(config: Config, status_line: Optional[StatusLine])
             "url": proxy.url,
             "target": config.target.url,
             "session": config.session,
-            "dataset": proxy.dataset_path and str(proxy.dataset_path),
+            "dataset": live and str(live),
         },
     )
+    if config.record.enabled and config.record.rotate:
+        log.info(
+            "rotating %s into a new part %s",
+            config.session,
+            config.record.rotate.describe(),
+            extra={"event": "rotation", "session": config.session, "rotate": config.record.rotate.describe()},
+        )
     refresher = None
     if status_line is not None:
         refresher = asyncio.ensure_future(status_line.run(proxy))
@@ -420,21 +483,30 @@ async def _serve_until_signal(config: Config, status_line: Optional[StatusLine])
             status_line.detach()
     status = proxy.status()
     unwritten = status.get("pending_records", 0)
+    spooled = status.get("backlog_spooled", 0)
     log.info(
-        "stopped: %d requests relayed, %d conversations recorded, %d errors%s",
+        "stopped: %d requests relayed, %d conversations recorded, %d errors%s%s",
         status["requests"],
         status.get("recorded", 0),
         status["errors"],
         f", dataset {proxy.dataset_path}" if proxy.dataset_path else "",
+        f"; {spooled} exchange(s) wait in {status.get('spool')} for the next start" if spooled else "",
         extra={
             "event": "stopped",
             "requests": status["requests"],
             "recorded": status.get("recorded", 0),
             "errors": status["errors"],
             "unwritten": unwritten,
+            "spooled": spooled,
         },
     )
     return 1 if unwritten else 0
+
+
+def current_dataset(proxy: Any) -> Optional[Path]:
+    """The live dataset being written now: with --rotate, the current part's, as the recorder reports it."""
+    reported = proxy.status().get("dataset")
+    return Path(reported) if reported else proxy.dataset_path
 
 
 def _on_signals(callback: Callable[[], None]) -> None:
@@ -586,7 +658,7 @@ class StatusLine(logging.Handler):
 
         self._wake = wake
         while True:
-            self.show(status_text(proxy.status(), proxy.dataset_path))
+            self.show(status_text(proxy.status(), current_dataset(proxy)))
             poke.clear()
             try:
                 await asyncio.wait_for(poke.wait(), STATUS_INTERVAL)
@@ -616,9 +688,24 @@ class StatusLine(logging.Handler):
 
 
 def status_text(status: Mapping[str, Any], dataset: Optional[Path]) -> str:
-    errors = status.get("errors", 0) + status.get("write_errors", 0)
+    errors = status.get("errors", 0) + status.get("write_errors", 0) + status.get("spool_errors", 0)
     where = f"-> {dataset}" if dataset is not None else "(not recording)"
-    return f"[{status.get('requests', 0)} requests | {status.get('recorded', 0)} recorded | {errors} errors] {where}"
+    counters = f"{status.get('requests', 0)} requests | {status.get('recorded', 0)} recorded | {errors} errors"
+
+    def megabytes(size: int) -> str:
+        return f"{size / (1 << 20):.1f} MB"
+
+    # The recorder's backlog, once it matters: anything spooled, a failing spool, or a tenth of the
+    # memory bound in use (a few exchanges always wait for the next commit).
+    held, spooled = status.get("backlog_in_memory_bytes", 0), status.get("backlog_spooled", 0)
+    bound = status.get("backlog_limit_bytes") or 64 << 20
+    if spooled or status.get("spool_error") or held * 10 >= bound:
+        counters += (
+            f" | behind: {status.get('backlog_in_memory', 0)} in memory ({megabytes(held)}),"
+            f" {spooled} spooled ({megabytes(status.get('backlog_spooled_bytes', 0))})"
+            + (", spool failing" if status.get("spool_error") else "")
+        )
+    return f"[{counters}] {where}"
 
 
 def fit(text: str, width: int) -> str:

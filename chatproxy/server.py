@@ -452,3 +452,5 @@ class ProxyServer:
             await asyncio.wait(list(self._tasks), timeout=2)
         if self._server is not None:
             await self._server.wait_closed()
+        if self.review is not None:  # the review page's own process, if it started one
+            await self.review.close()

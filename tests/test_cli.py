@@ -23,6 +23,7 @@ from typing import Dict, List
 import pytest
 
 from chatproxy import __version__, cli
+from chatproxy.config import Rotation, expand_session, parse_rotation
 
 from subproc import ROOT, ProxyProcess, chat
 
@@ -106,6 +107,44 @@ BAD_INVOCATIONS = [
         "--ca-file /nonexistent/ca.pem: no such file",
         id="ca-file",
     ),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--rotate", "sometimes"],
+        "argument --rotate: use daily, weekly, a period like 12h, 1d or 7d, a size like 200MB, or a period and a "
+        "size like 1d,200MB (got 'sometimes')",
+        id="rotate-word",
+    ),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--rotate", "200"], "argument --rotate: use daily, weekly,", id="rotate-no-unit"
+    ),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--rotate", "0h"], "a period must be at least 1h (got '0h')", id="rotate-zero"
+    ),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--rotate", "10kib,1d,2d"], "argument --rotate: use daily", id="rotate-two-periods"
+    ),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--rotate", "0.5KB"], "a size must be at least 1KB (got '0.5KB')", id="rotate-tiny"
+    ),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--session", "team@20261202T000000Z"],
+        "invalid session id 'team@20261202T000000Z': '@' separates a session from its part",
+        id="session-part",
+    ),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--session", "team-{instance}"],
+        "--session 'team-{instance}' uses {instance}: set --instance (or CHATPROXY_INSTANCE)",
+        id="template-no-instance",
+    ),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--session", "team-{user}"],
+        "--session 'team-{user}': unknown placeholder {user} (use {host} or {instance})",
+        id="template-unknown",
+    ),
+    pytest.param(
+        ["--target", UPSTREAM_URL, "--session", "team-{instance}", "--instance", "../x"],
+        "invalid session id 'team-../x'",
+        id="template-unsafe-instance",
+    ),
 ]
 
 
@@ -188,6 +227,76 @@ def test_environment_sets_option_defaults():
     assert (args.timeout, args.branches, args.log_format, args.quiet) == (30.5, "last", "json", False)
 
 
+def test_rotation_and_instance_from_the_environment():
+    args = parse_with_env([], {"CHATPROXY_ROTATE": "1d, 200MB", "CHATPROXY_INSTANCE": "2"})
+    assert args.rotate == Rotation(period=86400, size=200_000_000) and args.instance == "2"
+    assert parse_with_env(["--rotate", "weekly"], {"CHATPROXY_ROTATE": "1d"}).rotate == Rotation(period=7 * 86400)
+
+
+@pytest.mark.parametrize(
+    "text, rotation",
+    [
+        ("daily", Rotation(period=86400)),
+        ("weekly", Rotation(period=7 * 86400)),
+        ("1d", Rotation(period=86400)),
+        ("12h", Rotation(period=12 * 3600)),
+        ("7d", Rotation(period=7 * 86400)),
+        ("2w", Rotation(period=14 * 86400)),
+        ("200MB", Rotation(size=200_000_000)),
+        ("1.5GiB", Rotation(size=3 * 2**29)),
+        ("1d,200mb", Rotation(period=86400, size=200_000_000)),
+    ],
+)
+def test_rotate_values(text, rotation):
+    assert parse_rotation(text) == rotation
+
+
+def test_rotation_is_described_with_its_utc_boundaries():
+    assert parse_rotation("daily").describe() == "daily at 00:00 UTC"
+    assert parse_rotation("7d").describe() == "weekly, Mondays at 00:00 UTC"
+    assert parse_rotation("12h,200MB").describe() == "every 12h (UTC) or past 200,000,000 bytes"
+
+
+@pytest.mark.parametrize(
+    "template, instance, host, session",
+    [
+        ("team-{host}", None, "gpu-box-3.lab.example.com", "team-gpu-box-3"),
+        ("team-{host}-{instance}", "2", "gpu-box-3", "team-gpu-box-3-2"),
+        ("{instance}.{host}", "a", "Büro PC", "a.B-ro-PC"),  # made safe for a file name
+        ("team-{host}", None, "---", "team-host"),
+        ("plain", None, "ignored", "plain"),
+    ],
+)
+def test_session_templates(template, instance, host, session):
+    assert expand_session(template, instance, host=host.split(".")[0]) == session
+
+
+def test_session_template_uses_this_machines_short_host_name(capsys, tmp_path):
+    args = cli.build_parser().parse_args(["--target", UPSTREAM_URL, "--session", "team-{host}", "--instance", "1"])
+    expected = "team-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname().split(".")[0]).strip("-") or "host")
+    assert cli.config_from_args(args).session == expected
+
+
+def test_recorder_memory_takes_a_size_from_the_command_line_or_the_environment():
+    assert parse_with_env([], {}).recorder_memory == 64 * 2**20
+    assert parse_with_env(["--recorder-memory", "0"], {}).recorder_memory == 0
+    assert parse_with_env([], {"CHATPROXY_RECORDER_MEMORY": "200MB"}).recorder_memory == 200_000_000
+    args = cli.build_parser().parse_args(["--target", UPSTREAM_URL, "--recorder-memory", "512KiB"])
+    assert cli.config_from_args(args).record.recorder_memory == 512 * 1024
+
+
+def test_a_recorder_memory_that_is_not_a_size_is_one_line_exit_2(capsys):
+    code, _, err = run_main(["--target", UPSTREAM_URL, "--recorder-memory", "lots"], capsys)
+    assert code == 2
+    assert "argument --recorder-memory: not a size: 'lots' (use e.g. 64MiB, 200MB, 512KiB or bytes)" in err
+
+
+def test_the_test_clock_hook_is_not_warned_about():
+    parser = cli.build_parser()
+    environ = {"CHATPROXY_TEST_CLOCK_FILE": "/tmp/clock", "CHATPROXY_ROTAT": "1d"}
+    assert cli.unknown_env_names(parser, environ) == ["CHATPROXY_ROTAT"]
+
+
 def test_command_line_wins_over_environment():
     args = parse_with_env(
         ["--port", "5000", "--target", "http://b"], {"CHATPROXY_PORT": "4000", "CHATPROXY_TARGET": "http://a"}
@@ -204,6 +313,12 @@ def test_command_line_wins_over_environment():
         ("CHATPROXY_NO_RECORD", "maybe", "CHATPROXY_NO_RECORD='maybe': use 1/0, true/false, yes/no or on/off"),
         ("CHATPROXY_REASONING", "hide", "CHATPROXY_REASONING='hide': use one of keep, drop"),
         ("CHATPROXY_LOG_FORMAT", "xml", "CHATPROXY_LOG_FORMAT='xml': use one of text, json"),
+        (
+            "CHATPROXY_ROTATE",
+            "hourly-ish",
+            "CHATPROXY_ROTATE='hourly-ish': use daily, weekly, a period like 12h, "
+            "1d or 7d, a size like 200MB, or a period and a size like 1d,200MB (got 'hourly-ish')",
+        ),
     ],
 )
 def test_invalid_environment_value_is_one_line_exit_2(name, value, reason, monkeypatch, capsys):
@@ -287,6 +402,27 @@ def test_run_record_and_stop_on_signal(signum, upstream, tmp_path):
     records = json.loads((datasets / "cli-run.json").read_text(encoding="utf-8"))
     assert sorted(r["conversations"][0]["value"] for r in records) == ["hello", "hello again"]
     assert len((datasets / "cli-run.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_rotating_session_from_a_template_names_its_part_at_start(upstream, tmp_path):
+    """--session team-{instance} --rotate 1d: the start-up line names the current part's live dataset, a
+    second line says when it rolls over, and the record goes into that part's journal."""
+    datasets = tmp_path / "datasets"
+    clock = tmp_path / "clock"
+    clock.write_text("1764700000")  # 2025-12-02T18:26:40Z
+    command = python_m_chatproxy(
+        "--target", upstream.url, "--port", "0", "--datasets", str(datasets), "--session", "team-{instance}"
+    )
+    env = subprocess_env(CHATPROXY_INSTANCE="7", CHATPROXY_ROTATE="1d", CHATPROXY_TEST_CLOCK_FILE=str(clock))
+    with ProxyProcess(command, env=env, cwd=tmp_path) as proc:
+        started = proc.wait_started()
+        assert started.group(3) == str(datasets / "team-7@20251202T182640Z.json")
+        proc.wait_for("rotating team-7 into a new part daily at 00:00 UTC$")
+        chat(proc.port, "hello")
+        proc.wait_for(r"recorded team-7: fake-model, 2 turns")
+        assert proc.stop(signal.SIGTERM) == 0
+    assert not [line for line in proc.lines if "warning" in line]
+    assert len((datasets / "team-7@20251202T182640Z.jsonl").read_text(encoding="utf-8").splitlines()) == 1
 
 
 def test_port_in_use_is_one_line_exit_1(tmp_path):

@@ -401,12 +401,14 @@ class ThreadIndex:
         self._prefix: Dict[int, Node] = {}
         self._seen: Dict[int, Union[Node, List[Node]]] = {}
 
-    def place(self, history: List[Message], reply: Message) -> Placement:
+    def place(self, history: List[Message], reply: Message, continued: bool = False) -> Placement:
+        """Where the exchange goes; `continued`: the reply goes on with the message the frontend dropped
+        from the history (Continue), which lets a one-message window find its chat."""
         keys = [message_key(m) for m in history]
         parent, matched = self._extend(None, 0, keys)
         new_from = matched
         if parent is None or not any(m.get("role") == "user" for m in history[:matched]):
-            window = self._window(history, keys)
+            window = self._window(history, keys, reply if continued else None)
             if window is not None:
                 parent, matched, new_from = window
         if parent is not None and matched and new_from:
@@ -446,7 +448,9 @@ class ThreadIndex:
             hits.pop()
         return None, 0
 
-    def _window(self, history: List[Message], keys: List[bytes]) -> Optional[Tuple[Node, int, int]]:
+    def _window(
+        self, history: List[Message], keys: List[bytes], reply: Optional[Message] = None
+    ) -> Optional[Tuple[Node, int, int]]:
         """A trimmed context: history = system prompt(s) + a window from the middle of a recorded chat.
 
         Returns (record, messages of it matched, index in history where the new messages start).
@@ -459,6 +463,10 @@ class ThreadIndex:
         first_user = next((i for i in range(start, len(history)) if history[i].get("role") == "user"), start)
         if first_user < len(history) - 1:
             start = first_user
+        elif first_user == len(history) - 1 and reply is not None:
+            continued = self._continued_first_reply(keys[first_user], first_user, reply)
+            if continued is not None:
+                return continued
         window = keys[start:]
         best: Optional[Tuple[Node, int, int]] = None
         best_overlap = MIN_WINDOW_OVERLAP - 1
@@ -468,6 +476,16 @@ class ThreadIndex:
             if hit is not None and overlap > best_overlap:
                 best, best_overlap = (hit, matched, start + overlap), overlap
         return best
+
+    def _continued_first_reply(self, key: bytes, at: int, reply: Message) -> Optional[Tuple[Node, int, int]]:
+        """Continue on a chat's first reply after its system block changed: the window is one user
+        message, too little to tell chats apart, unless the reply goes on with the recorded answer to it."""
+        for node, position in self._places(key):
+            hit, matched = self._extend(node, position, [key])
+            if hit is not None and matched == position + 1 and hit.length > matched:
+                if _continues(reply, hit.message_at(matched)):
+                    return hit, matched, at + 1
+        return None
 
     def _places(self, key: bytes) -> Iterator[Tuple[Node, int]]:
         """Where a message with `key` was recorded at or after its chat's first user message, newest first."""

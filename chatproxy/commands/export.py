@@ -14,15 +14,14 @@ import argparse
 import collections
 import dataclasses
 import datetime
-import fnmatch
 import hashlib
 import json
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, TextIO, Tuple
 
+from chatproxy.apis import ROUTES
 from chatproxy.chats.messages import encode_json
 from chatproxy.commands import sessions
 from chatproxy.commands.common import Parser, UsageError, add_datasets_option, fail, new_parser, parse, tolerant_output
@@ -32,6 +31,9 @@ from chatproxy.commands.trainer_rules import unsloth_dataset_problems
 from chatproxy.config import ConfigError
 from chatproxy.recorder import durable
 from chatproxy.review import marks as review_marks
+from chatproxy.review.selection import EMPTY, FEATURES, NO_TAGS, Selection, SelectionError, summarize, summary
+from chatproxy.review.selection import check as check_selection
+from chatproxy.review.selection import parse_when as selection_parse_when
 
 PROG = "chatproxy export"
 OUT_SUFFIXES = (".json", ".jsonl")
@@ -105,9 +107,10 @@ class Options:
     special_tokens: str = "keep"
     split: Optional[float] = None
     seed: int = 0
-    only: Optional[str] = None  # "kept" or "unmarked": by review status
+    only: Optional[str] = None  # "kept", "unmarked" or "discarded": by review status
     include_discarded: bool = False
     min_rating: Optional[int] = None
+    selection: Selection = Selection()  # every filter above, and the review page's others
 
 
 @dataclasses.dataclass
@@ -152,52 +155,7 @@ def build_parser() -> Parser:
         metavar="PATH",
         help="file to write; .json writes a JSON array, .jsonl one record per line",
     )
-    parser.add_argument(
-        "--since",
-        metavar="WHEN",
-        help="only conversations whose last reply is this recent: 2024-05-01, 2024-05-01T14:00, "
-        "or a duration back from now (30m, 12h, 7d, 2w); dates without a zone are local",
-    )
-    parser.add_argument(
-        "--until",
-        metavar="WHEN",
-        help="only conversations whose last reply is older than this; a date alone includes that day",
-    )
-    parser.add_argument(
-        "--model",
-        metavar="PATTERN",
-        help="only conversations whose last reply came from a matching model (glob, case-insensitive, e.g. 'gpt-4o*')",
-    )
-    parser.add_argument(
-        "--tag",
-        action="append",
-        default=[],
-        metavar="TAG",
-        help="only conversations tagged TAG (X-Chatproxy-Tags); repeat to require several",
-    )
-    parser.add_argument(
-        "--only",
-        choices=("kept", "unmarked"),
-        help="only conversations kept in the review (kept), or not marked kept or discarded (unmarked)",
-    )
-    parser.add_argument(
-        "--include-discarded",
-        action="store_true",
-        help="also export conversations discarded in the review (left out by default)",
-    )
-    parser.add_argument(
-        "--min-rating",
-        type=int,
-        metavar="N",
-        help="only conversations rated at least N (1-5) in the review",
-    )
-    parser.add_argument(
-        "--min-turns",
-        type=int,
-        default=0,
-        metavar="N",
-        help="only conversations of at least N written turns, the system prompt not counted",
-    )
+    add_selection_options(parser)
     parser.add_argument(
         "--keep-incomplete",
         action="store_true",
@@ -243,6 +201,113 @@ def build_parser() -> Parser:
         help="seed of the shuffle before --split (default 0); the same seed and data give the same split",
     )
     return parser
+
+
+def add_selection_options(parser: Parser) -> None:
+    """Which conversations to export: the review page's filters, one option each (review/selection.py)."""
+    choose = parser.add_argument_group(
+        "selection", "which conversations (the review page's filters: its export prints them as these options)"
+    )
+    choose.add_argument(
+        "--search",
+        metavar="WORDS",
+        help="only conversations holding every word of WORDS (case-insensitive) in the text of a turn, a "
+        "reasoning or a tool call, as the review page's search",
+    )
+    choose.add_argument(
+        "--in-session",
+        metavar="SESSION",
+        help="only conversations whose last reply was recorded in SESSION, one of the sessions read (they "
+        "are still read as one collection: a chat continued in SESSION from another session counts, whole)",
+    )
+    choose.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only conversations whose last reply is this recent: 2024-05-01, 2024-05-01T14:00, "
+        "or a duration back from now (30m, 12h, 7d, 2w); dates without a zone are local",
+    )
+    choose.add_argument(
+        "--until",
+        metavar="WHEN",
+        help="only conversations whose last reply is older than this; a date alone includes that day",
+    )
+    choose.add_argument(
+        "--model",
+        metavar="PATTERN",
+        help="only conversations whose last reply came from a matching model (glob, case-insensitive, e.g. 'gpt-4o*')",
+    )
+    choose.add_argument(
+        "--api",
+        choices=[name for name, _, _ in ROUTES],
+        metavar="API",
+        help="only conversations whose last reply came over this API: "
+        + ", ".join(name for name, _, _ in ROUTES)
+        + " (meta.api; stats counts replies by it)",
+    )
+    choose.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="only conversations tagged TAG (X-Chatproxy-Tags, or in the review); repeat to require several",
+    )
+    choose.add_argument(
+        "--with",
+        dest="with_features",
+        action="append",
+        default=[],
+        choices=FEATURES,
+        metavar="FEATURE",
+        help="only conversations with tools (a call or a result), reasoning or images: --with tools; repeatable",
+    )
+    choose.add_argument(
+        "--without",
+        dest="without_features",
+        action="append",
+        default=[],
+        choices=FEATURES,
+        metavar="FEATURE",
+        help="only conversations without it: --without images; repeatable",
+    )
+    choose.add_argument(
+        "--only",
+        choices=("kept", "unmarked", "discarded"),
+        help="only conversations kept in the review (kept), discarded in it (discarded), or neither (unmarked)",
+    )
+    choose.add_argument(
+        "--include-discarded",
+        action="store_true",
+        help="also export conversations discarded in the review (left out by default)",
+    )
+    choose.add_argument(
+        "--min-rating",
+        type=int,
+        metavar="N",
+        help="only conversations rated at least N (1-5) in the review",
+    )
+    choose.add_argument(
+        "--min-turns",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only conversations of at least N turns: recorded messages, the system prompt not counted "
+        "(a tool call and its result are a turn each), as the review page counts them",
+    )
+    choose.add_argument("--max-turns", type=int, metavar="N", help="only conversations of at most N turns")
+    choose.add_argument(
+        "--min-chars",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only conversations of at least N characters: the text of every turn, reasoning and tool call, "
+        "as recorded (the review page's length)",
+    )
+    choose.add_argument("--max-chars", type=int, metavar="N", help="only conversations of at most N characters")
+    choose.add_argument(
+        "--only-incomplete",
+        action="store_true",
+        help="only replies that were cut short (implies --keep-incomplete)",
+    )
 
 
 def main(argv: List[str]) -> int:
@@ -295,7 +360,7 @@ def options_from(args: argparse.Namespace) -> Options:
         model=args.model,
         tags=args.tag,
         min_turns=args.min_turns,
-        keep_incomplete=args.keep_incomplete,
+        keep_incomplete=args.keep_incomplete or args.only_incomplete,
         branches=args.branches,
         reasoning=args.reasoning,
         tools=args.tools,
@@ -303,11 +368,63 @@ def options_from(args: argparse.Namespace) -> Options:
         split=args.split,
         seed=args.seed,
         only=args.only,
-        include_discarded=args.include_discarded,
+        include_discarded=args.include_discarded or args.only == "discarded",
         min_rating=args.min_rating,
     )
+    options.selection = _selection(args, options)
     _check_out(options)
     return options
+
+
+def _selection(args: argparse.Namespace, options: Options) -> Selection:
+    """The options that choose conversations, as the review page's list chooses them."""
+    both = sorted(set(args.with_features) & set(args.without_features))
+    if both:
+        raise UsageError(f"--with {both[0]} and --without {both[0]} exclude each other")
+    if args.search is not None and not args.search.split():
+        raise UsageError("--search needs at least one word")
+    if args.in_session is not None and args.in_session not in options.sessions:
+        raise UsageError(
+            f"--in-session {args.in_session}: not one of the sessions read ({', '.join(options.sessions)})"
+        )
+    for option, value in (("--min-turns", args.min_turns), ("--max-turns", args.max_turns)):
+        if value is not None and value < 0:
+            raise UsageError(f"{option} must not be negative")
+    for option, value in (("--min-chars", args.min_chars), ("--max-chars", args.max_chars)):
+        if value is not None and value < 0:
+            raise UsageError(f"{option} must not be negative")
+    features = [(name, True) for name in args.with_features] + [(name, False) for name in args.without_features]
+    chosen = Selection(
+        words=tuple(args.search.lower().split()) if args.search else (),
+        session=args.in_session,
+        model=options.model,
+        api=args.api,
+        since=options.since,
+        until=options.until,
+        tags=tuple(options.tags),
+        features=tuple(dict(features).items()),
+        complete=False if args.only_incomplete else None,
+        status=options.only,
+        min_rating=options.min_rating,
+        min_turns=args.min_turns,
+        max_turns=args.max_turns,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+    )
+    try:
+        check_selection(chosen, OPTION_NAMES)
+    except SelectionError as exc:
+        raise UsageError(str(exc)) from None
+    return chosen
+
+
+OPTION_NAMES = {
+    "min_rating": "--min-rating",
+    "min_turns": "--min-turns",
+    "max_turns": "--max-turns",
+    "min_chars": "--min-chars",
+    "max_chars": "--max-chars",
+}
 
 
 def _check_out(options: Options) -> None:
@@ -318,12 +435,6 @@ def _check_out(options: Options) -> None:
         raise UsageError(f"--out folder {out.parent} does not exist")
     if options.split is not None and not 0 < options.split < 1:
         raise UsageError(f"--split must be a fraction between 0 and 1, e.g. 0.9 (got {options.split})")
-    if options.min_turns < 0:
-        raise UsageError("--min-turns must not be negative")
-    if options.min_rating is not None and not 1 <= options.min_rating <= review_marks.MAX_RATING:
-        raise UsageError(f"--min-rating must be from 1 to {review_marks.MAX_RATING}")
-    if options.since and options.until and options.since >= options.until:
-        raise UsageError("--since must be before --until")
     for path in output_paths(options).values():
         if path.resolve().parent != options.folder.resolve():
             continue
@@ -336,27 +447,12 @@ def _check_out(options: Options) -> None:
             )
 
 
-RELATIVE = re.compile(r"(\d+)\s*([mhdw])")
-UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_when(text: str, option: str, end: bool, now: Optional[datetime.datetime] = None) -> datetime.datetime:
-    """A --since/--until value as an aware datetime. A date alone is local midnight; as an --until
-    (end=True) it means the end of that day."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    value = text.strip()
-    relative = RELATIVE.fullmatch(value.lower())
-    if relative:
-        return now - datetime.timedelta(seconds=int(relative.group(1)) * UNIT_SECONDS[relative.group(2)])
+    """A --since/--until value as an aware datetime (review/selection.py reads the page's the same way)."""
     try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            day = datetime.datetime.strptime(value, "%Y-%m-%d")
-            moment = day + datetime.timedelta(days=1) if end else day
-        else:
-            moment = datetime.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
-    except ValueError:
-        raise UsageError(f"{option}: cannot read {text!r} as a date, a date and time, or a duration like 7d") from None
-    return moment if moment.tzinfo else moment.astimezone()  # naive: the user's local time
+        return selection_parse_when(text, option, end, now)
+    except SelectionError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -368,7 +464,6 @@ def collect(options: Options, progress: Progress) -> Collected:
     """The sessions read as one collection (sessions.Collection): a chat continued in another session is
     one conversation, the longest; then each conversation filtered, shaped and checked."""
     collected = Collected([], Tally(), set())
-    seen: Set[bytes] = set()
     folded: Dict[str, review_marks.Marks] = {}
     collection = sessions.Collection(options.keep_incomplete)
     for name in sessions.oldest_first(options.folder, options.sessions):
@@ -393,6 +488,18 @@ def collect(options: Options, progress: Progress) -> Collected:
         )
         for conversation in collection.conversations(options.branches)
     ]
+    return take(marked, options, collected, progress)
+
+
+def take(
+    marked: List[Tuple[sessions.Conversation, review_marks.Marks]],
+    options: Options,
+    collected: Collected,
+    progress: Progress,
+) -> Collected:
+    """The conversations (with their marks) filtered, shaped and checked: export's records, and the review
+    page's (which has the conversations read already)."""
+    seen: Set[bytes] = set()
     if options.profile.pairs:
         _take_pairs(marked, options, collected, seen)
         return collected
@@ -446,9 +553,6 @@ def _take(
     except Unusable as exc:
         tally.skip(str(exc), f"{conversation.session}/{conversation.id}")
         return
-    if written_turns(record) < options.min_turns:
-        tally.filtered += 1
-        return
     _add(record, f"{conversation.session}/{conversation.id}", options, collected, seen)
 
 
@@ -475,26 +579,18 @@ def _add(record: Dict[str, Any], where: str, options: Options, collected: Collec
 
 
 def selected(conversation: sessions.Conversation, options: Options) -> bool:
-    if options.since or options.until:
-        when = conversation.time
-        if when is None or (options.since and when < options.since) or (options.until and when >= options.until):
-            return False
-    if options.model and not fnmatch.fnmatchcase(conversation.model.lower(), options.model.lower()):
-        return False
-    return True
+    """What the recording says (the review page's filters but its marks), as review/selection.py decides."""
+    chosen = options.selection
+    return chosen.recorded(conversation.session, summarize(conversation.node, conversation.tags, chosen))
 
 
 def chosen_by_marks(conversation: sessions.Conversation, mark: review_marks.Marks, options: Options) -> bool:
     """The review's say: status (--only, --include-discarded), rating, and tags (recorded or review)."""
     if mark.status == "discard" and not options.include_discarded:
         return False
-    if options.only == "kept" and mark.status != "keep":
-        return False
-    if options.only == "unmarked" and mark.status is not None:
-        return False
-    if options.min_rating is not None and (mark.rating or 0) < options.min_rating:
-        return False
-    return not options.tags or set(options.tags) <= conversation.tags() | mark.tags
+    chosen = options.selection
+    tags = frozenset(conversation.tags()) if chosen.tags else NO_TAGS
+    return chosen.marked(summary(EMPTY, {}, tags, conversation.node.complete), mark)
 
 
 def make_record(
@@ -574,11 +670,6 @@ def escape_special_tokens(value: Any) -> Any:
     if isinstance(value, list):
         return [escape_special_tokens(item) for item in value]
     return value
-
-
-def written_turns(record: Dict[str, Any]) -> int:
-    turns = record.get("conversations", record.get("messages", []))
-    return sum(1 for turn in turns if turn.get("from", turn.get("role")) != "system")
 
 
 # ---------------------------------------------------------------------------------------------------------

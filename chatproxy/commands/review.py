@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
+import os
 import signal
 import sys
+import threading
+import time
 import webbrowser
 from pathlib import Path
 from typing import List, Optional
@@ -18,6 +22,8 @@ from chatproxy.review.catalogue import Catalogue
 
 PROG = "chatproxy review"
 DEFAULT_PORT = 12539  # beside the proxy's 12538
+FOR_PROXY_NICE = 10
+FOR_PROXY_IDLE = 30 * 60.0  # seconds without a page request before the proxy's page process ends
 
 EPILOG = """\
 The page lists the conversations newest first; search and filters are in its URL, so a view can be
@@ -40,9 +46,17 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
     parser.add_argument("--key", metavar="KEY", help="required on every request; needed for any host but loopback")
     parser.add_argument("--open", action="store_true", help="open the page in the default browser")
+    # The running proxy's page (review/app.py ProxyPage): its key on stdin, which closing ends the page.
+    parser.add_argument("--for-proxy", action="store_true", help=argparse.SUPPRESS)
     args = parse(parser, argv)
     if isinstance(args, int):
         return args
+    if args.for_proxy:
+        args.key = _line_from_stdin() or None
+        try:
+            os.nice(FOR_PROXY_NICE)  # the relay first: the page waits a little, the proxy's clients do not
+        except (AttributeError, OSError):
+            pass  # no nice() here (Windows), or not allowed: the page runs at the proxy's priority
     folder = Path(args.datasets)
     try:
         names: Optional[List[str]] = None
@@ -54,11 +68,45 @@ def main(argv: List[str]) -> int:
             raise ConfigError(f"--host {args.host} is reachable from other machines: give --key")
     except ConfigError as exc:
         return fail(PROG, str(exc))
-    app = ReviewApp(Catalogue(folder, names), args.key, args.host)
+    catalogue = Catalogue(folder, names)
+    catalogue.start()  # reading begins now; the page answers while it goes on (and says it is loading)
+    app = ReviewApp(catalogue, args.key, args.host)
     try:
-        return asyncio.run(_serve(app, args.host, args.port, args.open))
+        return asyncio.run(_serve(app, args.host, args.port, args.open, args.for_proxy))
     except KeyboardInterrupt:
         return 0
+
+
+def _line_from_stdin() -> str:
+    # Unbuffered reads of fd 0: sys.stdin's buffer would be locked by the thread below at exit.
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode("utf-8", "replace").strip()
+
+
+def _until_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """The proxy that started this page holds our stdin: it closes when the proxy ends, however it ends."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass  # closed under us: the same news
+    try:
+        loop.call_soon_threadsafe(stop.set)
+    except RuntimeError:
+        pass  # the page stopped first (a signal): nothing left to stop
+
+
+async def _until_left_alone(app: ReviewApp, stop: asyncio.Event) -> None:
+    """No page request for FOR_PROXY_IDLE seconds: the proxy starts another page when one comes."""
+    while not stop.is_set():
+        await asyncio.sleep(min(60.0, FOR_PROXY_IDLE / 4))
+        if time.monotonic() - app.last_request > FOR_PROXY_IDLE:
+            stop.set()
 
 
 def _loopback(host: str) -> bool:
@@ -70,14 +118,14 @@ def _loopback(host: str) -> bool:
         return False
 
 
-async def _serve(app: ReviewApp, host: str, port: int, open_browser: bool) -> int:
+async def _serve(app: ReviewApp, host: str, port: int, open_browser: bool, for_proxy: bool = False) -> int:
     try:
         server, (bound, bound_port) = await start_review_server(app, host, port)
     except OSError as exc:
         print(f"chatproxy: error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     shown = f"[{bound}]" if ":" in bound else bound
-    url = f"http://{shown}:{bound_port}{PREFIX}/" + (f"?key={app.key}" if app.key else "")
+    url = f"http://{shown}:{bound_port}{PREFIX}/" + (f"?key={app.key}" if app.key and not for_proxy else "")
     print(f"chatproxy review: {url}", flush=True)
     if open_browser:
         webbrowser.open(url)
@@ -88,6 +136,9 @@ async def _serve(app: ReviewApp, host: str, port: int, open_browser: bool) -> in
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass  # Windows: Ctrl-C arrives as KeyboardInterrupt instead
+    if for_proxy:
+        threading.Thread(target=_until_stdin_closes, args=(loop, stop), daemon=True).start()
+        loop.create_task(_until_left_alone(app, stop))
     await stop.wait()
     await server.shutdown()
     app.catalogue.close()

@@ -12,20 +12,26 @@ first (by their first record's time); the first one's thread index is used as it
 each later one is placed into it by the recorder's own rules (ThreadIndex.place): a continuation extends
 and supersedes the shorter copy, a regenerated reply or an edited message is a branch, a context-trimmed
 continuation merges by the window match, and an exact copy adds nothing.
+
+A session recorded with --rotate is its parts (SESSION@PART.jsonl, PART the part's start time), read as one
+session the same way: `load` joins them, oldest first (an unrotated SESSION.jsonl recorded before the
+session was rotated comes first), and listings name the session once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import json
 import os
 import re
+import typing
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Set
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from chatproxy.chats.tree import Node, Placement, ThreadIndex
-from chatproxy.config import ConfigError, check_session_id
+from chatproxy.config import PART_SEPARATOR, ConfigError, check_session_id, part_time
 from chatproxy.recorder.journal import JournalContents, read_journal
 
 JOURNAL_SUFFIX = ".jsonl"
@@ -84,17 +90,28 @@ class Conversation:
 
 @dataclasses.dataclass
 class Session:
+    """A session's records and conversations: one journal's, or (`parts`) those of a rotated session's
+    journals joined by a Collection, so that a chat continued in a later part is one conversation."""
+
     name: str
-    journal: Path
-    contents: JournalContents
+    journal: Path  # the newest journal
+    contents: JournalContents  # with parts: their damaged lines only (records: see `records`)
     index: ThreadIndex
     orphans: Set[str]  # records whose parent was lost to a damaged line
+    parts: List[Path] = dataclasses.field(default_factory=list)  # a rotated session's journals, oldest first
+    joined: Optional[Collection] = None  # what joined the parts
+    part_warnings: List[str] = dataclasses.field(default_factory=list)
+    part_records: int = 0
 
     @property
-    def records(self) -> List[Dict[str, Any]]:
-        return self.contents.records
+    def records(self) -> typing.Collection[Dict[str, Any]]:
+        """Every record, as journaled; a rotated session's are read again from its parts when iterated."""
+        return RecordsOfParts(self.parts, self.part_records) if self.parts else self.contents.records
 
     def conversations(self, branches: str = "all") -> Iterator[Conversation]:
+        if self.joined is not None:
+            yield from self.joined.conversations(branches)
+            return
         for node in self.index.current(branches):
             yield Conversation(self.name, node, self.damaged(node))
 
@@ -108,6 +125,8 @@ class Session:
 
     def warnings(self) -> List[str]:
         """What the reader had to leave out, one line each, for the user to see."""
+        if self.parts:
+            return self.part_warnings
         lines = [
             f"{self.journal}: skipped damaged line {number}: {reason}" for number, reason in self.contents.bad_lines
         ]
@@ -119,18 +138,56 @@ class Session:
         return lines
 
 
+class RecordsOfParts:
+    """The records of a rotated session's parts, read part by part when iterated: a month of parts held
+    as decoded records would take gigabytes, while its conversations are in the session's index already."""
+
+    def __init__(self, parts: List[Path], count: int) -> None:
+        self.parts = parts
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        # As many as were read: a part being recorded may have grown since (appended at its end).
+        every = (record for part in self.parts for record in read_journal(part).records)
+        return itertools.islice(every, self.count)
+
+    def __contains__(self, record: object) -> bool:
+        return any(record == mine for mine in self)
+
+
+def journal_of(path: Path) -> Optional[Tuple[str, Optional[str]]]:
+    """(session, part) for a journal the proxy writes (part None: not rotated), None for any other file."""
+    if not path.name.endswith(JOURNAL_SUFFIX):
+        return None
+    name, separator, part = path.name[: -len(JOURNAL_SUFFIX)].partition(PART_SEPARATOR)
+    if separator and part_time(part) is None:
+        return None
+    try:
+        check_session_id(name)
+    except ConfigError:
+        return None  # SESSION.review.jsonl, or a file the proxy did not write
+    return name, part if separator else None
+
+
 def session_names(folder: Path) -> List[str]:
-    """Every session in the datasets folder, by name."""
-    names = []
+    """Every session in the datasets folder, by name: a rotated session once, however many parts it has."""
+    names = set()
     for path in folder.glob("*" + JOURNAL_SUFFIX):
-        name = path.name[: -len(JOURNAL_SUFFIX)]
-        try:
-            check_session_id(name)
-        except ConfigError:
-            continue  # not a file the proxy wrote
-        if path.is_file():
-            names.append(name)
+        found = journal_of(path)
+        if found is not None and path.is_file():
+            names.add(found[0])
     return sorted(names)
+
+
+def journals(folder: Path, name: str) -> List[Path]:
+    """A session's journals, oldest first: SESSION.jsonl (recorded without --rotate), then its parts in the
+    order of their names, which is the order they began in."""
+    plain = folder / (name + JOURNAL_SUFFIX)
+    parts = [path for path in folder.glob(f"{name}{PART_SEPARATOR}*{JOURNAL_SUFFIX}") if journal_of(path)]
+    return [path for path in [plain, *sorted(parts)] if path.is_file()]
 
 
 def resolve(folder: Path, requested: List[str], every: bool) -> List[str]:
@@ -149,10 +206,14 @@ def resolve(folder: Path, requested: List[str], every: bool) -> List[str]:
     names = []
     for raw in requested:
         name = _strip_suffix(raw)
+        session, separator, part = name.partition(PART_SEPARATOR)
+        if separator and part_time(part) is not None:
+            raise ConfigError(f"{raw!r} is a part of session {session!r}: name the session, all its parts are read")
         check_session_id(name)
-        if not (folder / (name + JOURNAL_SUFFIX)).is_file():
+        if not journals(folder, name):
             raise ConfigError(
-                f"unknown session {raw!r}: no {name}{JOURNAL_SUFFIX} in {folder} (sessions: {_listing(folder)})"
+                f"unknown session {raw!r}: no {name}{JOURNAL_SUFFIX} or {name}{PART_SEPARATOR}PART{JOURNAL_SUFFIX} "
+                f"in {folder} (sessions: {_listing(folder)})"
             )
         if name not in names:
             names.append(name)
@@ -176,8 +237,34 @@ def _listing(folder: Path, limit: int = 8) -> str:
 
 
 def load(folder: Path, name: str, keep_incomplete: bool = False) -> Session:
-    """Read one session's journal and rebuild its conversations."""
-    journal = folder / (name + JOURNAL_SUFFIX)
+    """Read one session's journal, or every part of a rotated one, and rebuild its conversations."""
+    found = journals(folder, name)
+    if len(found) > 1:
+        return _joined(name, found, keep_incomplete)
+    return load_journal(name, found[0] if found else folder / (name + JOURNAL_SUFFIX), keep_incomplete)
+
+
+def _joined(name: str, parts: List[Path], keep_incomplete: bool) -> Session:
+    """The parts placed one after the other into one collection: each part's own index is let go once it
+    is placed (but the first's, which becomes the session's)."""
+    joined = Collection(keep_incomplete)
+    contents = JournalContents([], [], b"", 0)
+    orphans: Set[str] = set()
+    warnings: List[str] = []
+    records = 0
+    for journal in parts:
+        part = load_journal(name, journal, keep_incomplete)
+        joined.add(part)
+        records += len(part.records)
+        part.contents.records = []  # the index holds them now (RecordsOfParts reads them again if asked)
+        contents.bad_lines.extend(part.contents.bad_lines)  # numbered within their part, as the warnings say
+        orphans.update(part.orphans)
+        warnings.extend(part.warnings())
+    return Session(name, parts[-1], contents, joined.index, orphans, parts, joined, warnings, records)
+
+
+def load_journal(name: str, journal: Path, keep_incomplete: bool = False) -> Session:
+    """One journal (a session's, or one part of it) and the conversations it holds on its own."""
     contents = read_journal(journal)
     index = ThreadIndex()
     orphans: Set[str] = set()
@@ -191,8 +278,11 @@ def load(folder: Path, name: str, keep_incomplete: bool = False) -> Session:
 
 def first_time(folder: Path, name: str) -> str:
     """The time of a session's first record as journaled ("" when it has none or it cannot be read)."""
+    found = journals(folder, name)
+    if not found:
+        return ""
     try:
-        with open(folder / (name + JOURNAL_SUFFIX), "rb") as journal:
+        with open(found[0], "rb") as journal:
             line = journal.readline()
         meta = json.loads(line).get("meta") if line.endswith(b"\n") else None
     except (OSError, ValueError, AttributeError):
@@ -231,17 +321,26 @@ class Collection:
         self._damaged: Dict[str, List[Conversation]] = {"all": [], "last": []}  # later sessions' damaged chats
         self._images: Dict[str, str] = {}  # image file name -> the first path recorded for it
         self._leaves: Dict[str, str] = {}  # each session's own conversations -> its record here ("": a copy)
+        self._joined_copies = 0  # duplicates() and merged() among the parts of rotated sessions added
+        self._joined_merged = 0
 
     def add(self, session: Session) -> None:
         """Place every record of `session` (to be added oldest session first)."""
         self.names.append(session.name)
         self.records += len(session.records)
+        if session.joined is not None:
+            self._absorb(session.joined)
         if self._first is None:
             self._first = session
             self.index = session.index
+            for node in session.index.nodes.values():
+                if b'"images"' in node.line:  # decoded only where there are images to note
+                    self._note_images(json.loads(node.line)["messages"])
             for node in session.index.leaves.values():
-                self._note_images(node.iter_messages())
                 self._leaves[node.id] = node.id
+            if session.joined is not None:  # its later parts' damaged conversations are not in its index
+                for damaged in ("all", "last"):
+                    self._damaged[damaged].extend(session.joined._damaged[damaged])
             return
         for damaged in ("all", "last"):
             self._damaged[damaged].extend(c for c in session.conversations(damaged) if c.damaged)
@@ -272,6 +371,15 @@ class Collection:
                 copies[node.id] = placed
             if node.id in leaves:
                 self._leaves[f"{session.name}/{node.id}"] = placed.id if placed is not None else ""
+
+    def _absorb(self, joined: Collection) -> None:
+        """What joining a rotated session's parts found (copies, continuations, images), counted here as if
+        this collection had placed the parts itself."""
+        for record_id, copies in joined._aliases.items():
+            self._aliases.setdefault(record_id, []).extend(copies)
+        self._images.update((name, path) for name, path in joined._images.items() if name not in self._images)
+        self._joined_copies += joined.duplicates()
+        self._joined_merged += joined.merged()
 
     def _add(
         self, name: str, node: Node, placement: Placement, meta: Dict[str, Any], line: Optional[bytes]
@@ -337,12 +445,12 @@ class Collection:
 
     def duplicates(self) -> int:
         """The sessions' own conversations that an earlier-placed session already held exactly."""
-        return sum(1 for where in self._leaves.values() if not where)
+        return self._joined_copies + sum(1 for where in self._leaves.values() if not where)
 
     def merged(self) -> int:
         """The sessions' own conversations now held by a longer one (continued in another session)."""
         leaves = self.index.leaves
-        return sum(1 for where in self._leaves.values() if where and where not in leaves)
+        return self._joined_merged + sum(1 for where in self._leaves.values() if where and where not in leaves)
 
     def sessions(self) -> int:
         return len(self.names)

@@ -10,7 +10,7 @@ import collections
 import dataclasses
 import datetime
 from pathlib import Path
-from typing import Any, Counter, Dict, Iterable, List, Optional
+from typing import Any, Counter, Dict, Iterable, List, Optional, Tuple
 
 from chatproxy.apis import route
 from chatproxy.commands import sessions
@@ -34,10 +34,15 @@ def main(argv: List[str]) -> int:
 
 STATS_PROG = "chatproxy stats"
 STATS_EPILOG = """\
+A session recorded with --rotate is counted once, all its parts together ("session NAME (N parts)").
+The total reads the sessions as one, as export does: several proxies behind a load balancer, each with
+a session of its own, are counted as the one collection they recorded together.
+
 counts:
-  conversations  chats (a regenerated reply or an edited message starts a branch, not a new chat)
-  across sessions  in the total: the sessions read as one, as export reads them (a chat continued in
-                 another session, or recorded whole in two, counted once); the other rows are sums
+  conversations  chats (a regenerated reply or an edited message starts a branch, not a new chat); in the
+                 total, a chat continued in another session (or recorded whole in two) counts once
+  summed         in the total: conversations, branches and turns added up session by session, where a chat
+                 that went on in another session counts in each
   branches       conversations as `export --branches all` starts from: every branch of every chat
   turns          messages in those branches, system prompts not counted
   characters     text of those messages
@@ -102,11 +107,12 @@ def stats_main(argv: List[str]) -> int:
         print_warnings(session)
         counted = session_stats(session)
         total.add(counted)
-        print(render(f"session {name}", counted))
+        parts = f" ({len(session.parts)} parts)" if session.parts else ""
+        print(render(f"session {name}{parts}", counted))
         if len(names) > 1:
             collection.add(session)
     if len(names) > 1:
-        print(render(f"total ({len(names)} sessions)", total, across_sessions(collection)))
+        print(render(f"total ({len(names)} sessions)", *as_one(total, collection)))
     return 0
 
 
@@ -125,6 +131,18 @@ def across_sessions(collection: sessions.Collection) -> Stats:
     stats = Stats()
     _count_conversations(stats, collection.conversations("all"))
     return stats
+
+
+def as_one(summed: Stats, collection: sessions.Collection) -> Tuple[Stats, Stats]:
+    """The total: replies, tokens, models and times summed (each reply is recorded in one session), and
+    conversations, branches, turns, characters and skipped as the sessions hold them together. Returns it
+    with the sums it replaces."""
+    across = across_sessions(collection)
+    total = dataclasses.replace(
+        summed,
+        **{name: getattr(across, name) for name in ("conversations", "branches", "turns", "characters", "skipped")},
+    )
+    return total, summed
 
 
 def _count_conversations(stats: Stats, conversations: Iterable[sessions.Conversation]) -> None:
@@ -174,7 +192,7 @@ def _exportable(conversation: sessions.Conversation) -> bool:
     return True
 
 
-def render(title: str, stats: Stats, across: Optional[Stats] = None) -> str:
+def render(title: str, stats: Stats, summed: Optional[Stats] = None) -> str:
     models = ", ".join(f"{name} ({count})" for name, count in stats.models.most_common()) or "-"
     apis = ", ".join(f"{name} ({count})" for name, count in stats.apis.most_common()) or "-"
     tokens = f"{stats.prompt_tokens:,} prompt + {stats.completion_tokens:,} completion"
@@ -192,14 +210,14 @@ def render(title: str, stats: Stats, across: Optional[Stats] = None) -> str:
         ("first", local_time(stats.first)),
         ("last", local_time(stats.last)),
     ]
-    if across is not None:
-        # The sums above count a chat once per session that holds it; export writes it once.
+    if summed is not None:
+        # The rows above count a chat once, as export writes it; session by session it is counted in each.
         rows.insert(
-            2,
+            4,
             (
-                "across sessions",
-                f"{across.conversations:,} conversations, {across.branches:,} branches, {across.turns:,} turns "
-                "(a chat continued in another session counted once, as export writes it)",
+                "summed",
+                f"{summed.conversations:,} conversations, {summed.branches:,} branches, {summed.turns:,} turns "
+                "session by session (a chat that went on in another session counted in each)",
             ),
         )
     width = max(len(label) for label, _ in rows)

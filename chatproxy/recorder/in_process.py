@@ -4,6 +4,10 @@
 thread, and commits all records of a batch with one fsync per journal (group commit). A failed write
 keeps its records in memory and is retried, loudly, until it succeeds. The recorder process
 (recorder/process.py) is the default; this one serves where a second process cannot be started.
+
+It falls behind only as far as the disk does (parsing runs on the proxy's own loop and thread), so its
+backlog is reported but not bounded: a spool on the same slow or full disk would not help. What a
+recorder process left in the session's spool (spool.py) is recorded at start all the same.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any, Dict, List, Optional, Set, Union
 from chatproxy.config import RecordOptions
 from chatproxy.recorder.capture import Exchange
 from chatproxy.recorder.core import CLOSING_ATTEMPTS, RecordBook
+from chatproxy.recorder.interface import backlog_fields
+from chatproxy.recorder.spool import recover, spool_path
 
 INLINE_LIMIT = 32 * 1024  # bytes of an exchange parsed on the event loop; larger ones in the worker thread
 COMMIT_SPACING = 0.005  # seconds between journal commits while records keep coming
@@ -35,6 +41,8 @@ class InProcessRecorder:
     def __init__(self, folder: Path, session: str, options: RecordOptions) -> None:
         self.book = RecordBook(folder, session, options)
         self.session = session
+        self.spool = spool_path(folder, session)
+        self._queued_bytes = 0  # of the exchanges in the queue
         # Made here, so an InProcessRecorder must be built inside the running loop (Python 3.9 binds queues
         # and events to the loop current at construction).
         self._queue: asyncio.Queue[Union[Exchange, _Sync, None]] = asyncio.Queue()
@@ -45,10 +53,15 @@ class InProcessRecorder:
 
     async def start(self) -> None:
         """Open the running session (raises SessionLocked or OSError) and start the writer."""
-        await asyncio.get_running_loop().run_in_executor(None, self.book.open_session, self.session)
+        await asyncio.get_running_loop().run_in_executor(None, self._open)
         self._task = asyncio.ensure_future(self._run())
 
+    def _open(self) -> None:
+        self.book.open_session(self.session)
+        recover(self.book, self.spool)
+
     def submit(self, exchange: Exchange) -> None:
+        self._queued_bytes += _size(exchange)
         self._queue.put_nowait(exchange)
 
     async def sync(self, snapshot: bool = False) -> None:
@@ -79,7 +92,10 @@ class InProcessRecorder:
         await asyncio.get_running_loop().run_in_executor(None, self.book.close)
 
     def status(self) -> Dict[str, Any]:
-        return dict(self.book.status(), pending_records=self.pending)
+        held = self._queued_bytes + sum(_size(e) for e in self.book.unplaced)
+        held += sum(len(entry[1]) for store in list(self.book.stores.values()) for entry in store.pending)  # its line
+        backlog = backlog_fields(in_memory=self.pending, in_memory_bytes=held)
+        return dict(self.book.status(), pending_records=self.pending, **backlog)
 
     # -- the writer task ---------------------------------------------------------------------
 
@@ -138,6 +154,7 @@ class InProcessRecorder:
         batch = [first]
         while not self._queue.empty():
             batch.append(self._queue.get_nowait())
+        self._queued_bytes -= sum(_size(item) for item in batch if isinstance(item, Exchange))
         return batch
 
     async def _place_batch(self, exchanges: List[Exchange], loop: asyncio.AbstractEventLoop) -> None:
@@ -158,5 +175,8 @@ class InProcessRecorder:
             self.book.place(exchange)
 
     def _is_light(self, exchange: Exchange) -> bool:
-        size = len(exchange.request_body) + len(exchange.response_body) + sum(len(e) for e in exchange.events)
-        return size <= INLINE_LIMIT and self.book.can_place_without_disk(exchange)
+        return _size(exchange) <= INLINE_LIMIT and self.book.can_place_without_disk(exchange)
+
+
+def _size(exchange: Exchange) -> int:
+    return len(exchange.request_body) + len(exchange.response_body) + sum(len(e) for e in exchange.events)

@@ -23,9 +23,14 @@ def zero_counts() -> Dict[str, int]:
 
 
 def status_fields(
-    counts: Dict[str, int], pending: int, dataset: Optional[object], journal: Optional[object]
+    counts: Dict[str, int],
+    pending: int,
+    dataset: Optional[object],
+    journal: Optional[object],
+    backlog: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """A recorder's part of /_chatproxy/status, whichever process it runs in."""
+    """A recorder's part of /_chatproxy/status, whichever process it runs in. `backlog` is
+    backlog_fields(); without it, everything pending is counted as held in memory."""
     return {
         "recorded": counts["recorded"],
         "skipped_housekeeping": counts["skipped"],
@@ -34,6 +39,31 @@ def status_fields(
         "pending_records": pending,
         "dataset": dataset and str(dataset),
         "journal": journal and str(journal),
+        **(backlog if backlog is not None else backlog_fields(in_memory=pending)),
+    }
+
+
+def backlog_fields(
+    in_memory: int = 0,
+    in_memory_bytes: int = 0,
+    spooled: int = 0,
+    spooled_bytes: int = 0,
+    limit: Optional[int] = None,
+    spool: Optional[object] = None,
+    spool_errors: int = 0,
+    spool_error: Optional[str] = None,
+) -> Dict[str, Any]:
+    """What waits to be recorded: exchanges (and bytes) held in memory, and in the spool past `limit`
+    bytes (None: not bounded); failed writes to the spool, and why the last one failed while it fails."""
+    return {
+        "backlog_in_memory": in_memory,
+        "backlog_in_memory_bytes": in_memory_bytes,
+        "backlog_spooled": spooled,
+        "backlog_spooled_bytes": spooled_bytes,
+        "backlog_limit_bytes": limit,
+        "spool": spool and str(spool),
+        "spool_errors": spool_errors,
+        "spool_error": spool_error,
     }
 
 
@@ -46,7 +76,7 @@ class Recorder(Protocol):
 
     @property
     def pending(self) -> int:
-        """Exchanges and records handed over but not yet on disk."""
+        """Exchanges and records handed over but not yet on disk (in memory or in the spool)."""
 
     @property
     def tasks(self) -> Set[asyncio.Task[Any]]:

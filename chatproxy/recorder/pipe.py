@@ -3,9 +3,12 @@
 Pickle is safe here: both ends are this package, started by the same user, talking over a private
 pipe. It is also the cheapest way to move an Exchange (a few microseconds, done on the event loop).
 
-Proxy -> recorder: ("open", settings), ("exchange", fields), ("sync", token, snapshot).
+Proxy -> recorder: ("open", settings), ("exchange", fields), ("sync", token, snapshot), and
+("spooled", start, end, count): the `count` exchanges in bytes [start, end) of the session's spool
+(spool.py), which the recorder reads from there in their turn.
 Recorder -> proxy: ("ready", paths), ("failed", kind, details), ("status", state), ("log", fields),
-("synced", token).
+("synced", token). The state's `on_disk` counts the exchanges received, spooled ones included, that
+are recorded (or found not recordable) for good.
 """
 
 from __future__ import annotations

@@ -298,7 +298,7 @@ class DatasetStore:
 
         Returns the new node, or None when the exchange repeats a recorded chat exactly.
         """
-        placement = self.index.place(history, reply)
+        placement = self.index.place(history, reply, bool(meta.get("continued")))
         if placement.duplicate:
             return None
         record: Dict[str, Any] = {

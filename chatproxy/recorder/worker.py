@@ -5,22 +5,31 @@ blocking code (select, read, place, commit): no event loop, so it starts fast an
 
 It ignores SIGINT, SIGTERM and SIGHUP: the proxy decides when recording ends by closing stdin.
 Should the proxy die, stdin ends all the same, and everything it had handed over is still written.
+
+Exchanges the proxy spooled (spool.py) arrive as ranges of the spool file, read here a piece at a time
+in their place among the others; before the first exchange, what a proxy killed earlier left in the
+spool is recorded.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import select
 import signal
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from chatproxy.recorder import durable
 from chatproxy.recorder.capture import Exchange
 from chatproxy.recorder.core import CLOSING_ATTEMPTS, RecordBook
 from chatproxy.recorder.pipe import FrameReader, Message, exchange_from, frame, log_fields
+from chatproxy.recorder.spool import SpoolReader, recover
+
+log = logging.getLogger("chatproxy.recorder")
 
 COMMIT_SPACING = 0.02  # seconds between journal commits (fsyncs) while records keep coming
 READ_SIZE = 1 << 20
@@ -80,18 +89,60 @@ class Inbox:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._reader = FrameReader()
+        self._read: Deque[Message] = collections.deque()  # from the pipe, not handed out yet
+        self.spool: Optional[SpoolReader] = None
+        self.hold_spool = False  # leave spooled exchanges on disk (and what follows them, for order)
         self.ended = False
 
     def receive(self, timeout: Optional[float]) -> List[Message]:
-        """The messages that arrive within `timeout` seconds (None: wait for some); sets `ended` at EOF."""
-        readable, _, _ = select.select([self._fd], [], [], None if timeout is None else max(0.0, timeout))
-        if not readable:
-            return []
-        data = os.read(self._fd, READ_SIZE)
-        if not data:
-            self.ended = True
-            return []
-        return self._reader.feed(data)
+        """The messages that arrive within `timeout` seconds (None: wait for some); sets `ended` at EOF.
+        A spooled range stands for the exchanges it holds, handed out about READ_SIZE bytes at a time."""
+        if not self._ready():
+            readable, _, _ = select.select([self._fd], [], [], None if timeout is None else max(0.0, timeout))
+            if not readable:
+                return []
+            data = os.read(self._fd, READ_SIZE)
+            if not data:
+                self.ended = True
+                return []
+            self._read.extend(self._reader.feed(data))
+        return self._hand_out()
+
+    def left(self) -> Tuple[int, int]:
+        """Exchanges read from the pipe but never handed out (the disk failed to the end): in all, and
+        of those, how many are in the spool."""
+        spooled = sum(message[3] for message in self._read if message[0] == "spooled")
+        return spooled + sum(1 for message in self._read if message[0] == "exchange"), spooled
+
+    def _ready(self) -> bool:
+        return bool(self._read) and not (self.hold_spool and self._read[0][0] == "spooled")
+
+    def _hand_out(self) -> List[Message]:
+        messages: List[Message] = []
+        budget = READ_SIZE
+        while self._ready() and budget > 0:
+            if self._read[0][0] != "spooled":
+                messages.append(self._read.popleft())
+                continue
+            _, start, end, count = self._read[0]
+            assert self.spool is not None, "a spooled range before the session was opened"
+            exchanges, start_next, problem = self.spool.read(start, end, budget)
+            budget -= start_next - start
+            messages += exchanges
+            left = count - len(exchanges)
+            if start_next < end and not problem:
+                self._read[0] = ("spooled", start_next, end, left)
+                continue
+            self._read.popleft()
+            if left:
+                log.error(
+                    "could not read %d spooled exchange(s) from %s: %s; they are not recorded",
+                    left,
+                    self.spool.path,
+                    problem or "the range holds fewer than it should",
+                )
+                messages.append(("unreadable", left))
+        return messages
 
 
 def main(inbox_fd: int = 0, outbox_fd: int = 1) -> None:
@@ -108,14 +159,19 @@ def main(inbox_fd: int = 0, outbox_fd: int = 1) -> None:
         return
     handler = _route_logging(outbox, settings["log_level"])
     book = RecordBook(settings["folder"], settings["session"], settings["options"], settings["owner_pid"])
+    spool = settings.get("spool") or {}
     try:
         store = book.open_session(settings["session"])
+        if spool.get("recover"):
+            recover(book, Path(spool["path"]))
     except durable.SessionLocked as exc:
         outbox.send(("failed", "locked", str(exc)))
         return
     except OSError as exc:
         outbox.send(("failed", "os", (exc.errno, exc.strerror or str(exc), exc.filename)))
         return
+    if spool.get("path"):
+        inbox.spool = SpoolReader(Path(spool["path"]))
     outbox.send(("ready", {"dataset": str(store.snapshot_path), "journal": str(store.journal_path)}))
     Worker(book, inbox, outbox, handler).run()
 
@@ -155,6 +211,8 @@ class Worker:
     def run(self) -> None:
         while not self.inbox.ended:
             due = self._due()
+            # While the disk fails, spooled exchanges stay in the spool rather than pile up here.
+            self.inbox.hold_spool = self.book.failures > 0
             exchanges = self._sort(self.inbox.receive(None if due == float("inf") else due))
             self.taken += len(exchanges)
             if self.book.failures and not self.inbox.ended and self._due() > 0:
@@ -174,7 +232,17 @@ class Worker:
                 self.log_lines.send_held()
         while self.book.failures and self.book.failures < CLOSING_ATTEMPTS:
             self._write(final=True)
+        left, spooled = self.inbox.left()
+        if left:
+            log.error(
+                "%d exchange(s) could not be recorded before exit: the journal could not be written; "
+                "%d of them stay in the spool for the next start",
+                left,
+                spooled,
+            )
         self.book.close()
+        if self.inbox.spool is not None:
+            self.inbox.spool.close()
         self._report()
 
     def _due(self) -> float:
@@ -194,6 +262,8 @@ class Worker:
                 exchanges.append(exchange_from(message[1]))
             elif message[0] == "sync":
                 self.syncs.append((message[1], message[2]))
+            elif message[0] == "unreadable":
+                self.taken += message[1]  # lost (and said so): counted, so later ones are confirmed
         return exchanges
 
     def _write(self, final: bool) -> None:
@@ -210,6 +280,10 @@ class Worker:
                 self.outbox.send(("synced", token))
             self.syncs = []
 
+    def _paths(self) -> Dict[str, Optional[str]]:
+        status = self.book.status()
+        return {"dataset": status["dataset"], "journal": status["journal"]}
+
     def _report(self) -> None:
         self.outbox.send(
             (
@@ -218,6 +292,7 @@ class Worker:
                     "counts": dict(self.book.counts),
                     "on_disk": self.on_disk,
                     "last_error": self.book.last_error,
+                    "paths": self._paths(),  # a rotation moves on to the next part's files
                 },
             )
         )

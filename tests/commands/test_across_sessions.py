@@ -120,9 +120,12 @@ def test_stats_all_counts_each_chat_once_across_sessions(three, capsys):
     assert stats.main(["--all", "--datasets", str(three)]) == 0
     out = capsys.readouterr().out
     total = out.split("total (3 sessions)\n", 1)[1]
-    # Summed per session: a 3 chats, b 2 (two trip branches, hello), c 1; as one: trip, hello, only-in-a.
-    assert counted(total, "conversations") == "6"
-    assert counted(total, "across sessions").startswith("3 conversations, 4 branches, ")
+    # As one: trip (two branches), hello, only-in-a; summed per session: a 3 chats, b 2 (trip, hello), c 1.
+    assert counted(total, "conversations") == "3"
+    assert counted(total, "branches") == "4"
+    assert counted(total, "summed").startswith("6 conversations, 7 branches, ")
+    # Each reply is recorded in one session: replies and tokens are sums.
+    assert counted(total, "tokens").endswith("(usage in 8 of 8 replies)")
 
 
 def test_a_mark_made_before_the_chat_went_on_in_another_session_still_applies(three, capsys, tmp_path):
@@ -195,7 +198,7 @@ def test_a_chat_that_runs_through_ten_sessions_is_one_record(upstream, make_prox
 
     assert stats.main(["--all", "--datasets", str(proxy.datasets)]) == 0
     total = capsys.readouterr().out.split(f"total ({TEN} sessions)\n", 1)[1]
-    assert counted(total, "across sessions").startswith(f"{TEN + 2} conversations, {TEN + 3} branches, ")
+    assert counted(total, "conversations") == f"{TEN + 2}" and counted(total, "branches") == f"{TEN + 3}"
 
 
 def _journal(path: Any) -> List[Dict[str, Any]]:

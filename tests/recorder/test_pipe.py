@@ -57,6 +57,7 @@ MESSAGES: List[Message] = [
     ("open", {"folder": Path("/tmp/d"), "session": "s", "options": RecordOptions(), "owner_pid": 1, "log_level": 20}),
     ("exchange", exchange_fields(full_exchange())),
     ("sync", 3, True),
+    ("spooled", 0, 4096, 3),
     ("ready", {"dataset": "/tmp/d/s.json", "journal": "/tmp/d/s.jsonl"}),
     ("failed", "os", (28, "No space left on device", "/tmp/d/s.jsonl")),
     ("status", {"counts": {"recorded": 1}, "on_disk": 1, "last_error": None}),

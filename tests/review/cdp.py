@@ -91,11 +91,15 @@ class Browser:
         self.call("Page.navigate", url=url)
         self.wait("document.body && document.body.dataset.ready === '1'")
 
-    def key(self, key: str) -> None:
+    def resize(self, width: int, height: int) -> None:
+        """The page's viewport, as a window that size would give it."""
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+    def key(self, key: str, modifiers: int = 0) -> None:
+        """Press and release `key` (modifiers: 2 is Ctrl, as CDP counts them)."""
         for kind in ("keyDown", "keyUp"):
-            self.call(
-                "Input.dispatchKeyEvent", type=kind, key=key, text=key if kind == "keyDown" and len(key) == 1 else ""
-            )
+            text = key if kind == "keyDown" and len(key) == 1 and not modifiers else ""
+            self.call("Input.dispatchKeyEvent", type=kind, key=key, text=text, modifiers=modifiers)
 
     def type(self, text: str) -> None:
         self.call("Input.insertText", text=text)

@@ -24,8 +24,11 @@ def week(tmp_path: Path) -> Path:
 class Page:
     """`chatproxy review`'s server on its own loop in a thread, as the command runs it."""
 
-    def __init__(self, folder: Path, key: Optional[str] = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, folder: Path, key: Optional[str] = None, host: str = "127.0.0.1", read: bool = True) -> None:
         self.app = ReviewApp(Catalogue(folder), key, host)
+        self.app.catalogue.start()
+        if read:
+            self.app.catalogue.wait_until_read()  # answers are then of every record (while reading, of those read)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -253,7 +256,7 @@ def test_the_dashboard_of_the_selection(page: Page, week: Path) -> None:
     assert stats["total"] == 5
     assert stats["per_day"] == [["2026-05-01", 3], ["2026-05-02", 2]]
     assert stats["per_model"] == [["gpt-4o", 4], ["llama-3", 1]]
-    assert stats["per_api"] == [["/v1/chat/completions", 5]]
+    assert stats["per_api"] == [["chat.completions", 5]]  # meta.api, or the API of meta.endpoint
     assert sum(stats["turns"]["counts"]) == 5 and stats["turns"]["min"] == 2
     assert sum(stats["chars"]["counts"]) == 5 and len(stats["chars"]["edges"]) == len(stats["chars"]["counts"]) + 1
     assert stats["share"] == {"tools": 0.0, "reasoning": 0.2, "images": 0.2}
@@ -276,10 +279,11 @@ def test_export_from_the_page_counts_downloads_and_prints_the_command(page: Page
     assert "messages" in page.get_json("api/export/profiles")["profiles"]
     assert page.mark({"session": "week", "id": "a000000000000001", "op": "discard"})[0] == 200
     preview = page.get_json("api/export?profile=messages&q=haiku&model=gpt*")
-    assert preview["records"] == 3  # the discarded chat left out; the search is not an export option
-    assert preview["not_applied"] == ["search"]
+    assert preview["records"] == 1 and preview["listed"] == 1  # the regenerated haiku came from gpt-4o
     assert preview["command"].startswith("python -m chatproxy export --all --datasets ")
-    assert "--format messages --model 'gpt*' --out messages.jsonl" in preview["command"]
+    assert "--format messages --search haiku --model 'gpt*' --out messages.jsonl" in preview["command"]
+    listed = page.get_json("api/export?profile=messages")
+    assert listed["listed"] == 5 and listed["discarded"] == 1 and listed["records"] == 4
     status, headers, body = page.request("GET", "/_chatproxy/review/api/export/file?profile=messages&model=gpt*")
     assert status == 200 and 'filename="messages.jsonl"' in headers["content-disposition"]
     lines = body.decode().splitlines()
@@ -297,3 +301,29 @@ def test_export_from_the_page_counts_downloads_and_prints_the_command(page: Page
     # What the validators refuse is shown: a DPO export without pairs refuses nothing but yields nothing.
     assert page.get_json("api/export?profile=dpo")["records"] == 0
     assert page.request("GET", "/_chatproxy/review/api/export?profile=nonsense")[0] == 400
+
+
+def _part_record(rid: str, texts: Any, when: str) -> str:
+    messages = [{"role": "user" if n % 2 == 0 else "assistant", "content": t} for n, t in enumerate(texts)]
+    meta = {"time": when, "model": "m", "endpoint": "/v1/chat/completions", "complete": True}
+    return json.dumps({"v": 1, "id": rid, "parent": None, "base": 0, "messages": messages, "meta": meta}) + "\n"
+
+
+def test_a_rotated_session_is_one_list_and_a_chat_across_parts_one_row(tmp_path: Path) -> None:
+    """--rotate splits a session into parts (SESSION@PART.jsonl): the page lists the session once, and a
+    chat that went on in the next part is one row, the longer, as export gives it."""
+    folder = tmp_path / "datasets"
+    folder.mkdir()
+    first = _part_record("p1000000000000001", ["plan the trip", "Sure."], "2026-12-01T23:59:00Z")
+    (folder / "team@20261201T000000Z.jsonl").write_text(first)
+    later = _part_record("p2000000000000001", ["plan the trip", "Sure.", "by train", "Booked."], "2026-12-02T00:01:00Z")
+    other = _part_record("p2000000000000002", ["hello", "Hi."], "2026-12-02T00:02:00Z")
+    (folder / "team@20261202T000000Z.jsonl").write_text(later + other)
+    running = Page(folder)
+    try:
+        listed = running.get_json("api/list")
+        assert listed["total"] == 2, listed
+        assert {row["id"] for row in listed["rows"]} == {"p2000000000000001", "p2000000000000002"}
+        assert running.get_json("api/list?q=booked")["total"] == 1
+    finally:
+        running.stop()

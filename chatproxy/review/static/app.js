@@ -5,7 +5,9 @@
 const token = document.querySelector('meta[name="chatproxy-token"]').content;
 const form = document.getElementById("filters");
 const $ = (id) => document.getElementById(id);
-const state = { rows: [], total: 0, page: 0, per: 50, selected: -1, open: null, editing: false, shown: "" };
+const state = {
+  rows: [], total: 0, page: 0, per: 50, selected: -1, open: null, editing: false, shown: "", loading: null, failure: null,
+};
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -29,42 +31,71 @@ function loadParams() {
 
 async function api(path, options) {
   const reply = await fetch(path, Object.assign({ credentials: "same-origin" }, options || {}));
-  if (!reply.ok) throw new Error((await reply.text()).trim() || reply.statusText);
+  if (!reply.ok) {
+    const text = (await reply.text()).trim();
+    let message = text || reply.statusText;
+    try { message = JSON.parse(text).error || message; } catch (e) { /* a plain-text refusal */ }
+    throw new Error(message);
+  }
   return reply.json();
 }
+
+let loadingTimer = null;
 
 async function refreshList(keepSelection) {
   const query = params();
   history.replaceState(null, "", "?" + query.toString() + location.hash);
-  const data = await api("api/list?" + query.toString());
+  let data;
+  try {
+    data = await api("api/list?" + query.toString());
+  } catch (error) {
+    $("summary").textContent = "cannot list: " + error.message;  // a filter the server refuses, say
+    $("summary").className = "error";
+    return;
+  }
   const fingerprint = JSON.stringify(data);
+  const wasLoading = state.loading;
+  state.loading = data.loading;
+  clearTimeout(loadingTimer);
+  // While the sessions are still being read the list grows: look again soon, then once more when done.
+  if (data.loading) loadingTimer = setTimeout(() => refreshList(true).catch(() => {}), 250);
+  else if (wasLoading) facets().catch(() => {});
   if (keepSelection && fingerprint === state.shown) return;
   state.shown = fingerprint;
   const selectedId = state.rows[state.selected] ? state.rows[state.selected].id : null;
-  state.rows = data.rows; state.total = data.total; state.per = data.per;
+  state.rows = data.rows; state.total = data.total; state.per = data.per; state.failure = data.failure;
   renderList();
-  const again = state.rows.findIndex((row) => row.id === selectedId);
-  select(again >= 0 ? again : (keepSelection ? state.selected : -1), false);
+  highlight(state.open ? shownIndex() : state.rows.findIndex((row) => row.id === selectedId));
 }
 
 function renderList() {
   const list = $("rows");
   list.replaceChildren();
   const first = state.page * state.per;
-  $("summary").textContent = state.total
+  let summary = state.total
     ? `${first + 1}–${first + state.rows.length} of ${state.total} conversations`
-    : "no conversations match";
+    : (state.loading ? "no conversations read yet" : "no conversations match");
+  if (state.loading) {
+    const share = state.loading.size ? Math.floor((100 * state.loading.read) / state.loading.size) : 0;
+    summary += ` · loading… ${share}% of the sessions read`;
+  }
+  if (state.failure) summary += " · " + state.failure;
+  $("summary").textContent = summary;
+  $("summary").className = state.loading ? "loading" : (state.failure ? "error" : "");
+  document.body.dataset.loading = state.loading ? "1" : "";
   state.rows.forEach((row, index) => {
     const item = el("li", row.status || "");
     item.dataset.id = row.id;
     item.appendChild(el("div", "first", row.first || "(no user message)"));
     const facts = el("div", "facts");
-    facts.appendChild(el("span", "", `${row.session} · ${row.time.replace("T", " ").slice(0, 16)} · ${row.model || "?"} · ${row.turns} turns · ${row.chars} chars `));
+    const about = [row.session, row.time.replace("T", " ").slice(0, 16), row.model || "?", row.api || "?", `${row.turns} turns`, `${row.chars} chars`];
+    facts.appendChild(el("span", "", about.join(" · ") + " "));
     const badges = [];
     if (row.tools) badges.push("tools");
     if (row.reasoning) badges.push("reasoning");
     if (row.images) badges.push("images");
     if (row.incomplete) badges.push("incomplete");
+    if (row.damaged) badges.push("damaged");
     if (row.branches > 1) badges.push(`${row.branches} branches`);
     if (row.status) badges.push(row.status === "keep" ? "kept" : "discarded");
     if (row.rating) badges.push("★" + row.rating);
@@ -80,83 +111,130 @@ function renderList() {
   $("next").disabled = first + state.rows.length >= state.total;
 }
 
-function select(index, load) {
+// The list's highlight follows the conversation shown (opened from the list, a branch link or the URL).
+function highlight(index) {
   const items = $("rows").children;
   for (const item of items) item.classList.remove("selected");
-  if (index < 0 || index >= state.rows.length) { state.selected = -1; return; }
-  state.selected = index;
+  state.selected = index >= 0 && index < state.rows.length ? index : -1;
+  if (state.selected < 0) return;
   items[index].classList.add("selected");
   items[index].scrollIntoView({ block: "nearest" });
+}
+
+function select(index, load) {
+  if (index < 0 || index >= state.rows.length) { highlight(-1); return; }
+  highlight(index);
   const row = state.rows[index];
-  if (load || !state.open || state.open.id !== row.id) openConversation(row.session, row.id);
+  if (load || !state.open || state.open.id !== row.id || state.open.session !== row.session) openConversation(row.session, row.id);
+}
+
+function shownIndex() {
+  return state.open ? state.rows.findIndex((row) => row.id === state.open.id && row.session === state.open.session) : -1;
 }
 
 async function openConversation(session, id) {
   const data = await api(`api/conversation?session=${encodeURIComponent(session)}&id=${encodeURIComponent(id)}`);
   state.open = data; state.editing = false;
   location.hash = `${session}/${id}`;
+  highlight(shownIndex());
   renderConversation();
 }
 
 function renderConversation() {
   const data = state.open;
   $("empty").hidden = true; $("detail").hidden = false;
-  $("facts").textContent = `${data.session}/${data.id} · ${data.meta.model || "?"} · ${data.meta.endpoint || ""} · ${data.meta.time || ""}`;
+  $("facts").textContent = `${data.session}/${data.id} · ${data.meta.model || "?"} · ${data.meta.api || data.meta.endpoint || ""} · ${data.meta.time || ""}`;
   renderMarks(data.marks);
-  const current = data.branches.find((branch) => branch.current);
-  const differs = new Set(data.branches.filter((b) => !b.current && b.differs_at !== null).map((b) => b.differs_at));
+  const edits = new Map(data.marks.edits.map((edit) => [edit.turn, edit]));
   const branches = $("branches");
   branches.replaceChildren();
-  if (data.branches.length > 1) {
-    branches.appendChild(el("span", "", "branches: "));
-    data.branches.forEach((branch, n) => {
-      const link = el("a", branch.current ? "current" : "", `${n + 1}` + (branch.current ? "" : ` (from turn ${branch.differs_at})`));
-      link.addEventListener("click", () => openConversation(data.session, branch.id));
-      branches.appendChild(link);
-    });
-  }
-  const edits = new Map(data.marks.edits.map((edit) => [edit.turn, edit]));
   const transcript = $("transcript");
   transcript.replaceChildren();
-  data.messages.forEach((message, turn) => {
-    const box = el("div", `msg ${message.role}` + (differs.has(turn) && current ? " differs" : "") + (edits.has(turn) ? " edited" : ""));
-    box.dataset.turn = String(turn);
-    box.appendChild(el("div", "role", message.role + (edits.has(turn) ? " (edited)" : "") + (message.tool_call_id ? ` [${message.tool_call_id}]` : "")));
-    if (message.reasoning) {
-      const details = el("details", "reasoning");
-      details.appendChild(el("summary", "", "reasoning"));
-      details.appendChild(el("div", "text", message.reasoning));
-      box.appendChild(details);
-    }
-    const edit = edits.get(turn);
-    box.appendChild(el("div", "text", edit ? edit.content : message.content));
-    if (edit) {
-      const original = el("details");
-      original.appendChild(el("summary", "", "recorded reply"));
-      original.appendChild(el("div", "text", edit.original));
-      box.appendChild(original);
-    }
-    for (const call of message.tool_calls || []) {
-      let args = call.arguments;
-      try { args = JSON.stringify(JSON.parse(call.arguments), null, 2); } catch (e) { /* shown as recorded */ }
-      box.appendChild(el("pre", "call", `${call.name}(${args})`));
-    }
-    if (message.role === "tool") {
-      try { box.querySelector(".text").textContent = JSON.stringify(JSON.parse(message.content), null, 2); } catch (e) { /* text */ }
-    }
-    for (const image of message.images || []) {
-      if (image.name) {
-        const img = el("img");
-        img.alt = image.name;
-        img.src = `api/image?session=${encodeURIComponent(data.session)}&name=${encodeURIComponent(image.name)}`;
-        box.appendChild(img);
-      } else {
-        box.appendChild(el("div", "facts", "[image not stored locally: " + image.source.slice(0, 80) + "]"));
-      }
-    }
-    transcript.appendChild(box);
-  });
+  if (data.branches.length < 2) {
+    data.messages.forEach((message, turn) => transcript.appendChild(messageBox(message, turn, edits, true)));
+  } else {
+    // Branches of one chat (regenerations, edits, n > 1): what they share once, then one column each from
+    // the first turn where they part, that turn highlighted in every column.
+    branches.appendChild(el("span", "", `${data.branches.length} branches, parting at turn ${data.shared + 1}: `));
+    data.branches.forEach((branch, n) => branches.appendChild(branchLink(branch, n)));
+    for (let turn = 0; turn < data.shared; turn++) transcript.appendChild(messageBox(data.messages[turn], turn, edits, true));
+    const columns = el("div", "columns");
+    data.branches.forEach((branch, n) => {
+      const column = el("section", "branch" + (branch.current ? " current" : ""));
+      column.dataset.branch = branch.id;
+      const head = el("div", "branch-head");
+      head.appendChild(branchLink(branch, n));
+      const about = [branch.model, branch.time.replace("T", " ").slice(0, 16), `${branch.turns} turns`];
+      const status = branch.current ? data.marks.status : branch.status;
+      const rating = branch.current ? data.marks.rating : branch.rating;
+      if (status) about.push(status === "keep" ? "kept" : "discarded");
+      if (rating) about.push("★" + rating);
+      head.appendChild(el("span", "facts", " " + about.filter(Boolean).join(" · ")));
+      column.appendChild(head);
+      // Where this column parts from the one shown (for the one shown: where the first other parts).
+      const parts = branch.current ? data.shared : (branch.differs_at === null ? -1 : branch.differs_at);
+      branch.messages.forEach((message, i) => {
+        const turn = branch.from + i;
+        const box = messageBox(message, turn, branch.current ? edits : new Map(), branch.current);
+        if (turn === parts) box.classList.add("differs");
+        column.appendChild(box);
+      });
+      if (!branch.messages.length) column.appendChild(el("div", "facts", "(ends where the others go on)"));
+      columns.appendChild(column);
+    });
+    transcript.appendChild(columns);
+  }
   $("meta-json").textContent = JSON.stringify({ meta: data.meta, tools: data.tools }, null, 2);
+}
+
+function branchLink(branch, n) {
+  const link = el("a", "branch-link" + (branch.current ? " current" : ""), `branch ${n + 1}` + (branch.current ? " (shown)" : ""));
+  link.href = `#${branch.session}/${branch.id}`;
+  link.dataset.id = branch.id;
+  link.addEventListener("click", (event) => { event.preventDefault(); openConversation(branch.session, branch.id); });
+  return link;
+}
+
+// One message: role, reasoning (collapsed), text (or its edit), tool calls as JSON, images. `own` marks the
+// messages of the conversation shown (their turn numbers are what `e` edits).
+function messageBox(message, turn, edits, own) {
+  const box = el("div", `msg ${message.role}` + (edits.has(turn) ? " edited" : ""));
+  if (own) box.dataset.turn = String(turn);
+  box.appendChild(el("div", "role", message.role + (edits.has(turn) ? " (edited)" : "") + (message.tool_call_id ? ` [${message.tool_call_id}]` : "")));
+  if (message.reasoning) {
+    const details = el("details", "reasoning");
+    details.appendChild(el("summary", "", "reasoning"));
+    details.appendChild(el("div", "text", message.reasoning));
+    box.appendChild(details);
+  }
+  const edit = edits.get(turn);
+  let text = edit ? edit.content : message.content;
+  if (message.role === "tool") {
+    try { text = JSON.stringify(JSON.parse(message.content), null, 2); } catch (e) { /* shown as recorded */ }
+  }
+  box.appendChild(el("div", "text", text));
+  if (edit) {
+    const original = el("details");
+    original.appendChild(el("summary", "", "recorded reply"));
+    original.appendChild(el("div", "text", edit.original));
+    box.appendChild(original);
+  }
+  for (const call of message.tool_calls || []) {
+    let args = call.arguments;
+    try { args = JSON.stringify(JSON.parse(call.arguments), null, 2); } catch (e) { /* shown as recorded */ }
+    box.appendChild(el("pre", "call", `${call.name}(${args})`));
+  }
+  for (const image of message.images || []) {
+    if (image.name) {
+      const img = el("img");
+      img.alt = image.name;
+      img.src = `api/image?session=${encodeURIComponent(image.session)}&name=${encodeURIComponent(image.name)}`;
+      box.appendChild(img);
+    } else {
+      box.appendChild(el("div", "facts", "[image not stored locally: " + image.source.slice(0, 80) + "]"));
+    }
+  }
+  return box;
 }
 
 function renderMarks(marks) {
@@ -195,7 +273,7 @@ function startEdit() {
   const turns = state.open.messages.map((m, i) => [m, i]).filter(([m]) => m.role === "assistant");
   if (!turns.length) return;
   const turn = turns[turns.length - 1][1];
-  const box = $("transcript").querySelector(`[data-turn="${turn}"]`);
+  const box = $("transcript").querySelector(`.msg[data-turn="${turn}"]`);
   const text = box.querySelector(".text:not(details .text)") || box.querySelector(".text");
   const area = el("textarea");
   const edit = state.open.marks.edits.find((e) => e.turn === turn);
@@ -370,6 +448,8 @@ async function refreshDashboard() {
 function exportQuery() {
   const query = filterQuery();
   query.set("profile", $("export-profile").value || "messages");
+  if ($("export-discarded").checked) query.set("with_discarded", "1");
+  if ($("export-incomplete").checked) query.set("with_incomplete", "1");
   return query;
 }
 
@@ -382,6 +462,7 @@ async function refreshExport() {
   const query = exportQuery();
   $("export-download").href = "api/export/file?" + query.toString();
   $("export-count").textContent = "counting…";
+  $("export-command").textContent = "";
   let data;
   try {
     data = await api("api/export?" + query.toString());
@@ -389,9 +470,13 @@ async function refreshExport() {
     $("export-count").textContent = "export refused: " + error.message;
     return;
   }
-  $("export-count").textContent = `${data.records} records (${data.profile}) from ${data.conversations} conversations: ` +
-    `${data.filtered} filtered out, ${data.duplicates} duplicates, ${data.skipped} refused by the validator` +
-    (data.not_applied.length ? ` · not applied by export: ${data.not_applied.join(", ")}` : "");
+  if (exportQuery().toString() !== query.toString()) return;  // the filters changed meanwhile: a newer count comes
+  const left = [];
+  if (data.discarded) left.push(`${data.discarded} discarded`);
+  if (data.incomplete) left.push(`${data.incomplete} cut short`);
+  $("export-count").textContent = `${data.records} records (${data.profile}) from the ${data.listed} conversations listed` +
+    (left.length ? ` · left out: ${left.join(", ")} (tick below to include)` : "") +
+    ` · ${data.duplicates} duplicates, ${data.skipped} refused by the validator`;
   const refused = $("export-refused");
   refused.replaceChildren();
   for (const item of data.refused) refused.appendChild(el("li", "", `${item.count} × ${item.reason} (${item.examples.join(", ")})`));
@@ -418,12 +503,17 @@ function showPanel(name) {
     $(panel).hidden = !open;
     $("show-" + panel).classList.toggle("active", open);
   }
-  refreshPanels();
+  if (!$("dashboard").hidden) refreshDashboard().catch(() => {});
+  if (!$("export").hidden) refreshExport().catch(() => {});
 }
+
+let exportTimer = null;
 
 function refreshPanels() {
   if (!$("dashboard").hidden) refreshDashboard().catch(() => {});
-  if (!$("export").hidden) refreshExport().catch(() => {});
+  // An export reads every chosen conversation: counted once typing pauses, not on every key.
+  clearTimeout(exportTimer);
+  if (!$("export").hidden) exportTimer = setTimeout(() => refreshExport().catch(() => {}), 600);
 }
 
 $("bulk-keep").addEventListener("click", () => bulk("keep"));
@@ -436,6 +526,8 @@ $("show-dashboard").addEventListener("click", () => showPanel("dashboard"));
 $("show-export").addEventListener("click", () => showPanel("export"));
 $("export-check").addEventListener("click", () => refreshExport());
 $("export-profile").addEventListener("change", () => refreshExport());
+$("export-discarded").addEventListener("change", () => refreshExport());
+$("export-incomplete").addEventListener("change", () => refreshExport());
 $("export-copy").addEventListener("click", () => copyCommand());
 
 async function facets() {
@@ -456,7 +548,7 @@ async function facets() {
   await refreshList(false);
   const hash = decodeURIComponent(location.hash.slice(1));
   if (hash.includes("/")) {
-    const [session, id] = hash.split("/");
+    const session = hash.slice(0, hash.indexOf("/")), id = hash.slice(hash.indexOf("/") + 1);
     const index = state.rows.findIndex((row) => row.id === id && row.session === session);
     if (index >= 0) select(index, true); else openConversation(session, id).catch(() => {});
   }
