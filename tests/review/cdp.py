@@ -4,6 +4,7 @@ browser test and scripts/review_screenshot.py (which puts this folder on sys.pat
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -25,12 +26,18 @@ class Browser:
         self._from_child, from_child_w = os.pipe()
 
         def wire() -> None:
-            os.dup2(to_child_r, 3)
-            os.dup2(from_child_w, 4)
+            # Moved out of the way first: a pipe end that already is fd 3 or 4 would keep its close-on-exec.
+            read_end = fcntl.fcntl(to_child_r, fcntl.F_DUPFD, 10)
+            write_end = fcntl.fcntl(from_child_w, fcntl.F_DUPFD, 10)
+            os.dup2(read_end, 3)
+            os.dup2(write_end, 4)
 
         args = [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe"]
         args += [
             "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
             "--disable-extensions",
             f"--user-data-dir={profile}",
             f"--window-size={width},{height}",
