@@ -39,14 +39,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import fcntl
 import hashlib
 import http.client
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import sqlite3
@@ -61,7 +58,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "review"))
 import h11
+from cdp import CHROMIUM  # noqa: E402
+from cdp import Browser as DevTools  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = Path(
@@ -530,71 +530,17 @@ def start_openwebui(venv: Path, env: Dict[str, str], workdir: Path, log: Path) -
 
 # -- the browser ------------------------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
+class Browser(DevTools):
+    """tests/review/cdp.py's DevTools client, failing with CheckFailed, page script errors raised."""
 
-class Browser:
-    """Headless Chromium over its DevTools pipe (NUL-separated JSON on fds 3 and 4)."""
+    failure = CheckFailed
 
     def __init__(self, profile: Path, log: Path, width: int = 1280, height: int = 900) -> None:
         if CHROMIUM is None:
             raise CheckFailed("no chromium on PATH (apt-get install -y chromium)")
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
-        # Moved above 4 first: a pipe end that is already fd 3 or 4 would be clobbered (or keep its
-        # close-on-exec flag) by the dup2 calls in the child.
-        child_in = fcntl.fcntl(to_child_r, fcntl.F_DUPFD, 10)
-        child_out = fcntl.fcntl(from_child_w, fcntl.F_DUPFD, 10)
-
-        def wire() -> None:
-            os.dup2(child_in, 3)
-            os.dup2(child_out, 4)
-
-        args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run"]
-        args += ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"]
-        args += ["--disable-extensions", f"--user-data-dir={profile}", f"--window-size={width},{height}"]
-        self.proc = subprocess.Popen(
-            args + ["about:blank"],
-            preexec_fn=wire,
-            close_fds=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for fd in (to_child_r, from_child_w, child_in, child_out):
-            os.close(fd)
-        self._buffer = b""
-        self._next = 0
-        self.session: Optional[str] = None
-        target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        self.call("Page.enable")
-        self.call("Runtime.enable")
+        super().__init__(profile, width, height)
         self.call("DOM.enable")
-
-    def call(self, method: str, **params: Any) -> Dict[str, Any]:
-        self._next += 1
-        message: Dict[str, Any] = {"id": self._next, "method": method, "params": params}
-        if self.session and not method.startswith("Target."):
-            message["sessionId"] = self.session
-        os.write(self._to_child, json.dumps(message).encode() + b"\0")
-        while True:
-            reply = self._read()
-            if reply.get("id") == self._next:
-                if "error" in reply:
-                    raise CheckFailed(f"chromium: {method}: {reply['error']}")
-                result: Dict[str, Any] = reply.get("result", {})
-                return result
-
-    def _read(self) -> Dict[str, Any]:
-        while b"\0" not in self._buffer:
-            chunk = os.read(self._from_child, 1 << 16)
-            if not chunk:
-                code = self.proc.poll()
-                raise CheckFailed(f"chromium closed its DevTools pipe (exit status {code}, signal if negative)")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\0", 1)
-        message: Dict[str, Any] = json.loads(line)
-        return message
 
     def js(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -602,7 +548,7 @@ class Browser:
             raise CheckFailed(f"page script failed: {expression[:200]}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def wait(self, expression: str, what: str, timeout: float = REPLY_TIMEOUT) -> Any:
+    def wait_until(self, expression: str, what: str, timeout: float = REPLY_TIMEOUT) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = self.js(expression)
@@ -617,22 +563,6 @@ class Browser:
             if time.monotonic() > deadline:
                 raise CheckFailed(f"timed out after {timeout:.0f}s waiting for {what}")
             time.sleep(0.1)
-
-    def screenshot(self, path: Path) -> None:
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close")
-        except (CheckFailed, OSError):
-            pass  # already gone: the wait below reaps it
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._to_child)
-        os.close(self._from_child)
 
 
 # -- driving Open WebUI's page ----------------------------------------------------------------------------
@@ -649,10 +579,10 @@ class WebUI:
 
     def open(self, path: str = "/") -> None:
         self.b.call("Page.navigate", url=self.url + path)
-        self.b.wait(
+        self.b.wait_until(
             "!!document.querySelector('#chat-input') || !!document.querySelector('input[type=password]')", "the page"
         )
-        self.b.wait("document.readyState === 'complete'", "the page to load")
+        self.b.wait_until("document.readyState === 'complete'", "the page to load")
         time.sleep(0.5)  # the "What's New" dialog opens a moment after the page
         self.click("Okay, Let's Go!", required=False)
 
@@ -662,7 +592,7 @@ class WebUI:
         self.fill("input[type=email], input[autocomplete=email]", email)
         self.fill("input[type=password]", password)
         self.click("Sign in")
-        self.b.wait("!!document.querySelector('#chat-input')", "the chat page after signing in")
+        self.b.wait_until("!!document.querySelector('#chat-input')", "the chat page after signing in")
 
     def click(self, text: str, required: bool = True) -> bool:
         """Click the last visible button or link showing `text` or labelled with it."""
@@ -699,19 +629,21 @@ class WebUI:
     def set_system_prompt(self, text: str) -> None:
         """User menu -> Settings -> General -> System Prompt -> Save."""
         self.click("User menu")
-        self.b.wait("[...document.querySelectorAll('button')].some(e => e.innerText.trim() === 'Settings')", "the menu")
+        self.b.wait_until(
+            "[...document.querySelectorAll('button')].some(e => e.innerText.trim() === 'Settings')", "the menu"
+        )
         self.click("Settings")
         area = "textarea[placeholder='Enter system prompt here']"
-        self.b.wait(f"!!document.querySelector({json.dumps(area)})", "the settings dialog")
+        self.b.wait_until(f"!!document.querySelector({json.dumps(area)})", "the settings dialog")
         self.fill(area, text)
         self.click("Save")
         saved = (
             "fetch('/api/v1/users/user/settings', {headers: {Authorization: 'Bearer ' + localStorage.token}})"
             ".then(r => r.json()).then(s => s.ui && s.ui.system)"
         )
-        self.b.wait(f"{saved}.then(v => v === {json.dumps(text)})", "the system prompt to be saved", 10)
+        self.b.wait_until(f"{saved}.then(v => v === {json.dumps(text)})", "the system prompt to be saved", 10)
         self.key("Escape", 27)
-        self.b.wait("!document.querySelector(" + json.dumps(area) + ")", "the settings dialog to close", 10)
+        self.b.wait_until("!document.querySelector(" + json.dumps(area) + ")", "the settings dialog to close", 10)
 
     def send(self, text: str) -> None:
         replies = len(self.backend.replies())
@@ -719,7 +651,9 @@ class WebUI:
         time.sleep(0.2)
         self.key("Enter", 13)
         self.settle(replies + 1)
-        chat = self.b.wait("location.pathname.startsWith('/c/') && location.pathname.slice(3)", "the chat's address")
+        chat = self.b.wait_until(
+            "location.pathname.startsWith('/c/') && location.pathname.slice(3)", "the chat's address"
+        )
         if chat not in self.chat_ids:
             self.chat_ids.append(chat)
 
@@ -729,7 +663,7 @@ class WebUI:
         self.b.js(
             "[...document.querySelectorAll('.user-message')].pop().querySelector('button[aria-label=Edit]').click()"
         )
-        self.b.wait("!!document.querySelector('.user-message textarea[id^=message-edit-]')", "the edit box", 10)
+        self.b.wait_until("!!document.querySelector('.user-message textarea[id^=message-edit-]')", "the edit box", 10)
         self.fill(".user-message textarea[id^=message-edit-]", text)
         self.b.js("document.querySelector('#confirm-edit-message-button').click()")
         self.settle(replies + 1)
@@ -737,7 +671,7 @@ class WebUI:
     def regenerate_last_reply(self) -> None:
         replies = len(self.backend.replies())
         self.b.js("[...document.querySelectorAll('button[aria-label=Regenerate]')].pop().click()")
-        self.b.wait(
+        self.b.wait_until(
             "[...document.querySelectorAll('button')].some(e => e.innerText.trim() === 'Try Again')", "the menu", 10
         )
         self.click("Try Again")
@@ -748,7 +682,7 @@ class WebUI:
         document = self.b.call("DOM.getDocument", depth=0)["root"]["nodeId"]
         node = self.b.call("DOM.querySelector", nodeId=document, selector="input[type=file]:not(#camera-input)")
         self.b.call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(path)])
-        self.b.wait(
+        self.b.wait_until(
             "!!document.querySelector('#message-input-container img[src*=\"/api/v1/files/\"]')", "the upload", 30
         )
 
@@ -757,7 +691,7 @@ class WebUI:
         self.b.wait_for(lambda: len(self.backend.replies()) >= replies, "the chat request")
         reply = self.backend.replies()[replies - 1]
         first_line = json.dumps(reply.split("\n", 1)[0])
-        self.b.wait(f"document.body.innerText.includes({first_line})", f"reply {replies} on the page")
+        self.b.wait_until(f"document.body.innerText.includes({first_line})", f"reply {replies} on the page")
         self.b.wait_for(
             lambda: time.monotonic() - self.backend.last_request > QUIET, "the title, tag and follow-up tasks"
         )

@@ -32,8 +32,6 @@ exits 1 if anything differs. tests/test_sillytavern.py runs it when a checkout e
 from __future__ import annotations
 
 import argparse
-import base64
-import fcntl
 import http.server
 import json
 import os
@@ -48,9 +46,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "review"))
+from cdp import CHROMIUM  # noqa: E402
+from cdp import Browser as DevTools  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKOUT = Path.home() / ".cache" / "chatproxy-frontends" / "SillyTavern"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 MODEL = "fake-model"
 USER = "Alex"
 CHARACTER = "Seraphina"
@@ -241,62 +242,15 @@ def start_sillytavern(checkout: Path, data: Path, log: Path) -> Tuple[subprocess
 # -- the browser ----------------------------------------------------------------------------------
 
 
-class Browser:
-    """Chromium's DevTools protocol over --remote-debugging-pipe (NUL-separated JSON on fds 3 and 4)."""
+class Browser(DevTools):
+    """tests/review/cdp.py's DevTools client, failing with CheckFailed, page script errors raised."""
+
+    failure = CheckFailed
 
     def __init__(self, profile: Path, width: int = 1400, height: int = 1000) -> None:
         if CHROMIUM is None:
             raise CheckFailed("no chromium on PATH (apt-get install chromium)")
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
-
-        def wire() -> None:
-            # Moved out of the way first: a pipe end that already is fd 3 or 4 would keep its close-on-exec.
-            read_end = fcntl.fcntl(to_child_r, fcntl.F_DUPFD, 10)
-            write_end = fcntl.fcntl(from_child_w, fcntl.F_DUPFD, 10)
-            os.dup2(read_end, 3)
-            os.dup2(write_end, 4)
-
-        args = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe"]
-        args += ["--no-first-run", "--disable-background-networking", "--disable-component-update"]
-        args += ["--disable-sync", "--disable-extensions", f"--user-data-dir={profile}"]
-        args += [f"--window-size={width},{height}", "about:blank"]
-        self.proc = subprocess.Popen(
-            args, preexec_fn=wire, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self._buffer = b""
-        self._next = 0
-        self.session: Optional[str] = None
-        target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        self.call("Page.enable")
-        self.call("Runtime.enable")
-
-    def call(self, method: str, **params: Any) -> Dict[str, Any]:
-        self._next += 1
-        message: Dict[str, Any] = {"id": self._next, "method": method, "params": params}
-        if self.session and not method.startswith("Target."):
-            message["sessionId"] = self.session
-        os.write(self._to_child, json.dumps(message).encode() + b"\0")
-        while True:
-            reply = self._read()
-            if reply.get("id") == self._next:
-                if "error" in reply:
-                    raise CheckFailed(f"{method}: {reply['error']}")
-                result: Dict[str, Any] = reply.get("result", {})
-                return result
-
-    def _read(self) -> Dict[str, Any]:
-        while b"\0" not in self._buffer:
-            chunk = os.read(self._from_child, 1 << 16)
-            if not chunk:
-                raise CheckFailed("chromium closed the pipe")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\0", 1)
-        message: Dict[str, Any] = json.loads(line)
-        return message
+        super().__init__(profile, width, height)
 
     def js(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -307,22 +261,6 @@ class Browser:
 
     def wait(self, expression: str, timeout: float = 30, what: str = "") -> Any:
         return wait_for(what or expression, lambda: self.js(expression), timeout)
-
-    def screenshot(self, path: Path) -> None:
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close")
-        except (CheckFailed, OSError):
-            pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._to_child)
-        os.close(self._from_child)
 
 
 # -- SillyTavern's UI -------------------------------------------------------------------------------

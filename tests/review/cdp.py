@@ -13,13 +13,17 @@ import subprocess
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Type
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 class Browser:
-    """A tiny CDP client: NUL-separated JSON messages over the pipe pair Chromium reads on fd 3, writes on fd 4."""
+    """A tiny CDP client: NUL-separated JSON messages over the pipe pair Chromium reads on fd 3, writes on fd 4.
+
+    The real-frontend checks under scripts/ subclass it; `failure` is the exception it raises."""
+
+    failure: Type[Exception] = RuntimeError
 
     def __init__(self, profile: Path, width: int = 1280, height: int = 900) -> None:
         to_child_r, self._to_child = os.pipe()
@@ -69,14 +73,14 @@ class Browser:
             reply = self._read()
             if reply.get("id") == self._next:
                 if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
+                    raise self.failure(f"{method}: {reply['error']}")
                 return reply.get("result", {})  # type: ignore[no-any-return]
 
     def _read(self) -> Dict[str, Any]:
         while b"\0" not in self._buffer:
             chunk = os.read(self._from_child, 1 << 16)
             if not chunk:
-                raise RuntimeError("chromium closed the pipe")
+                raise self.failure(f"chromium closed its DevTools pipe (exit status {self.proc.poll()})")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(line)  # type: ignore[no-any-return]
@@ -119,7 +123,7 @@ class Browser:
     def close(self) -> None:
         try:
             self.call("Browser.close")
-        except RuntimeError:
+        except (self.failure, OSError):
             pass  # already gone: the wait below reaps it
         try:
             self.proc.wait(10)
