@@ -400,10 +400,14 @@ class ThreadIndex:
         self.dropped: Optional[Node] = None  # the leaf the last add() replaced, if any
         self._prefix: Dict[int, Node] = {}
         self._seen: Dict[int, Union[Node, List[Node]]] = {}
+        # Complete records added since the last place(), indexed when the next one comes: reading a session
+        # back that nothing is placed into (the review page, `show`) never builds the indexes at all.
+        self._unindexed: List[Node] = []
 
     def place(self, history: List[Message], reply: Message, continued: bool = False) -> Placement:
         """Where the exchange goes; `continued`: the reply goes on with the message the frontend dropped
         from the history (Continue), which lets a one-message window find its chat."""
+        self._index_added()
         keys = [message_key(m) for m in history]
         parent, matched = self._extend(None, 0, keys)
         new_from = matched
@@ -527,13 +531,19 @@ class ThreadIndex:
         self.nodes[node.id] = node
         self.dropped = None
         if node.complete:
-            self._index(node)
+            self._unindexed.append(node)
             superseded = None if summary.side_request else _superseded(node, summary.continued)
             if superseded is not None and self.leaves.pop(superseded.id, None) is not None:
                 self.dropped = superseded
         if node.complete or keep_incomplete:
             self.leaves[node.id] = node
         return node
+
+    def _index_added(self) -> None:
+        """Index the records added since the last place(), in the order they came (newer ones win)."""
+        for node in self._unindexed:
+            self._index(node)
+        self._unindexed.clear()
 
     def _index(self, node: Node) -> None:
         prefix, seen_at = self._prefix, self._seen

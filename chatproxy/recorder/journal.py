@@ -140,10 +140,16 @@ def encode_record(record: Dict[str, Any]) -> bytes:
 # after the journal, without fsync: a crash can only leave it short, and a short cache costs time, not data.
 
 CACHE_MAGIC = b"chatproxy resume cache 2\n"
+CACHE_SUFFIX = ".cache"
 # line length, line CRC, base, own user, id / parent / keys lengths, flags; then id, parent, keys, chains
 _ENTRY = struct.Struct("<IIIhHHHB")
 _KEYS_PER_CHAIN = 2  # KEY_BYTES / CHAIN_BYTES (chats/tree.py)
 _COMPLETE, _OWN_TOOLS, _SIDE_REQUEST, _CONTINUED, _RESPONSE = 1, 2, 4, 8, 16
+
+
+def cache_path(journal: Path) -> Path:
+    """Where the resume cache of `journal` is kept: `.NAME.jsonl.cache` beside it."""
+    return journal.with_name(f".{journal.name}{CACHE_SUFFIX}")
 
 
 def cache_entry(summary: Summary, line: bytes, response_id: Optional[str], chains: bytes) -> bytes:
@@ -183,6 +189,47 @@ class CachedRecord:
 
     def matches(self, line: bytes) -> bool:
         return len(line) == self.length and zlib.crc32(line) == self.crc
+
+    def matches_unterminated(self, line: bytes) -> bool:
+        """As matches(), for the line without its newline."""
+        return len(line) + 1 == self.length and zlib.crc32(b"\n", zlib.crc32(line)) == self.crc
+
+
+def read_cache_file(path: Path) -> Iterator[CachedRecord]:
+    """The entries of the cache at `path` (none when it is missing or unreadable)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return iter(())
+    return read_cache(data)
+
+
+_META_KEY = b',"meta":'
+_DECODER = json.JSONDecoder()
+
+
+def meta_of(line: bytes) -> Dict[str, Any]:
+    """A journal line's `meta`, decoding only that part of the line when it is the record's last key (as
+    the recorder writes records without tools): what the review page's list needs first of every record.
+
+    The last `,"meta":` of the line is the record's own key when the line ends right after its value: a
+    quote cannot stand unescaped inside a JSON string, and a key nested deeper is followed by more than
+    one closing bracket. Anything else decodes the whole line."""
+    at = line.rfind(_META_KEY)
+    if at > 0:
+        text = line[at + len(_META_KEY) :].decode("utf-8", "surrogatepass")
+        try:
+            meta, end = _DECODER.raw_decode(text)
+        except (ValueError, RecursionError):
+            meta, end = None, -1
+        if text[end:] == "}" and isinstance(meta, dict):
+            return meta
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return {}
+    meta = record.get("meta") if isinstance(record, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def read_cache(data: bytes) -> Iterator[CachedRecord]:

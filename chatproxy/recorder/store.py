@@ -39,6 +39,7 @@ from chatproxy.recorder.journal import (
     CachedRecord,
     JournalScan,
     cache_entry,
+    cache_path,
     encode_record,
     parse_line,
     read_cache,
@@ -120,7 +121,7 @@ class DatasetStore:
         self.index_path = self.folder / f".{self.name}.json.index"
         self._log = durable.AppendLog(self.journal_path)
         self.index = ThreadIndex(LinesInJournal(self._log.read))
-        self.cache_path = self.folder / f".{self.name}.jsonl.cache"  # see journal.py, "the resume cache"
+        self.cache_path = cache_path(self.journal_path)  # see journal.py, "the resume cache"
         self._cache: Optional[durable.AppendLog] = durable.AppendLog(self.cache_path, sync=False)
         # Responses API: a response's id -> the record that holds it, for requests that continue it.
         self._by_response: Dict[str, str] = {}

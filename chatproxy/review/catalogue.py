@@ -19,6 +19,7 @@ collection, export) only when the page is used.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -186,11 +187,19 @@ class Catalogue:
             self._loading = {"read": 0, "size": total}
             self._failure = ""
             self._rows_version = -1
-        for journal in reader.journals:
-            self._read_journal(reader, journal)
-        with self._wake:
-            self._loading = None
-            self._wake.notify_all()
+        # Reading makes an object or two per record, all kept: the collector would walk them again and again.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for journal in reader.journals:
+                self._read_journal(reader, journal)
+            with self._wake:
+                self._loading = None
+                self._current(reader)  # the rows, before the first request for the whole list comes
+                self._wake.notify_all()
+        finally:
+            if collecting:
+                gc.enable()
         return reader
 
     def _read_journal(self, reader: reading.Reader, journal: reading.Journal) -> None:

@@ -23,10 +23,18 @@ import dataclasses
 import itertools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
+from chatproxy.chats import tree
 from chatproxy.chats.tree import Node, ThreadIndex
-from chatproxy.recorder.journal import JournalContents, parse_line
+from chatproxy.recorder.journal import (
+    CachedRecord,
+    JournalContents,
+    cache_path,
+    meta_of,
+    parse_line,
+    read_cache_file,
+)
 from chatproxy.review import selection
 from chatproxy.review.selection import Head, Summary
 
@@ -36,6 +44,14 @@ if TYPE_CHECKING:
 JOURNAL_SUFFIX = ".jsonl"
 TAIL_BYTES = 63  # of the last line read, checked before reading on (with its newline)
 SLICE_BYTES = 256 * 1024  # of journal per slice: a few thousand records, tens of milliseconds of work
+
+
+class Read(NamedTuple):
+    """A record as read from a journal: what placing it needs, its meta (the list's first need) and its line."""
+
+    summary: tree.Summary
+    meta: Dict[str, Any]
+    line: bytes
 
 
 class Changed(Exception):
@@ -56,6 +72,8 @@ class Journal:
     records: int = 0
     tail: bytes = b""  # the last bytes read: a journal rewritten rather than appended to differs there
     bad_lines: List[Tuple[int, str]] = dataclasses.field(default_factory=list)
+    cached: Optional[Iterator[CachedRecord]] = None  # the recorder's resume cache, read from its start
+    entry: Optional[CachedRecord] = None  # its entry for the next line, while the journal agrees with it
 
     def size(self) -> int:
         """The journal's length now; raises Changed if it is not the file read so far, or is shorter."""
@@ -73,10 +91,12 @@ class Journal:
         self.inode = info.st_ino
         return info.st_size
 
-    def session(self, records: List[Dict[str, Any]], index: Optional[ThreadIndex] = None) -> Session:
-        from chatproxy.commands.sessions import Session
+    def session(self, records: int, index: Optional[ThreadIndex] = None) -> Session:
+        """This journal as a Session of `records` records (counted: their records are in `index`)."""
+        from chatproxy.commands.sessions import RecordsOfParts, Session
 
-        return Session(self.name, self.path, JournalContents(records, [], b"", 0), index or self.index, self.orphans)
+        contents = JournalContents(RecordsOfParts([], records), [], b"", 0)  # type: ignore[arg-type]
+        return Session(self.name, self.path, contents, index or self.index, self.orphans)
 
 
 class Reader:
@@ -126,12 +146,15 @@ class Reader:
 
     # -- reading -------------------------------------------------------------------------------------
 
-    def read_slice(self, journal: Journal, limit: int = SLICE_BYTES) -> Tuple[List[Tuple[Dict[str, Any], bytes]], int]:
-        """The next complete lines of `journal` (about `limit` bytes), decoded, and where they end. Reads
-        only: `add_slice` takes them in (the caller may decode outside its lock, and add inside)."""
+    def read_slice(self, journal: Journal, limit: int = SLICE_BYTES) -> Tuple[List[Read], int]:
+        """The next complete lines of `journal` (about `limit` bytes), read, and where they end. Reads only:
+        `add_slice` takes them in (the caller may read outside its lock, and add inside)."""
         size = journal.size()
         if size <= journal.offset:
             return [], journal.offset
+        if journal.offset == 0 and journal.cached is None:
+            journal.cached = read_cache_file(cache_path(journal.path))
+            journal.entry = next(journal.cached, None)
         with open(journal.path, "rb") as handle:
             handle.seek(journal.offset)
             data = handle.read(min(limit, size - journal.offset))
@@ -139,36 +162,38 @@ class Reader:
                 data += handle.read(limit)  # one line longer than a slice
         end = data.rfind(b"\n") + 1  # a last line without its newline is still being written
         lines = data[:end].split(b"\n")[:-1]
-        decoded = _decoded(lines, journal.lines, journal.bad_lines)
+        read, used = _from_cache(journal, lines)
+        if used < len(lines):
+            found = _decoded(lines[used:], journal.lines + used, journal.bad_lines)
+            read.extend(Read(tree.Summary.of(record), _meta(record), line) for record, line in found)
         journal.lines += len(lines)
-        return decoded, journal.offset + end
+        return read, journal.offset + end
 
-    def add_slice(self, journal: Journal, decoded: List[Tuple[Dict[str, Any], bytes]], end: int) -> None:
+    def add_slice(self, journal: Journal, read: List[Read], end: int) -> None:
         journal.offset = end
-        if decoded:
-            journal.tail = decoded[-1][1][-TAIL_BYTES:] + b"\n"
-        if not decoded:
+        if read:
+            journal.tail = read[-1].line[-TAIL_BYTES:] + b"\n"
+        if not read:
             return
-        journal.records += len(decoded)
+        journal.records += len(read)
         first = journal is self.journals[0]
         added = []
-        for record, line in decoded:
-            parent = record.get("parent")
-            if parent and parent not in journal.index.nodes:
-                journal.orphans.add(record["id"])
-            node = journal.index.add(record, True, line)
+        for summary, meta, line in read:
+            if summary.parent and summary.parent not in journal.index.nodes:
+                journal.orphans.add(summary.id)
+            node = journal.index.restore(summary, line, True)
             if first:
-                self._heads[node] = self._head(node, record.get("meta") or {})
+                self._heads[node] = self._head(node, meta)
             added.append(node)
         if not first:
-            self._place(journal, decoded, added)
+            self._place(journal, len(read), added)
         self.version += 1
         self._prune()
 
-    def _place(self, journal: Journal, decoded: List[Tuple[Dict[str, Any], bytes]], added: List[Node]) -> None:
-        """A later session's new records into the collection, as Collection.add places a whole session."""
+    def _place(self, journal: Journal, count: int, added: List[Node]) -> None:
+        """A later session's `count` new records into the collection, as Collection.add places a session."""
         if not self._first_placed:
-            self.collection.add(self.journals[0].session([]))
+            self.collection.add(self.journals[0].session(0))
             self._first_placed = True
         just_these = ThreadIndex()
         just_these.nodes = {node.id: node for node in added}
@@ -176,7 +201,7 @@ class Reader:
         just_these.leaves = {node.id: node for node in added if leaves.get(node.id) is node}
         placed = self.collection.index.nodes
         before = len(placed)
-        self.collection.add(journal.session([record for record, _ in decoded], just_these))
+        self.collection.add(journal.session(count, just_these))
         for node in reversed(list(itertools.islice(reversed(placed.values()), len(placed) - before))):
             self.head(node)  # now, while the record it continues still has its head
 
@@ -192,7 +217,7 @@ class Reader:
         if not self.journals:
             return (), lambda node: Conversation("", node, False), []
         first = self.journals[0]
-        own = first.session([])
+        own = first.session(0)
         if not self._first_placed:
             return first.index.leaves.values(), lambda node: Conversation(first.name, node, own.damaged(node)), []
         collection = self.collection
@@ -201,7 +226,7 @@ class Reader:
             for journal in self.journals[1:]
             if journal.orphans
             for node in journal.index.leaves.values()
-            if journal.session([]).damaged(node)
+            if journal.session(0).damaged(node)
         ]
         return (
             collection.index.leaves.values(),
@@ -276,6 +301,33 @@ class Reader:
         keep.update(node for journal in self.journals for node in journal.index.leaves.values())
         self._summaries = {node: found for node, found in self._summaries.items() if node in keep}
         self._heads = {node: found for node, found in self._heads.items() if node in keep}
+
+
+def _from_cache(journal: Journal, lines: List[bytes]) -> Tuple[List[Read], int]:
+    """The records on the first of `lines` that the recorder's resume cache summarises (journal.py: each
+    entry is checked against its line), and how many lines that took. Only their meta is decoded: the
+    cache holds what placing them needs, without decoding their messages or hashing them again. The first
+    record that differs from its entry ends the cache's use, as it does when the recorder resumes; a
+    damaged line is noted and skipped, the entry kept for the next."""
+    read: List[Read] = []
+    at = 0
+    while journal.entry is not None and at < len(lines):
+        line = lines[at]
+        if journal.entry.matches_unterminated(line):
+            read.append(Read(journal.entry.summary, meta_of(line), line))
+            journal.entry = next(journal.cached or iter(()), None)
+        else:
+            record = parse_line(line, journal.lines + at + 1, journal.bad_lines)
+            if record is not None:
+                journal.entry = None
+                read.append(Read(tree.Summary.of(record), _meta(record), line))
+        at += 1
+    return read, at
+
+
+def _meta(record: Dict[str, Any]) -> Dict[str, Any]:
+    meta = record.get("meta")
+    return meta if isinstance(meta, dict) else {}
 
 
 def _decoded(lines: List[bytes], before: int, bad_lines: List[Tuple[int, str]]) -> List[Tuple[Dict[str, Any], bytes]]:

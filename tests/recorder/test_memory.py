@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Tuple
 from chatproxy.apis import RESPONSES
 from chatproxy.chats.tree import LinesInJournal, Node
 from chatproxy.config import RecordOptions
+from chatproxy.recorder.journal import encode_record, meta_of
 from chatproxy.recorder.store import DatasetStore
 
 SYSTEM = {"role": "system", "content": "You are terse."}
@@ -129,3 +130,22 @@ def test_a_cache_of_another_file_is_ignored(tmp_path: Path) -> None:
     assert picture(resumed) == expected
     resumed.close()
     assert (tmp_path / ".s.jsonl.cache").read_bytes().startswith(b"chatproxy resume cache")
+
+
+def test_meta_of_a_line_is_the_records_own_whatever_its_texts_hold() -> None:
+    """The review page decodes only a line's meta (journal.meta_of); every line gives what decoding it
+    whole gives: texts that spell out a meta key, a meta holding one, tools written after it, damage."""
+    meta = {"time": "2026-05-01T10:00:00.000Z", "model": "m", "tags": ["a"], "usage": {"total_tokens": 3}}
+    hostile = 'x","meta":{"model":"forged"}} ,"meta":{"model":"forged"}'
+    records = [
+        {"v": 1, "id": "1", "messages": [{"role": "user", "content": hostile}], "meta": meta},
+        {"v": 1, "id": "2", "messages": [], "meta": dict(meta, extra={"a": 1, "meta": {"model": "inner"}})},
+        {"v": 1, "id": "3", "messages": [], "meta": meta, "tools": [{"name": "t", "meta": {"model": "tool"}}]},
+        {"v": 1, "id": "4", "messages": [], "meta": dict(meta, note=',"meta":')},
+        {"v": 1, "id": "5", "messages": []},
+    ]
+    for record in records:
+        line = encode_record(record)[:-1]
+        assert meta_of(line) == record.get("meta", {}), line
+    assert meta_of(b'{"v":1,"id":"6","meta":{"model":"m"') == {}  # torn: no meta rather than a wrong one
+    assert meta_of(b'{"v":1,"id":"7","messages":[],"meta":[1,2]}') == {}

@@ -4,6 +4,7 @@ what is appended (a journal rewritten or shortened is read again), sessions begu
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -11,6 +12,10 @@ from typing import Any, Dict, List
 import pytest
 from review_sessions import bot, make_week, record, user, write_session
 
+from chatproxy.chats import tree
+from chatproxy.config import RecordOptions
+from chatproxy.recorder.journal import cache_path
+from chatproxy.recorder.store import DatasetStore
 from chatproxy.review.catalogue import Catalogue
 
 
@@ -179,3 +184,103 @@ def test_a_journal_that_cannot_be_read_is_reported_and_read_again_once_it_can(tm
         time.sleep(0.05)
     answer = found.query({})
     assert answer["failure"] is None and answer["total"] == 5
+
+
+# -- the recorder's resume cache ---------------------------------------------------------------------------
+
+
+def resumed(folder: Path, name: str) -> Path:
+    """Open and close the session as the recorder does on resuming it: it leaves the resume cache beside
+    the journal, as every recorded session has one."""
+    store = DatasetStore(folder, name, RecordOptions())
+    store.open()
+    store.close()
+    return cache_path(folder / f"{name}.jsonl")
+
+
+def everything(catalogue: Catalogue) -> List[Dict[str, Any]]:
+    """Every row as the page gets it, and each conversation opened."""
+    rows = catalogue.query({"per": "200"})["rows"]
+    return [dict(row, opened=catalogue.conversation(row["session"], row["id"])) for row in rows]
+
+
+@pytest.fixture
+def summaries_made(monkeypatch: pytest.MonkeyPatch) -> List[str]:
+    """The ids of the records summarised from their decoded JSON (not taken from a resume cache)."""
+    made: List[str] = []
+    original = tree.Summary.of
+
+    def counted(record: Dict[str, Any]) -> tree.Summary:
+        made.append(record["id"])
+        return original(record)
+
+    monkeypatch.setattr(tree.Summary, "of", staticmethod(counted))
+    return made
+
+
+def test_a_session_with_its_resume_cache_reads_as_its_journal_alone(
+    tmp_path: Path, catalogue: Any, summaries_made: List[str]
+) -> None:
+    folder = make_week(tmp_path)
+    alone = tmp_path / "alone"
+    shutil.copytree(folder, alone)
+    summaries_made.clear()
+    assert resumed(folder, "week").stat().st_size > 0
+    summaries_made.clear()
+    with_cache = catalogue(folder, ["week"])
+    with_cache.wait_until_read()
+    assert summaries_made == []  # every record from the cache, none decoded and hashed again
+    without = catalogue(alone, ["week"])
+    without.wait_until_read()
+    assert len(summaries_made) == 5
+    assert everything(with_cache) == everything(without) and len(everything(without)) == 5
+    # A search and a filter test the same summaries, made from the lines.
+    for query in ({"q": "hello"}, {"tools": "1"}, {"model": "gpt*"}, {"tag": "vision"}):
+        assert with_cache.query(query)["total"] == without.query(query)["total"]
+
+
+def test_a_cache_that_disagrees_with_its_journal_is_used_up_to_where_it_does(
+    tmp_path: Path, catalogue: Any, summaries_made: List[str]
+) -> None:
+    folder = make_week(tmp_path)
+    cache = resumed(folder, "week")
+    journal = folder / "week.jsonl"
+    lines = journal.read_bytes().split(b"\n")[:-1]
+    # The fourth line edited by hand (same length, other text): from there on the journal is read.
+    edited = lines[3].replace(b'"2026-05-02T09', b'"2026-05-02T08', 1)
+    assert edited != lines[3] and len(edited) == len(lines[3])
+    journal.write_bytes(b"\n".join(lines[:3] + [edited] + lines[4:]) + b"\n")
+    alone = tmp_path / "alone"
+    shutil.copytree(folder, alone)
+    cache_path(alone / "week.jsonl").unlink()
+    summaries_made.clear()
+    found = catalogue(folder, ["week"])
+    found.wait_until_read()
+    assert len(summaries_made) == len(lines) - 3
+    reference = catalogue(alone, ["week"])
+    reference.wait_until_read()
+    assert everything(found) == everything(reference)
+    # Another session's cache put in its place: used for nothing, and nothing read wrong.
+    other = tmp_path / "other"
+    write_session(other, "week", [record("c000000000000001", [user("unrelated"), bot("ok")], "2026-05-01T10:00:00Z")])
+    shutil.copy(resumed(other, "week"), cache)
+    summaries_made.clear()
+    again = catalogue(folder, ["week"])
+    again.wait_until_read()
+    assert len(summaries_made) == len(lines) and everything(again) == everything(reference)
+
+
+def test_a_damaged_line_is_skipped_while_the_cache_is_read(tmp_path: Path, catalogue: Any) -> None:
+    folder = make_week(tmp_path)
+    journal = folder / "week.jsonl"
+    lines = journal.read_bytes().split(b"\n")[:-1]
+    journal.write_bytes(b"\n".join(lines[:2] + [b'{"v": 1, "id": "torn", "messages": [ not json'] + lines[2:]) + b"\n")
+    resumed(folder, "week")  # the recorder skips it too: the cache has no entry for it
+    alone = tmp_path / "alone"
+    shutil.copytree(folder, alone)
+    cache_path(alone / "week.jsonl").unlink()
+    found, reference = catalogue(folder, ["week"]), catalogue(alone, ["week"])
+    found.wait_until_read()
+    reference.wait_until_read()
+    assert everything(found) == everything(reference) and len(everything(found)) == 5
+    assert found._reader is not None and [n for n, _ in found._reader.journals[0].bad_lines] == [3]
