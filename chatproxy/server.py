@@ -372,6 +372,7 @@ class ProxyServer:
         self.relay = relay
         self.stopping = False
         self.connections: Set[ClientConnection] = set()
+        self.accepted = 0  # client connections since start: requests / accepted tells how well keep-alive works
         self.counts: Dict[str, int] = {"requests": 0, "errors": 0}
         self.last_error: Optional[str] = None
         self.started = time.time()
@@ -394,6 +395,7 @@ class ProxyServer:
     async def _handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = ClientConnection(reader, writer, self)
         self.connections.add(conn)
+        self.accepted += 1
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -429,6 +431,7 @@ class ProxyServer:
             "requests": self.counts["requests"],
             "errors": self.counts["errors"],
             "open_connections": len(self.connections),
+            "accepted_connections": self.accepted,
             "upstream_connections": self.relay.pool.open_count,
             "last_error": self.last_error,
         }

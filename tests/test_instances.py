@@ -174,8 +174,11 @@ def test_three_instances_behind_nginx_record_each_chat_once_whole(cluster, capsy
     for instance in cluster["instances"]:
         status = status_of(instance)
         assert status["session"] in names
-        # Ours, and at least one nginx keeps alive to it (`keepalive 16`).
-        assert status["open_connections"] >= 2, status
+        # nginx keeps its connections to the instances alive (`keepalive 16`): fewer connections than
+        # requests. Not "one still open": in about one run in four nginx has closed its connection to an
+        # instance by now, after a streamed reply the client stopped reading at `data: [DONE]`.
+        # (`requests` counts this status request, `accepted_connections` its connection.)
+        assert 2 < status["requests"] and status["accepted_connections"] < status["requests"], status
     for instance in cluster["instances"]:
         assert instance.stop(signal.SIGTERM) == 0, "\n".join(instance.lines)
 
