@@ -71,7 +71,18 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import bench_load as load
 import bench_profile
-from bench_procs import REPO, ChatProxy, Nginx, Upstream, become_subreaper, free_port, reap_adopted
+from bench_procs import (
+    REPO,
+    ChatProxy,
+    Nginx,
+    Upstream,
+    become_subreaper,
+    children,
+    cpu_of,
+    free_port,
+    machine_cpu,
+    reap_adopted,
+)
 
 sys.path.insert(0, str(REPO))
 import chatproxy  # noqa: E402
@@ -116,6 +127,7 @@ FULL = Settings(
     turns=200,
     startups=10,
 )
+NO_RECORD = "no-record"  # chatproxy --no-record, a target of the c=32 cell
 LOAD_CELLS = (("c1", 1, False), ("c32", 32, False), ("c256", 256, False), ("stream32", 32, True))
 STREAM_CHUNKS = 200
 REPLY_CHARS = 600
@@ -160,11 +172,20 @@ class Bench:
         if target == "nginx":
             assert self.nginx is not None
             return measure(self.nginx.port, None)
-        proxy = self.fresh_proxy()
+        proxy = self.fresh_proxy(("--no-record",) if target == NO_RECORD else ())
         try:
             return measure(proxy.port, proxy)
         finally:
             self.finish(proxy, what)
+
+    def watched_pids(self, proxy: Optional[ChatProxy]) -> List[int]:
+        """The processes a measured run is made of, besides this script and its load generator."""
+        pids = [self.upstream.proc.pid]
+        if proxy is not None:
+            pids += [proxy.pid, *proxy.recorder_pids()]
+        if self.nginx is not None:
+            pids += [self.nginx.proc.pid, *children(self.nginx.proc.pid)]
+        return pids
 
     def record(self, key: str, target: str, value: Any) -> None:
         self.raw.setdefault(key, {}).setdefault(target, []).append(value)
@@ -180,13 +201,34 @@ def measure_load(bench: Bench, connections: int, stream: bool) -> Callable[[int,
         if proxy is not None:
             load.run_load(port, connections, bench.settings.warmup, stream, STREAM_CHUNKS)
         before = bench.upstream.stats()
+        watch = CpuWatch(bench.watched_pids(proxy))
         result = load.run_load(port, connections, bench.settings.seconds, stream, STREAM_CHUNKS)
+        result.update(watch.shares())
         result["upstream_connections"] = bench.upstream.stats()["connections"] - before["connections"]
         if proxy is not None:
             result.update(kb_fields("rss_kb_after", proxy.memory_kb()))
         return result
 
     return measure
+
+
+class CpuWatch:
+    """Where the machine's CPU went during one measured run: the share of all its CPUs' time that other
+    processes took (neither this script, its load generator, nor the processes measured), and the share
+    the hypervisor stole. Either one moves every figure of that run."""
+
+    def __init__(self, pids: List[int]) -> None:
+        self.started = time.perf_counter()
+        self.machine, self.steal = machine_cpu()
+        self.own = own_cpu()
+        self.theirs = {pid: cpu_of(pid) for pid in pids}
+
+    def shares(self) -> Dict[str, float]:
+        capacity = (time.perf_counter() - self.started) * (os.cpu_count() or 1)
+        machine, steal = machine_cpu()
+        known = own_cpu() - self.own + sum(max(0.0, cpu_of(pid) - was) for pid, was in self.theirs.items())
+        other = machine - self.machine - known
+        return {"other_cpu_share": max(0.0, other) / capacity, "steal_share": (steal - self.steal) / capacity}
 
 
 def measure_probe(bench: Bench) -> Callable[[int, Optional[ChatProxy]], Dict[str, float]]:
@@ -208,9 +250,11 @@ def measure_probe(bench: Bench) -> Callable[[int, Optional[ChatProxy]], Dict[str
 def run_rounds(bench: Bench) -> None:
     """The direct / chatproxy / nginx comparison: every cell, every target, in rotating order."""
     for number in range(bench.settings.rounds):
-        order = bench.targets[number % len(bench.targets) :] + bench.targets[: number % len(bench.targets)]
+        order = rotated(bench.targets, number)
         for cell, connections, stream in LOAD_CELLS:
-            for target in order:
+            # c=32 --no-record too, in the same rotation: the recording cost from the very runs of the c=32 row.
+            targets = order if cell != "c32" else rotated(bench.targets + [NO_RECORD], number)
+            for target in targets:
                 progress(f"round {number + 1}: {cell} via {target}")
                 result = bench.with_target(target, cell, measure_load(bench, connections, stream))
                 bench.record(cell, target, result)
@@ -219,13 +263,20 @@ def run_rounds(bench: Bench) -> None:
             bench.record("probe", target, bench.with_target(target, "probe", measure_probe(bench)))
 
 
+def rotated(targets: List[str], number: int) -> List[str]:
+    return targets[number % len(targets) :] + targets[: number % len(targets)]
+
+
 def run_recording_cost(bench: Bench) -> None:
+    """Latency and time to first byte with recording on and off; c=32 too, unless the rounds measured it."""
+    load_too = NO_RECORD not in bench.raw.get("c32", {})
     for number in range(bench.settings.rounds):
         for label, extra in (("record", ()), ("no-record", ("--no-record",)))[:: 1 if number % 2 == 0 else -1]:
-            progress(f"round {number + 1}: c32, latency, time to first byte; chatproxy {label}")
+            progress(f"round {number + 1}: {'c32, ' if load_too else ''}latency, time to first byte; chatproxy {label}")
             proxy = bench.fresh_proxy(extra)
             try:
-                bench.record("recording_c32", label, measure_load(bench, 32, False)(proxy.port, proxy))
+                if load_too:
+                    bench.record("recording_c32", label, measure_load(bench, 32, False)(proxy.port, proxy))
                 bench.record("recording_probe", label, measure_probe(bench)(proxy.port, proxy))
             finally:
                 bench.finish(proxy, label)
@@ -409,6 +460,21 @@ def med(bench: Bench, key: str, target: str, pick: Callable[[Any], float]) -> Op
     return load.median([pick(run) for run in runs]) if runs else None
 
 
+def spread(bench: Bench, key: str, target: str, pick: Callable[[Any], float], scale: float = 1) -> str:
+    """The lowest and highest of a figure over the rounds, with the median share of the machine's CPU
+    that other processes and the hypervisor (steal) took during those runs."""
+    runs = bench.raw.get(key, {}).get(target) or []
+    if not runs:
+        return ""
+    values = [pick(run) * scale for run in runs]
+    text = f"{min(values):,.0f}–{max(values):,.0f}" if len(values) > 1 else f"{values[0]:,.0f}"
+    others = [run["other_cpu_share"] for run in runs if "other_cpu_share" in run]
+    steals = [run["steal_share"] for run in runs if "steal_share" in run]
+    if others:
+        text += f" (other {load.median(others):.0%}, steal {load.median(steals):.0%})"
+    return text
+
+
 def verdict(bench: Bench, figure: str, value: Optional[float], ok: Callable[[float], bool]) -> str:
     """ "met" / "NOT met", noted in bench.checks with the unformatted value for --json."""
     met = None if value is None else ok(value)
@@ -420,6 +486,17 @@ def fmt(value: Optional[float], unit: str = "", digits: int = 0) -> str:
     if value is None:
         return "-"
     return f"{value:,.{digits}f}{unit}"
+
+
+def spread_note(bench: Bench, cell: str, scale: float) -> str:
+    """chatproxy's and nginx's lowest–highest over the rounds (with more than one round)."""
+    if bench.settings.rounds < 2:
+        return ""
+    pick = lambda r: r["rps"]  # noqa: E731
+    parts = [
+        f"{name} {spread(bench, cell, name, pick, scale)}" for name in ("chatproxy", "nginx") if name in bench.targets
+    ]
+    return "rounds: " + ", ".join(parts)
 
 
 def throughput_rows(bench: Bench) -> List[List[str]]:
@@ -445,7 +522,12 @@ def throughput_rows(bench: Bench) -> List[List[str]]:
                 fmt(values["direct"]),
                 fmt(values["chatproxy"]),
                 fmt(values.get("nginx")),
-                fmt(ratio and ratio * 100, "% of nginx"),
+                "; ".join(
+                    filter(
+                        None,
+                        [fmt(ratio and ratio * 100, "% of nginx") if ratio else "", spread_note(bench, cell, scale)],
+                    )
+                ),
                 target,
                 ok,
             ]
@@ -579,16 +661,27 @@ def memory_rows(bench: Bench) -> List[List[str]]:
 
 
 def recording_rows(bench: Bench) -> List[List[str]]:
-    rps = lambda label: med(bench, "recording_c32", label, lambda r: r["rps"])  # noqa: E731
-    on, off = rps("record"), rps("no-record")
-    cost = (1 - on / off) * 100 if on and off else None
+    # The rounds' own c=32 runs (recording on is the c=32 row itself), else the recording scenario's.
+    key, on_label = ("c32", "chatproxy") if NO_RECORD in bench.raw.get("c32", {}) else ("recording_c32", "record")
+    runs_on = bench.raw.get(key, {}).get(on_label, [])
+    runs_off = bench.raw.get(key, {}).get(NO_RECORD, [])
+    on, off = (med(bench, key, label, lambda r: r["rps"]) for label in (on_label, NO_RECORD))
+    # Round by round (each round's two runs were minutes apart at most), then the median of those.
+    costs = [(1 - a["rps"] / b["rps"]) * 100 for a, b in zip(runs_on, runs_off) if b["rps"]]
+    cost = load.median(costs) if costs else None
+    notes = fmt(cost, "% cost", 1)
+    if len(costs) > 1:
+        notes += f" (rounds {min(costs):.1f} to {max(costs):.1f}%); " + "; ".join(
+            f"{name} {spread(bench, key, label, lambda r: r['rps'])}"
+            for name, label in (("on", on_label), ("off", NO_RECORD))
+        )
     rows = [
         [
             "req/s c=32 recording on / --no-record",
             "",
             f"{fmt(on)} / {fmt(off)}",
             "",
-            fmt(cost, "% cost", 1),
+            notes,
             "≤ 10% cost",
             verdict(bench, "recording cost, % of c=32 req/s", cost, lambda v: v <= 10),
         ]
@@ -767,7 +860,7 @@ def all_rows(bench: Bench) -> List[List[str]]:
         ("c32", throughput_rows),
         ("probe", latency_rows),
         ("memory", memory_rows),
-        ("recording_c32", recording_rows),
+        ("recording_probe", recording_rows),
         ("growth", growth_rows),
         ("long_chat", long_chat_rows),
         ("startup", startup_rows),
@@ -800,15 +893,18 @@ def error_lines(bench: Bench) -> List[str]:
 def cpu_seconds() -> Tuple[float, float]:
     """Busy CPU seconds of the whole machine (/proc/stat, steal included), and of this script with its
     finished children (every process it started has been waited for when this is read at the end)."""
-    with open("/proc/stat") as stat:
-        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
-    machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    own = sum(
-        getattr(resource.getrusage(who), field)
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        for field in ("ru_utime", "ru_stime")
+    return machine_cpu()[0], own_cpu()
+
+
+def own_cpu() -> float:
+    """CPU seconds of this script and of its children that have ended (wrk, once each run is over)."""
+    return float(
+        sum(
+            getattr(resource.getrusage(who), field)
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            for field in ("ru_utime", "ru_stime")
+        )
     )
-    return machine, own
 
 
 def chatproxy_version() -> str:
@@ -876,7 +972,8 @@ def print_report(bench: Bench, env: Dict[str, Any], as_json: bool) -> None:
         "of the CPUs meanwhile; "
         f"Python {env['python']} (10M-step loop: {env['python_loop_s']:.2f} s of CPU), "
         f"load by {env['load_generator']}, nginx {env['nginx']}, "
-        f"{bench.settings.rounds} round(s) of {bench.settings.seconds} s runs; medians over rounds"
+        f"{bench.settings.rounds} round(s) of {bench.settings.seconds} s runs; medians over rounds, "
+        "with the lowest–highest and the other processes' and steal's median share of the CPUs in those runs"
     )
     print(render_table(rows))
     errors = error_lines(bench)

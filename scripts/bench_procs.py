@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
@@ -120,6 +120,25 @@ def _parent(pid: int) -> Optional[int]:
             return int(handle.read().rsplit(")", 1)[1].split()[1])  # the name before ")" may hold spaces
     except (OSError, IndexError, ValueError):
         return None
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far, 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def machine_cpu() -> Tuple[float, float]:
+    """Busy CPU seconds of the whole machine so far (steal included), and the steal alone: time the
+    hypervisor gave this machine's virtual CPUs to others while they had work."""
+    with open("/proc/stat") as stat:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, steal / tick
 
 
 def become_subreaper() -> None:
