@@ -392,7 +392,9 @@ def measure_growth(bench: Bench, datasets: Path, size: int) -> Dict[str, Any]:
         result.update(kb_fields("rss_kb_start", proxy.memory_kb()))
         result.update(kb_fields("pss_kb_start", proxy.pss_kb()))
         warmup = load.run_load(proxy.port, 1, bench.settings.warmup)
+        watch = CpuWatch(bench.watched_pids(proxy))
         result.update(load.run_load(proxy.port, 1, bench.settings.growth_seconds))
+        result.update(watch.shares())
         time.sleep(1.5)  # one more rewrite of the live dataset, due a second after the last record
         result.update(
             startup_s=proxy.startup,
@@ -725,7 +727,8 @@ def growth_rows(bench: Bench) -> List[List[str]]:
                 "",
                 fmt(value, " µs"),
                 "",
-                f"{fmt(growth, '%', 1)}; start {fmt(start, ' ms')}; RSS {rss_note}; PSS {pss_note}",
+                f"{fmt(growth, '%', 1)}; rounds {spread(bench, 'growth', str(size), lambda r: 1e6 / r['rps'])} µs; "
+                f"start {fmt(start, ' ms')}; RSS {rss_note}; PSS {pss_note}",
                 "≤ +10% vs 0" if last else "",
                 ok,
             ]

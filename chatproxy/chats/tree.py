@@ -407,7 +407,7 @@ class ThreadIndex:
     def place(self, history: List[Message], reply: Message, continued: bool = False) -> Placement:
         """Where the exchange goes; `continued`: the reply goes on with the message the frontend dropped
         from the history (Continue), which lets a one-message window find its chat."""
-        self._index_added()
+        self.index_added()
         keys = [message_key(m) for m in history]
         parent, matched = self._extend(None, 0, keys)
         new_from = matched
@@ -539,8 +539,9 @@ class ThreadIndex:
             self.leaves[node.id] = node
         return node
 
-    def _index_added(self) -> None:
-        """Index the records added since the last place(), in the order they came (newer ones win)."""
+    def index_added(self) -> None:
+        """Index the records added since the last place(), in the order they came (newer ones win): the
+        next place() does so itself; a caller that will place exchanges soon may do it beforehand."""
         for node in self._unindexed:
             self._index(node)
         self._unindexed.clear()

@@ -174,6 +174,7 @@ class DatasetStore:
                 self.saved += 1
                 if len(fresh) >= 4096:
                     kept = self._add_to_cache(kept, fresh)
+            self.index.index_added()  # now, while resuming, rather than in the first exchange after it
         finally:
             if collecting:
                 gc.enable()

@@ -374,7 +374,10 @@ class Catalogue:
             except FileNotFoundError:
                 stamp = (0, 0)
             if self._review_stamps.get(journal.name) != stamp:
-                self._folded[journal.name] = marks.fold(marks.read_review(self.folder, journal.name).events)
+                contents = marks.read_review(self.folder, journal.name)
+                if contents.torn_tail and journal.name not in self._review_stamps:
+                    stamp = self._repair_review(journal.name)
+                self._folded[journal.name] = marks.fold(contents.events)
                 self._review_stamps[journal.name] = stamp
                 changed = True
         if changed:
@@ -383,6 +386,20 @@ class Catalogue:
                 merged.update(self._folded.get(journal.name, {}))  # keyed by record ids, which no two sessions share
             self._marks = merged
             self._marks_version += 1
+
+    def _repair_review(self, session: str) -> Tuple[int, int]:
+        """A review journal found with a line torn by a crash when the page starts: set aside and cut off
+        now, as the recorder repairs its journal on start (later, a part line may be another writer's
+        write still landing: readers leave it out). Returns the journal's stamp after the repair."""
+        try:
+            review = self._review(session)
+        except OSError as exc:
+            log.warning("review: cannot repair %s: %s", marks.review_path(self.folder, session), exc)
+            return (0, 0)
+        if review.repaired is not None:
+            log.warning("review: %s: a line torn by a crash was set aside in %s", review.path, review.repaired.name)
+        info = review.path.stat()
+        return (info.st_size, info.st_mtime_ns)
 
     def _mark_of(self, reader: reading.Reader, row: Row) -> marks.Marks:
         version = (self._marks_version, reader.version)

@@ -3,8 +3,9 @@
 The recorded journal and the live dataset are never rewritten: a mark is an event appended (one `write`
 on an O_APPEND descriptor, then `fsync`, durable.AppendLog) to the review journal, and the marks of a
 conversation are what its events fold into. Losing the review file loses marks, never records. A line
-torn by a crash is set aside (`SESSION.review.jsonl.torn-TIME`) and cut off when the journal is opened
-for writing, as the recorder does with the recorded journal; readers just leave it out.
+torn by a crash is set aside (`SESSION.review.jsonl.torn-TIME`) and cut off when the review page starts
+and when the journal is opened for writing, as the recorder does with the recorded journal on start;
+readers just leave it out.
 
 One event per line, compact JSON:
 

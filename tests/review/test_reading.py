@@ -16,6 +16,7 @@ from chatproxy.chats import tree
 from chatproxy.config import RecordOptions
 from chatproxy.recorder.journal import cache_path
 from chatproxy.recorder.store import DatasetStore
+from chatproxy.review import marks
 from chatproxy.review.catalogue import Catalogue
 
 
@@ -284,3 +285,25 @@ def test_a_damaged_line_is_skipped_while_the_cache_is_read(tmp_path: Path, catal
     reference.wait_until_read()
     assert everything(found) == everything(reference) and len(everything(found)) == 5
     assert found._reader is not None and [n for n, _ in found._reader.journals[0].bad_lines] == [3]
+
+
+def test_a_review_journal_torn_by_a_crash_is_repaired_when_the_page_starts(
+    tmp_path: Path, catalogue: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = make_week(tmp_path)
+    good = json.dumps(marks.make_event("a000000000000001", "keep")).encode() + b"\n"
+    review = folder / "week.review.jsonl"
+    review.write_bytes(good + b'{"v": 1, "id": "x", "conv": "a000000000000004", "op": "disc')
+    found = catalogue(folder, ["week"])
+    with caplog.at_level("WARNING", logger="chatproxy"):
+        found.wait_until_read()
+        rows = {row["id"]: row for row in found.query({})["rows"]}
+    # Repaired before any mark is written: the torn line set aside, the journal cut back to its last whole line.
+    assert review.read_bytes() == good
+    aside = list(folder.glob("week.review.jsonl.torn-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().endswith(b'"op": "disc')
+    assert any("torn by a crash" in record.getMessage() for record in caplog.records)
+    assert rows["a000000000000001"]["status"] == "keep" and rows["a000000000000004"]["status"] is None
+    # The next mark lands on a whole line.
+    found.mark("week", "a000000000000004", "discard", {})
+    assert [json.loads(line)["op"] for line in review.read_bytes().splitlines()] == ["keep", "discard"]
