@@ -218,6 +218,7 @@ class CpuWatch:
     the hypervisor stole. Either one moves every figure of that run."""
 
     def __init__(self, pids: List[int]) -> None:
+        self.loop_ms = loop_ms()
         self.started = time.perf_counter()
         self.machine, self.steal = machine_cpu()
         self.own = own_cpu()
@@ -228,7 +229,20 @@ class CpuWatch:
         machine, steal = machine_cpu()
         known = own_cpu() - self.own + sum(max(0.0, cpu_of(pid) - was) for pid, was in self.theirs.items())
         other = machine - self.machine - known
-        return {"other_cpu_share": max(0.0, other) / capacity, "steal_share": (steal - self.steal) / capacity}
+        return {
+            "other_cpu_share": max(0.0, other) / capacity,
+            "steal_share": (steal - self.steal) / capacity,
+            "loop_ms": self.loop_ms,
+        }
+
+
+def loop_ms() -> float:
+    """Milliseconds a fixed Python loop takes here, now: how fast this machine's CPU runs just before a
+    measured run (a virtual CPU's speed can change from minute to minute with nothing else running)."""
+    started = time.perf_counter()
+    for _ in range(1_000_000):
+        pass
+    return (time.perf_counter() - started) * 1000
 
 
 def measure_probe(bench: Bench) -> Callable[[int, Optional[ChatProxy]], Dict[str, float]]:
@@ -472,8 +486,10 @@ def spread(bench: Bench, key: str, target: str, pick: Callable[[Any], float], sc
     text = f"{min(values):,.0f}–{max(values):,.0f}" if len(values) > 1 else f"{values[0]:,.0f}"
     others = [run["other_cpu_share"] for run in runs if "other_cpu_share" in run]
     steals = [run["steal_share"] for run in runs if "steal_share" in run]
+    loops = [run["loop_ms"] for run in runs if "loop_ms" in run]
     if others:
-        text += f" (other {load.median(others):.0%}, steal {load.median(steals):.0%})"
+        text += f" (other {load.median(others):.0%}, steal {load.median(steals):.0%}"
+        text += f", loop {min(loops):.0f}–{max(loops):.0f} ms)" if loops else ")"
     return text
 
 
@@ -976,7 +992,8 @@ def print_report(bench: Bench, env: Dict[str, Any], as_json: bool) -> None:
         f"Python {env['python']} (10M-step loop: {env['python_loop_s']:.2f} s of CPU), "
         f"load by {env['load_generator']}, nginx {env['nginx']}, "
         f"{bench.settings.rounds} round(s) of {bench.settings.seconds} s runs; medians over rounds, "
-        "with the lowest–highest and the other processes' and steal's median share of the CPUs in those runs"
+        "with the lowest–highest, the other processes' and steal's median share of the CPUs in those runs, "
+        "and how long a 1M-step Python loop took just before each (the CPU's speed then)"
     )
     print(render_table(rows))
     errors = error_lines(bench)
