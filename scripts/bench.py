@@ -1,6 +1,6 @@
 """Benchmark chatproxy against a direct connection and nginx, on loopback, in one command.
 
-    python scripts/bench.py            # full run, about 7 minutes
+    python scripts/bench.py            # full run, about 10 minutes
     python scripts/bench.py --quick    # under a minute, one round of short runs
     python scripts/bench.py --json     # the same, as JSON on stdout (progress stays on stderr)
     python scripts/bench.py --profile DIR [--quick]   # py-spy profiles of chatproxy under load instead
@@ -15,8 +15,12 @@ What runs (all on 127.0.0.1, each in its own process; with `nginx` and `wrk` ins
 - load: wrk with scripts/bench_wrk.lua (every request a distinct chat, so each one is recorded);
   without wrk, scripts/bench_client.py (asyncio, one process: then the client may be the limit).
 
-Direct, chatproxy and nginx are measured in turn within each round (the order rotates per round);
-the table shows medians over rounds. The figures:
+Direct, chatproxy and nginx (and, at c=32, chatproxy --no-record) are measured in turn within each
+round (the order rotates per round); the table shows medians over rounds, and beside each throughput
+figure its lowest and highest over the rounds with what else the machine did meanwhile: the median
+share of all CPUs that other processes took, the share the hypervisor stole, and how long a fixed
+1M-step Python loop took just before each run (a virtual CPU's speed changes over minutes, with
+nothing else running). The figures:
 - requests/s: non-streaming chat completions, closed loop at 1, 32 and 256 keep-alive connections.
 - added latency p50/p99: chatproxy's (or nginx's) latency percentile minus direct's, one request at a
   time on one keep-alive connection, timed by this script (every sample kept). wrk's own percentiles
@@ -30,8 +34,9 @@ the table shows medians over rounds. The figures:
   included; the notes split it. RSS idle: just started. RSS with 1,000 streams: the peak while 1,000
   connections each receive one SSE event a second, as the sum of each process's own peak (VmHWM;
   at least the peak of the sum). nginx: master plus worker(s), its peak from samples every 0.2 s.
-- recording cost: requests/s at 32 connections with `--no-record` vs with recording on (and, for
-  information, the added latency and time to first byte of both).
+- recording cost: requests/s at 32 connections with recording on (the c=32 row itself) vs
+  `--no-record` in the same rounds, taken round by round (each round's pair minutes apart at most),
+  and, for information, the added latency and time to first byte of both.
 - growth: time per request at 1 connection (wrk's run time / requests) after resuming a session whose
   journal already holds 0 / 1,000 / 20,000 conversations (written in the journal format, resumed with
   `--session`); its start-up time and RSS (proxy + recorder) after the run are shown beside it.

@@ -92,6 +92,14 @@ def resume(folder: Path, name: str) -> None:
     store.close()
 
 
+def loop_ms() -> float:
+    """Milliseconds a fixed Python loop takes now (scripts/bench.py prints the same beside its runs)."""
+    started = time.perf_counter()
+    for _ in range(1_000_000):
+        pass
+    return (time.perf_counter() - started) * 1000
+
+
 def get(port: int, path: str, timeout: float = 120) -> Tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     conn.request("GET", PAGE + path)
@@ -146,7 +154,8 @@ def page_bench(conversations: int, before: Optional[Path], repeat: int) -> int:
         journal = make_session(folder, conversations)
         print(
             f"session: {conversations} conversations, {journal.stat().st_size / 1e6:.1f} MB "
-            f"(written in {time.perf_counter() - started:.1f} s); load average {os.getloadavg()[0]:.2f}"
+            f"(written in {time.perf_counter() - started:.1f} s); load average {os.getloadavg()[0]:.2f}; "
+            f"a 1M-step Python loop takes {loop_ms():.0f} ms (the CPU's speed now: it changes over minutes)"
         )
         runs: List[Dict[str, Any]] = []
         earlier: List[Dict[str, Any]] = []
@@ -169,7 +178,10 @@ def page_bench(conversations: int, before: Optional[Path], repeat: int) -> int:
         result = verdict(value, target) if target else ""
         print(f"{name:<44} {value * 1000:>7.0f} ms {was:>10} {goal:>10}  {result}")
     print(f"{'review process memory (RSS)':<44} {now['rss'] / 1e6:>7.0f} MB")
-    print(f"(medians of {repeat} runs; search: best of 5; {now['hits']}; load average now {os.getloadavg()[0]:.2f})")
+    print(
+        f"(medians of {repeat} runs; search: best of 5; {now['hits']}; load average now {os.getloadavg()[0]:.2f}; "
+        f"the loop now {loop_ms():.0f} ms)"
+    )
     return 0
 
 
