@@ -319,7 +319,7 @@ def _from_cache(journal: Journal, lines: List[bytes]) -> Tuple[List[Read], int]:
         else:
             record = parse_line(line, journal.lines + at + 1, journal.bad_lines)
             if record is not None:
-                journal.entry = None
+                journal.entry, journal.cached = None, iter(())  # the cache's bytes are let go
                 read.append(Read(tree.Summary.of(record), _meta(record), line))
         at += 1
     return read, at
