@@ -232,6 +232,27 @@ def meta_of(line: bytes) -> Dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+def metas_of(lines: List[bytes]) -> List[Dict[str, Any]]:
+    """meta_of() of each line, decoded as one JSON array when every line's meta is its last key (one
+    decode is about twice as fast as one per line). A meta key found nested deeper leaves closing brackets
+    over, which no JSON array admits, and a meta followed by more keys adds elements: either way the lines
+    are taken one by one."""
+    parts = []
+    for line in lines:
+        at = line.rfind(_META_KEY)
+        if at <= 0 or not line.endswith(b"}"):
+            break
+        parts.append(line[at + len(_META_KEY) : -1])
+    else:
+        try:
+            metas = json.loads(b"[" + b",".join(parts) + b"]")
+        except (ValueError, RecursionError):
+            metas = None
+        if isinstance(metas, list) and len(metas) == len(lines) and all(isinstance(m, dict) for m in metas):
+            return metas
+    return [meta_of(line) for line in lines]
+
+
 def read_cache(data: bytes) -> Iterator[CachedRecord]:
     """The entries of a cache file's contents, up to the first that is cut short or damaged."""
     if not data.startswith(CACHE_MAGIC):

@@ -31,7 +31,7 @@ from chatproxy.recorder.journal import (
     CachedRecord,
     JournalContents,
     cache_path,
-    meta_of,
+    metas_of,
     parse_line,
     read_cache_file,
 )
@@ -309,20 +309,22 @@ def _from_cache(journal: Journal, lines: List[bytes]) -> Tuple[List[Read], int]:
     cache holds what placing them needs, without decoding their messages or hashing them again. The first
     record that differs from its entry ends the cache's use, as it does when the recorder resumes; a
     damaged line is noted and skipped, the entry kept for the next."""
-    read: List[Read] = []
+    matched: List[Tuple[tree.Summary, bytes]] = []
+    parted: List[Read] = []  # the record the journal parts from the cache at, if it does here
     at = 0
     while journal.entry is not None and at < len(lines):
         line = lines[at]
         if journal.entry.matches_unterminated(line):
-            read.append(Read(journal.entry.summary, meta_of(line), line))
+            matched.append((journal.entry.summary, line))
             journal.entry = next(journal.cached or iter(()), None)
         else:
             record = parse_line(line, journal.lines + at + 1, journal.bad_lines)
             if record is not None:
                 journal.entry, journal.cached = None, iter(())  # the cache's bytes are let go
-                read.append(Read(tree.Summary.of(record), _meta(record), line))
+                parted.append(Read(tree.Summary.of(record), _meta(record), line))
         at += 1
-    return read, at
+    metas = metas_of([line for _, line in matched])
+    return [Read(summary, meta, line) for (summary, line), meta in zip(matched, metas)] + parted, at
 
 
 def _meta(record: Dict[str, Any]) -> Dict[str, Any]:

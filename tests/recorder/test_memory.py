@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 from chatproxy.apis import RESPONSES
 from chatproxy.chats.tree import LinesInJournal, Node
 from chatproxy.config import RecordOptions
-from chatproxy.recorder.journal import encode_record, meta_of
+from chatproxy.recorder.journal import encode_record, meta_of, metas_of
 from chatproxy.recorder.store import DatasetStore
 
 SYSTEM = {"role": "system", "content": "You are terse."}
@@ -144,8 +144,12 @@ def test_meta_of_a_line_is_the_records_own_whatever_its_texts_hold() -> None:
         {"v": 1, "id": "4", "messages": [], "meta": dict(meta, note=',"meta":')},
         {"v": 1, "id": "5", "messages": []},
     ]
-    for record in records:
-        line = encode_record(record)[:-1]
+    lines = [encode_record(record)[:-1] for record in records]
+    for record, line in zip(records, lines):
         assert meta_of(line) == record.get("meta", {}), line
+        assert metas_of([line, line]) == [record.get("meta", {})] * 2, line
+    assert metas_of(lines) == [record.get("meta", {}) for record in records]
+    plain = [encode_record(dict(records[0], id=str(n)))[:-1] for n in range(3)]
+    assert metas_of(plain) == [meta] * 3
     assert meta_of(b'{"v":1,"id":"6","meta":{"model":"m"') == {}  # torn: no meta rather than a wrong one
     assert meta_of(b'{"v":1,"id":"7","messages":[],"meta":[1,2]}') == {}
