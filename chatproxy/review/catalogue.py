@@ -48,6 +48,7 @@ IMAGE_NAME = re.compile(r"[0-9a-f]{64}\.(png|jpe?g|gif|webp)")  # what the recor
 FRESH_WAIT = 5.0  # seconds a request waits at most for the loader to take in a small append (a big one: `loading`)
 READ_WAIT = 300.0  # seconds an export or a bulk mark waits for the sessions to be read whole
 SUMMARY_SLICE = 500  # summaries made per hold of the lock
+LOADING_WAIT = 0.25  # seconds a list request with wait=1 waits at most for the sessions to be read whole
 REBUILD_WHILE_READING = 0.5  # seconds between rebuilds of the rows while the sessions are read
 ORDER = operator.attrgetter("order")
 BIG_APPEND = 4 * reading.SLICE_BYTES  # appended bytes read with `loading` shown, as on start
@@ -443,6 +444,10 @@ class Catalogue:
         per = min(max(_int(params.get("per"), 50), 1), MAX_PER_PAGE)
         page = max(_int(params.get("page"), 0), 0)
         reader = self._fresh()
+        if params.get("wait") == "1":  # the page asking again while the sessions are read: answer as they are done
+            with self._wake:
+                self._wake.wait_for(lambda: self._loading is None or self._closed, timeout=LOADING_WAIT)
+            reader = self._reader_now()
         with self._lock:
             matching = self._matching(reader, chosen)
             page_rows = self._summarized(reader, matching[page * per : (page + 1) * per])

@@ -17,7 +17,7 @@ from chatproxy.config import RecordOptions
 from chatproxy.recorder.journal import cache_path
 from chatproxy.recorder.store import DatasetStore
 from chatproxy.review import marks
-from chatproxy.review.catalogue import Catalogue
+from chatproxy.review.catalogue import LOADING_WAIT, Catalogue
 
 
 def append(folder: Path, name: str, records: List[Dict[str, Any]]) -> None:
@@ -58,6 +58,15 @@ def test_answers_come_while_a_long_session_is_read(tmp_path: Path, catalogue: An
     first = found.query({})
     assert first["loading"] is not None and first["total"] < 6000
     assert 0 <= first["loading"]["read"] < first["loading"]["size"] == (folder / "long.jsonl").stat().st_size
+    # Asked again with wait=1 (as the page does while loading): answered when the reading is done, or after
+    # LOADING_WAIT if it is not done by then, never at once with `loading` still set.
+    while True:
+        started = time.monotonic()
+        again = found.query({"wait": "1"})
+        if again["loading"] is None:
+            break
+        assert time.monotonic() - started >= LOADING_WAIT * 0.9
+    assert again["total"] == 6000
     found.wait_until_read()
     done = found.query({"q": "question 5999"})
     assert done["loading"] is None and done["total"] == 1

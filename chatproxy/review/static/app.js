@@ -42,12 +42,13 @@ async function api(path, options) {
 
 let loadingTimer = null;
 
-async function refreshList(keepSelection) {
+async function refreshList(keepSelection, waitForLoading) {
   const query = params();
   history.replaceState(null, "", "?" + query.toString() + location.hash);
   let data;
   try {
-    data = await api("api/list?" + query.toString());
+    // While the sessions are read, the server holds the request until they are (0.25 s at most).
+    data = await api("api/list?" + query.toString() + (waitForLoading ? "&wait=1" : ""));
   } catch (error) {
     $("summary").textContent = "cannot list: " + error.message;  // a filter the server refuses, say
     $("summary").className = "error";
@@ -58,7 +59,7 @@ async function refreshList(keepSelection) {
   state.loading = data.loading;
   clearTimeout(loadingTimer);
   // While the sessions are still being read the list grows: look again soon, then once more when done.
-  if (data.loading) loadingTimer = setTimeout(() => refreshList(true).catch(() => {}), 250);
+  if (data.loading) loadingTimer = setTimeout(() => refreshList(true, true).catch(() => {}), 50);
   else if (wasLoading) facets().catch(() => {});
   if (keepSelection && fingerprint === state.shown) return;
   state.shown = fingerprint;
