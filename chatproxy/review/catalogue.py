@@ -51,7 +51,9 @@ SUMMARY_SLICE = 500  # summaries made per hold of the lock
 LOADING_WAIT = 0.25  # seconds a list request with wait=1 waits at most for the sessions to be read whole
 REBUILD_WHILE_READING = 0.5  # seconds between rebuilds of the rows while the sessions are read
 ORDER = operator.attrgetter("order")
-BIG_APPEND = 4 * reading.SLICE_BYTES  # appended bytes read with `loading` shown, as on start
+# Appended bytes read with `loading` shown, as on start (a fraction of a second of reading): a live session
+# recording a thousand chats a second appends a few MB between two of the page's polls, read within the request.
+BIG_APPEND = 32 * reading.SLICE_BYTES
 
 
 class NotFound(Exception):
