@@ -85,6 +85,7 @@ from bench_procs import (
     children,
     cpu_of,
     free_port,
+    loop_ms,
     machine_cpu,
     reap_adopted,
 )
@@ -239,15 +240,6 @@ class CpuWatch:
             "steal_share": (steal - self.steal) / capacity,
             "loop_ms": self.loop_ms,
         }
-
-
-def loop_ms() -> float:
-    """Milliseconds a fixed Python loop takes here, now: how fast this machine's CPU runs just before a
-    measured run (a virtual CPU's speed can change from minute to minute with nothing else running)."""
-    started = time.perf_counter()
-    for _ in range(1_000_000):
-        pass
-    return (time.perf_counter() - started) * 1000
 
 
 def measure_probe(bench: Bench) -> Callable[[int, Optional[ChatProxy]], Dict[str, float]]:

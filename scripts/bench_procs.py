@@ -141,6 +141,15 @@ def machine_cpu() -> Tuple[float, float]:
     return (user + nice + system + irq + softirq + steal) / tick, steal / tick
 
 
+def loop_ms() -> float:
+    """Milliseconds a fixed Python loop takes here, now: how fast this machine's CPU runs just before a
+    measured run (a virtual CPU's speed can change from minute to minute with nothing else running)."""
+    started = time.perf_counter()
+    for _ in range(1_000_000):
+        pass
+    return (time.perf_counter() - started) * 1000
+
+
 def become_subreaper() -> None:
     """Have orphans among this script's descendants reparented here rather than to init: a recorder
     process whose proxy had to be killed then still counts as this script's work once reaped (its CPU

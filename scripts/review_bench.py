@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from bench_procs import loop_ms
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 WORDS = "rain window model token prompt answer python table river cloud budget summary error retry stream".split()
@@ -90,14 +92,6 @@ def resume(folder: Path, name: str) -> None:
     store = DatasetStore(folder, name, RecordOptions())
     store.open()
     store.close()
-
-
-def loop_ms() -> float:
-    """Milliseconds a fixed Python loop takes now (scripts/bench.py prints the same beside its runs)."""
-    started = time.perf_counter()
-    for _ in range(1_000_000):
-        pass
-    return (time.perf_counter() - started) * 1000
 
 
 def get(port: int, path: str, timeout: float = 120) -> Tuple[int, Any]:

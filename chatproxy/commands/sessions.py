@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from chatproxy.chats.tree import Node, Placement, ThreadIndex
 from chatproxy.config import PART_SEPARATOR, ConfigError, check_session_id, part_time
-from chatproxy.recorder.journal import JournalContents, read_journal
+from chatproxy.recorder.journal import JournalContents, parse_record_time, read_journal
 
 JOURNAL_SUFFIX = ".jsonl"
 DATASETS_ENV = "CHATPROXY_DATASETS"  # the proxy's own --datasets environment default
@@ -454,15 +454,3 @@ class Collection:
 
     def sessions(self) -> int:
         return len(self.names)
-
-
-def parse_record_time(value: Any) -> Optional[datetime.datetime]:
-    """A journal `meta.time` ("2024-05-01T12:00:03.123Z") as an aware datetime, or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = value[:-1] + "+00:00" if value.endswith("Z") else value
-    try:
-        parsed = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)

@@ -25,6 +25,7 @@ from chatproxy.commands.common import (
 )
 from chatproxy.commands.profiles import PROFILES, Unusable
 from chatproxy.config import ConfigError
+from chatproxy.recorder.journal import parse_record_time
 
 
 def main(argv: List[str]) -> int:
@@ -169,7 +170,7 @@ def _count_record(stats: Stats, meta: Dict[str, Any]) -> None:
         stats.with_usage += 1
         stats.prompt_tokens += _int(usage.get("prompt_tokens"))
         stats.completion_tokens += _int(usage.get("completion_tokens"))
-    when = sessions.parse_record_time(meta.get("time"))
+    when = parse_record_time(meta.get("time"))
     stats.first, stats.last = _earliest(stats.first, when), _latest(stats.last, when)
 
 

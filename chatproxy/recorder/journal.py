@@ -15,6 +15,7 @@ apis/openai_completions.py.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import struct
 import zlib
@@ -33,6 +34,18 @@ class JournalContents:
     bad_lines: List[Tuple[int, str]]  # (line number, reason): skipped, every other line kept
     torn_tail: bytes  # bytes after the last newline: a line cut by a crash
     good_size: int  # length of the file up to and including the last newline
+
+
+def parse_record_time(value: Any) -> Optional[datetime.datetime]:
+    """A journal `meta.time` ("2024-05-01T12:00:03.123Z") as an aware datetime, or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value[:-1] + "+00:00" if value.endswith("Z") else value
+    try:
+        parsed = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 
 
 def parse_journal(data: bytes) -> JournalContents:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 from chatproxy.chats.tree import Node
+from chatproxy.recorder.journal import parse_record_time
 from chatproxy.review import marks, reading, selection
 from chatproxy.review.selection import Head, Selection, Summary
 
@@ -259,7 +260,7 @@ class Catalogue:
             self._wake.notify_all()
 
     def _add_sessions(self, reader: reading.Reader, names: List[str]) -> None:
-        from chatproxy.commands.sessions import journals, oldest_first, parse_record_time
+        from chatproxy.commands.sessions import journals, oldest_first
 
         began_at = [parse_record_time(reading.first_line_time(journal.path)) for journal in reader.journals]
         latest = max((when for when in began_at if when is not None), default=None)

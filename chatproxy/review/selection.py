@@ -28,6 +28,7 @@ import re
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from chatproxy.apis import route
+from chatproxy.recorder.journal import parse_record_time
 from chatproxy.review.marks import Marks
 
 FIRST_CHARS = 200  # of the first user message, shown in the list
@@ -197,18 +198,6 @@ def summarize(node: Any, tags: Callable[[], Iterable[str]], chosen: Optional[Sel
 def _str(meta: Mapping[str, Any], key: str) -> str:
     value = meta.get(key)
     return value if isinstance(value, str) else ""
-
-
-def parse_record_time(value: Any) -> Optional[datetime.datetime]:
-    """A journal `meta.time` ("2024-05-01T12:00:03.123Z") as an aware datetime, or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = value[:-1] + "+00:00" if value.endswith("Z") else value
-    try:
-        parsed = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 
 
 # ---------------------------------------------------------------------------------------------------------
