@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import sys
 import threading
@@ -115,6 +116,17 @@ class RunningProxy:
     def journal(self, session: Optional[str] = None) -> List[Dict[str, Any]]:
         path = self.datasets / f"{session or self.session}.jsonl"
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def chatproxy_logging_restored() -> Iterator[None]:
+    """A command run in-process (cli.main) points the "chatproxy" logger at the sys.stderr of its test,
+    which pytest closes afterwards: put the logger back, or a proxy still running in a later test writes
+    "--- Logging error ---" into that test's captured stderr."""
+    logger = logging.getLogger("chatproxy")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 @pytest.fixture
