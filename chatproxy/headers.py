@@ -56,81 +56,125 @@ def get(headers: Iterable[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
     return None
 
 
-def _connection_tokens(headers: Sequence[Tuple[bytes, bytes]]) -> FrozenSet[bytes]:
+# -- fields: a head as h11 keeps it once parsed ------------------------------------------------
+# (name as sent, name in lower case, value): the relay reads and rewrites heads in this form, so a
+# field's name is lowered once, by h11's parser, not again by every rule below.
+
+Field = Tuple[bytes, bytes, bytes]
+Fields = List[Field]
+
+
+def as_fields(headers: Iterable[Tuple[bytes, bytes]]) -> Fields:
+    return [(key, key.lower(), value) for key, value in headers]
+
+
+def as_pairs(fields: Iterable[Field]) -> Headers:
+    return [(key, value) for key, _, value in fields]
+
+
+def field(fields: Iterable[Field], name: bytes) -> Optional[bytes]:
+    """First value of `name` (lower-case)."""
+    for _, low, value in fields:
+        if low == name:
+            return value
+    return None
+
+
+def _connection_tokens(fields: Iterable[Field]) -> FrozenSet[bytes]:
     tokens: Set[bytes] = set()
-    for key, value in headers:
-        if key.lower() == b"connection":
+    for _, low, value in fields:
+        if low == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
     return frozenset(tokens)
 
 
-def _end_to_end(headers: Sequence[Tuple[bytes, bytes]], also_drop: FrozenSet[bytes]) -> Headers:
-    named = _connection_tokens(headers)
-    kept = []
-    for key, value in headers:
-        low = key.lower()
-        if low in HOP_BY_HOP or low in named or low in also_drop or low.startswith(CONTROL_PREFIX):
-            continue
-        kept.append((key, value))
-    return kept
+def _end_to_end(fields: Sequence[Field], also_drop: FrozenSet[bytes]) -> Fields:
+    named = _connection_tokens(fields)
+    return [
+        item
+        for item in fields
+        if not (item[1] in HOP_BY_HOP or item[1] in named or item[1] in also_drop or item[1].startswith(CONTROL_PREFIX))
+    ]
 
 
-def for_upstream(headers: Sequence[Tuple[bytes, bytes]], authority: str, chunked: bool) -> Headers:
-    """Request headers as sent upstream: end-to-end fields in order and case, Host rewritten.
+CHUNKED: Field = (b"Transfer-Encoding", b"transfer-encoding", b"chunked")
+
+
+def host_field(authority: str) -> Field:
+    return (b"Host", b"host", authority.encode("ascii"))
+
+
+def upstream_fields(fields: Sequence[Field], host: Field, chunked: bool) -> Fields:
+    """Request fields as sent upstream: end-to-end fields in order and case, Host rewritten.
 
     h11 frames a message from its headers, so a chunked request (whose Transfer-Encoding is
     hop-by-hop and was just dropped) gets `Transfer-Encoding: chunked` back.
     """
-    out = [(b"Host", authority.encode("ascii"))]
-    out.extend(_end_to_end(headers, _REQUEST_ONLY_DROPPED))
+    out = [host]
+    out.extend(_end_to_end(fields, _REQUEST_ONLY_DROPPED))
     if chunked:
-        out.append((b"Transfer-Encoding", b"chunked"))
+        out.append(CHUNKED)
     return out
 
 
-def upgrade_token(headers: Sequence[Tuple[bytes, bytes]]) -> Optional[bytes]:
+def for_upstream(headers: Sequence[Tuple[bytes, bytes]], authority: str, chunked: bool) -> Headers:
+    """upstream_fields() for (name, value) pairs."""
+    return as_pairs(upstream_fields(as_fields(headers), host_field(authority), chunked))
+
+
+def client_fields(fields: Sequence[Field]) -> Fields:
+    """Response fields as sent to the client; h11 re-frames a body without Content-Length."""
+    return _end_to_end(fields, frozenset())
+
+
+def for_client(headers: Sequence[Tuple[bytes, bytes]]) -> Headers:
+    """client_fields() for (name, value) pairs."""
+    return as_pairs(client_fields(as_fields(headers)))
+
+
+def upgrade_token(fields: Sequence[Field]) -> Optional[bytes]:
     """The protocol a request asks to switch to (RFC 9110 §7.8: `Upgrade` named in `Connection`), or None."""
-    if b"upgrade" not in _connection_tokens(headers):
+    if b"upgrade" not in _connection_tokens(fields):
         return None
-    value = get(headers, b"upgrade")
+    value = field(fields, b"upgrade")
     return value.strip() if value and value.strip() else None
 
 
-def for_upgrade(headers: Sequence[Tuple[bytes, bytes]], upgrade: bytes) -> Headers:
+def for_upgrade(fields: Sequence[Field], upgrade: bytes) -> Fields:
     """End-to-end fields plus the upgrade's own two hop-by-hop fields, asked for again on this hop."""
-    return list(headers) + [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+    return list(fields) + [(b"Connection", b"connection", b"Upgrade"), (b"Upgrade", b"upgrade", upgrade)]
 
 
 # What the recorder's copy can decode (zlib): asked for instead of br or zstd on recorded routes.
 DECODABLE_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate", b"identity"})
 
 
-def decodable_accept_encoding(headers: Sequence[Tuple[bytes, bytes]]) -> Headers:
+def decodable_codings(fields: Sequence[Field]) -> Fields:
     """`Accept-Encoding` narrowed to the codings the recorder can read, q-values kept; `*` becomes
-    gzip and deflate. The header is otherwise unchanged, and the client still gets a coding it asked for."""
-    out: Headers = []
-    for key, value in headers:
-        if key.lower() != b"accept-encoding":
-            out.append((key, value))
+    gzip and deflate. The field is otherwise unchanged, and the client still gets a coding it asked for."""
+    out: Fields = []
+    for item in fields:
+        if item[1] != b"accept-encoding":
+            out.append(item)
             continue
         kept = []
-        for item in value.split(b","):
-            coding = item.split(b";", 1)[0].strip().lower()
+        for part in item[2].split(b","):
+            coding = part.split(b";", 1)[0].strip().lower()
             if coding in DECODABLE_CODINGS:
-                kept.append(item.strip())
+                kept.append(part.strip())
             elif coding == b"*":
-                params = item.strip()[1:]
+                params = part.strip()[1:]
                 kept.extend([b"gzip" + params, b"deflate" + params])
-        out.append((key, b", ".join(kept) if kept else b"identity"))
+        out.append((item[0], item[1], b", ".join(kept) if kept else b"identity"))
     return out
 
 
-def for_client(headers: Sequence[Tuple[bytes, bytes]]) -> Headers:
-    """Response headers as sent to the client; h11 re-frames a body without Content-Length."""
-    return _end_to_end(headers, frozenset())
+def decodable_accept_encoding(headers: Sequence[Tuple[bytes, bytes]]) -> Headers:
+    """decodable_codings() for (name, value) pairs."""
+    return as_pairs(decodable_codings(as_fields(headers)))
 
 
-def framing_conflict(headers: Sequence[Tuple[bytes, bytes]]) -> bool:
+def framing_conflict(fields: Sequence[Field]) -> bool:
     """Content-Length together with Transfer-Encoding is a smuggling vector: refuse it.
 
     RFC 9112 §6.3 (message body length), the steps this proxy relies on:
@@ -140,13 +184,13 @@ def framing_conflict(headers: Sequence[Tuple[bytes, bytes]]) -> bool:
     4. Transfer-Encoding whose final coding is chunked: chunked framing (is_chunked; h11 parses it).
     5. Content-Length alone: that many bytes (h11 rejects a malformed or repeated-different value).
     """
-    names = {key.lower() for key, _ in headers}
+    names = {low for _, low, _ in fields}
     return b"content-length" in names and b"transfer-encoding" in names
 
 
-def is_chunked(headers: Sequence[Tuple[bytes, bytes]]) -> bool:
+def is_chunked(fields: Sequence[Field]) -> bool:
     """RFC 9112 §6.3 step 4: chunked is the final transfer coding (h11 accepts no other)."""
-    value = get(headers, b"transfer-encoding")
+    value = field(fields, b"transfer-encoding")
     return value is not None and value.strip().lower().endswith(b"chunked")
 
 

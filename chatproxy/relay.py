@@ -9,7 +9,7 @@ from typing import Callable, List, Optional, Protocol, Tuple
 
 from chatproxy import headers as hdr
 from chatproxy import tunnel
-from chatproxy._h11 import h11
+from chatproxy._h11 import Field, fields_of, h11
 from chatproxy.apis import route
 from chatproxy.config import Config
 from chatproxy.errors import ProxyError, UpstreamClosed, UpstreamProtocolError
@@ -31,7 +31,7 @@ class Downstream(Protocol):
 
     async def receive_body(self) -> Optional[bytes]: ...  # None at the end of the body
 
-    async def start_response(self, status: int, headers: List[Tuple[bytes, bytes]], reason: bytes) -> None: ...
+    async def start_response(self, status: int, fields: List[Field], reason: bytes) -> None: ...
 
     async def send_data(self, data: bytes) -> None: ...
 
@@ -40,7 +40,7 @@ class Downstream(Protocol):
     def flush(self) -> None: ...
 
     async def switch_protocols(
-        self, status: int, headers: List[Tuple[bytes, bytes]], reason: bytes
+        self, status: int, fields: List[Field], reason: bytes
     ) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
         """Send the 101; the client's raw streams, and the bytes of the new protocol it already sent."""
         ...
@@ -83,7 +83,7 @@ class Forwarding:
     method: bytes
     path: str  # as the client sent it
     upstream_target: bytes
-    upstream_headers: List[Tuple[bytes, bytes]]
+    upstream_fields: List[Field]
     downstream: Downstream
     capture: Optional[ExchangeCapture]  # the recorder's copy, on recorded routes
     sent: Optional[BodySample] = None  # with --debug, the start of each body
@@ -109,33 +109,34 @@ class Relay:
         self.config = config
         self.pool = pool
         self.record = record  # never blocks: the recorder only enqueues
+        self._host = hdr.host_field(config.target.authority)
 
     async def exchange(self, request: h11.Request, downstream: Downstream) -> None:
         """Relay one request. Raises ProxyError before the response starts (the caller answers it),
         UpstreamFailedMidResponse or ClientGone after."""
         path = request.target.decode("latin-1")
-        raw_headers = request.headers.raw_items()
+        fields = fields_of(request.headers)
         forwarding = Forwarding(
             method=request.method,
             path=path,
             upstream_target=self.config.target.url_path(path).encode("latin-1"),
-            upstream_headers=hdr.for_upstream(raw_headers, self.config.target.authority, hdr.is_chunked(raw_headers)),
+            upstream_fields=hdr.upstream_fields(fields, self._host, hdr.is_chunked(fields)),
             downstream=downstream,
-            capture=self._capture_for(request.method, path, raw_headers),
+            capture=self._capture_for(request.method, path, fields),
         )
         if log.isEnabledFor(logging.DEBUG):
             # headers.masked() is the only way headers reach a log line: keys and cookies show as ***.
             target = hdr.masked_target(path)
-            log.debug("-> %s %s %s", request.method.decode("latin-1"), target, hdr.masked(raw_headers))
+            log.debug("-> %s %s %s", request.method.decode("latin-1"), target, hdr.masked(hdr.as_pairs(fields)))
             forwarding.sent, forwarding.received = BodySample(), BodySample()
-        upgrade = hdr.upgrade_token(raw_headers)
+        upgrade = hdr.upgrade_token(fields)
         if upgrade is not None:
-            forwarding.upstream_headers = hdr.for_upgrade(forwarding.upstream_headers, upgrade)
+            forwarding.upstream_fields = hdr.for_upgrade(forwarding.upstream_fields, upgrade)
             await self._tunnel(forwarding)
             return
         if forwarding.capture is not None:
             # The copy is read with zlib: br and zstd would be relayed but not recorded. The one header changed.
-            forwarding.upstream_headers = hdr.decodable_accept_encoding(forwarding.upstream_headers)
+            forwarding.upstream_fields = hdr.decodable_codings(forwarding.upstream_fields)
         complete = False
         try:
             conn, response = await self._open_exchange(forwarding)
@@ -160,10 +161,10 @@ class Relay:
             await self._relay_response(conn, head, forwarding)  # releases the connection
             return
         try:
-            response_headers = head.headers.raw_items()
-            upgrade = hdr.get(response_headers, b"upgrade") or b""
+            response_fields = fields_of(head.headers)
+            upgrade = hdr.field(response_fields, b"upgrade") or b""
             client_reader, client_writer, client_early = await forwarding.downstream.switch_protocols(
-                head.status_code, hdr.for_upgrade(hdr.for_client(response_headers), upgrade), head.reason
+                head.status_code, hdr.for_upgrade(hdr.client_fields(response_fields), upgrade), head.reason
             )
             upstream_reader, upstream_writer, upstream_early = conn.detach()
             if upstream_early:
@@ -184,17 +185,15 @@ class Relay:
             if finished is not None and (complete or finished.stream):
                 self.record(finished)
 
-    def _capture_for(
-        self, method: bytes, path: str, raw_headers: List[Tuple[bytes, bytes]]
-    ) -> Optional[ExchangeCapture]:
+    def _capture_for(self, method: bytes, path: str, fields: List[Field]) -> Optional[ExchangeCapture]:
         if self.record is None:
             return None
         endpoint = route(method, path)
         if endpoint is None:
             return None
-        if (hdr.get(raw_headers, b"x-chatproxy-record") or b"").strip().lower() in (b"no", b"0", b"false", b"off"):
+        if (hdr.field(fields, b"x-chatproxy-record") or b"").strip().lower() in (b"no", b"0", b"false", b"off"):
             return None
-        return ExchangeCapture(endpoint, path, raw_headers, self.config.max_body)
+        return ExchangeCapture(endpoint, path, fields, self.config.max_body)
 
     async def _open_exchange(self, forwarding: Forwarding) -> Tuple[UpstreamConnection, h11.Response]:
         """Send the request and wait for the response head.
@@ -218,7 +217,7 @@ class Relay:
         log.debug("pooled upstream connection was stale; sending the request again on a new one")
         conn = await self.pool.acquire(fresh=True)
         try:
-            await conn.send_request(forwarding.method, forwarding.upstream_target, forwarding.upstream_headers)
+            await conn.send_request(forwarding.method, forwarding.upstream_target, forwarding.upstream_fields)
             for chunk in body:
                 await conn.send_body(chunk)
             await conn.end_request()
@@ -231,7 +230,7 @@ class Relay:
         """Forward head and body as the body arrives; returns the body if it was small enough to keep."""
         copy: Optional[List[bytes]] = []
         copied = 0
-        await conn.send_request(forwarding.method, forwarding.upstream_target, forwarding.upstream_headers)
+        await conn.send_request(forwarding.method, forwarding.upstream_target, forwarding.upstream_fields)
         while True:
             chunk = await forwarding.downstream.receive_body()
             if chunk is None:
@@ -251,16 +250,16 @@ class Relay:
         downstream = forwarding.downstream
         clean = False
         try:
-            response_headers = response.headers.raw_items()
+            response_fields = fields_of(response.headers)
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("<- %d %s", response.status_code, hdr.masked(response_headers))
-            if hdr.framing_conflict(response_headers):
+                log.debug("<- %d %s", response.status_code, hdr.masked(hdr.as_pairs(response_fields)))
+            if hdr.framing_conflict(response_fields):
                 # h11 lets Transfer-Encoding win silently; relaying the Content-Length beside the
                 # de-chunked body would frame the client's response wrongly (h11 refuses mid-send).
                 raise UpstreamProtocolError("upstream response has both Content-Length and Transfer-Encoding")
             if forwarding.capture is not None:
-                forwarding.capture.response_head(response.status_code, response_headers)
-            await downstream.start_response(response.status_code, hdr.for_client(response_headers), response.reason)
+                forwarding.capture.response_head(response.status_code, response_fields)
+            await downstream.start_response(response.status_code, hdr.client_fields(response_fields), response.reason)
             try:
                 async for chunk in conn.iter_body(before_wait=downstream.flush):
                     if forwarding.method != b"HEAD":

@@ -10,11 +10,11 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from chatproxy import __version__
+from chatproxy import __version__, _h11
 from chatproxy import headers as hdr
-from chatproxy._h11 import h11
+from chatproxy._h11 import Field, fields_of, h11
 from chatproxy.config import Config
-from chatproxy.deadlines import WatchedReader, read_within
+from chatproxy.deadlines import ReadTimer, WatchedReader
 from chatproxy.errors import ProxyError, RequestRejected, openai_error_body
 from chatproxy.relay import ClientGone, Relay, UpstreamFailedMidResponse
 
@@ -25,6 +25,7 @@ READ_SIZE = 64 * 1024  # matches StreamReader's default limit
 # whole in one 64 KiB read slips past it; _check measures the parsed head against the same limit.
 MAX_REQUEST_HEAD = 16 * 1024
 STATUS_PATH = b"/_chatproxy/status"
+CONNECTION_CLOSE: Field = (b"Connection", b"connection", b"close")
 REVIEW_PATH = b"/_chatproxy/review"
 
 
@@ -53,7 +54,7 @@ class ClientConnection:
         self.busy = False
         self.cycle = Cycle()
         self._task: Optional[asyncio.Task[None]] = None
-        self._loop = asyncio.get_running_loop()
+        self._timer = ReadTimer(asyncio.get_running_loop())
         self._held = b""  # bytes sent to h11 but not yet written: one write for head and body
         _, self._high_water = writer.transport.get_write_buffer_limits()
 
@@ -93,7 +94,7 @@ class ClientConnection:
             except h11.RemoteProtocolError as exc:
                 await self._send_error(exc.error_status_hint, f"malformed HTTP request: {exc}", "bad_request")
                 return None
-            if isinstance(event, h11.Request):
+            if type(event) is h11.Request:  # h11's events are ABCs: isinstance() is slower than this test
                 return event
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed
@@ -113,7 +114,7 @@ class ClientConnection:
     async def _read(self, timeout: float) -> Optional[bytes]:
         """Bytes from the client; b"" at EOF or reset; None on time-out."""
         try:
-            return await read_within(self._reader, READ_SIZE, timeout, self._loop)
+            return await self._timer.read(self._reader, READ_SIZE, timeout)
         except OSError:
             return b""  # a reset is the client leaving: h11 then decides if that was clean (h11's own rule)
 
@@ -122,11 +123,11 @@ class ClientConnection:
         self._server.count_request()
         try:
             path = request.target.split(b"?", 1)[0]
-            if path == REVIEW_PATH or path.startswith(REVIEW_PATH + b"/"):
+            if path.startswith(REVIEW_PATH) and (path == REVIEW_PATH or path.startswith(REVIEW_PATH + b"/")):
                 await self._answer_review(request)  # the page checks the key itself: browsers send no header
                 return
             request = self._check(request)
-            if request.target.split(b"?", 1)[0] == STATUS_PATH:
+            if path == STATUS_PATH:
                 await self._answer_status()
                 return
             await self._server.relay.exchange(request, self)
@@ -162,9 +163,8 @@ class ClientConnection:
 
     def _check(self, request: h11.Request) -> h11.Request:
         """Refuse what a transparent gateway to one target must not relay; returns what to relay."""
-        head_size = (
-            len(request.method) + len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers.raw_items())
-        )
+        fields = fields_of(request.headers)
+        head_size = len(request.method) + len(request.target) + sum([len(k) + len(v) + 4 for k, _, v in fields])
         if head_size > MAX_REQUEST_HEAD:
             raise RequestRejected(431, f"request head larger than {MAX_REQUEST_HEAD // 1024} KiB")
         if not request.target.startswith(b"/"):
@@ -172,29 +172,29 @@ class ClientConnection:
             raise RequestRejected(400, "request target must be a path; this proxy only forwards to its --target")
         if request.method == b"CONNECT":
             raise RequestRejected(405, "CONNECT is not supported")
-        if hdr.framing_conflict(request.headers):
+        if hdr.framing_conflict(fields):
             raise RequestRejected(400, "request has both Content-Length and Transfer-Encoding")
         if self._config.proxy_key is not None:
-            request = self._with_proxy_key_checked(request)
-        length = hdr.get(request.headers, b"content-length")
+            request = self._with_proxy_key_checked(request, fields)
+        length = hdr.field(fields, b"content-length")
         if length is not None and int(length) > self._config.max_body:
             raise RequestRejected(413, f"request body larger than --max-body ({self._config.max_body} bytes)")
         return request
 
-    def _with_proxy_key_checked(self, request: h11.Request) -> h11.Request:
+    def _with_proxy_key_checked(self, request: h11.Request, fields: List[Field]) -> h11.Request:
         """401 without the proxy key. Sent as X-Chatproxy-Key (removed before forwarding), the
         frontend's own Authorization passes through. Sent as `Authorization: Bearer KEY`, that
         header carried our key, not an upstream one: it is dropped, or the backend would see it."""
         assert self._config.proxy_key is not None
         expected = self._config.proxy_key.encode()
-        given = hdr.get(request.headers, hdr.PROXY_KEY_HEADER)
+        given = hdr.field(fields, hdr.PROXY_KEY_HEADER)
         if given is not None:
             if hmac.compare_digest(given.strip(), expected):
                 return request
         else:
-            auth = hdr.get(request.headers, b"authorization") or b""
+            auth = hdr.field(fields, b"authorization") or b""
             if auth[:7].lower() == b"bearer " and hmac.compare_digest(auth[7:].strip(), expected):
-                headers = [(k, v) for k, v in request.headers.raw_items() if k.lower() != b"authorization"]
+                headers = [(raw, value) for raw, low, value in fields if low != b"authorization"]
                 return h11.Request(
                     method=request.method, target=request.target, headers=headers, http_version=request.http_version
                 )
@@ -208,12 +208,13 @@ class ClientConnection:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
                 raise RequestRejected(exc.error_status_hint, f"malformed request body: {exc}") from None
-            if isinstance(event, h11.Data):
+            kind = type(event)
+            if kind is h11.Data:
                 self.cycle.body_bytes += len(event.data)
                 if self.cycle.body_bytes > self._config.max_body:
                     raise RequestRejected(413, f"request body larger than --max-body ({self._config.max_body} bytes)")
                 return bytes(event.data)
-            if isinstance(event, h11.EndOfMessage):
+            if kind is h11.EndOfMessage:
                 self._watch_for_departure()
                 return None
             if event is not h11.NEED_DATA:
@@ -225,12 +226,12 @@ class ClientConnection:
                 raise RequestRejected(408, "request body not received in time")
             self._h11.receive_data(data)
 
-    async def start_response(self, status: int, headers: List[Tuple[bytes, bytes]], reason: bytes) -> None:
+    async def start_response(self, status: int, fields: List[Field], reason: bytes) -> None:
         self.cycle.response_started = True
         if self._server.stopping:
-            headers = headers + [(b"Connection", b"close")]
+            fields = fields + [CONNECTION_CLOSE]
         # The head goes out with the first body bytes, or by flush() before the relay waits for them.
-        await self._send(h11.Response(status_code=status, headers=headers, reason=reason), hold=True)
+        await self._send(_h11.response(status, fields, reason), hold=True)
 
     async def send_data(self, data: bytes) -> None:
         await self._send(h11.Data(data=data))
@@ -239,12 +240,12 @@ class ClientConnection:
         await self._send(h11.EndOfMessage())
 
     async def switch_protocols(
-        self, status: int, headers: List[Tuple[bytes, bytes]], reason: bytes
+        self, status: int, fields: List[Field], reason: bytes
     ) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
         # From here the client's EOF ends the tunnel, not the exchange: no more watching for it.
         self._stop_watching()
         self.cycle.response_started = True
-        await self._send(h11.InformationalResponse(status_code=status, headers=headers, reason=reason))
+        await self._send(h11.InformationalResponse(status_code=status, headers=hdr.as_pairs(fields), reason=reason))
         early, _ = self._h11.trailing_data
         return self._reader, self._writer, bytes(early)
 
@@ -256,7 +257,7 @@ class ClientConnection:
 
     async def _send(self, event: Any, hold: bool = False) -> None:
         data = self._held + self._h11.send(event)
-        if hold:
+        if hold or not data:  # the end of a Content-Length body is no bytes at all
             self._held = data
             return
         self._held = b""
@@ -348,6 +349,7 @@ class ClientConnection:
 
     async def _close(self) -> None:
         self._stop_watching()
+        self._timer.close()
         transport = self._writer.transport
         if not transport.is_closing():
             try:

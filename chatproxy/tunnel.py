@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Tuple
 
-from chatproxy.deadlines import read_within
+from chatproxy.deadlines import ReadTimer
 
 READ_SIZE = 64 * 1024
 
@@ -35,15 +35,19 @@ async def splice(client: Side, upstream: Side, idle_timeout: float) -> None:
 async def _copy(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle_timeout: float, loop: asyncio.AbstractEventLoop
 ) -> None:
-    while True:
-        try:
-            data = await read_within(reader, READ_SIZE, idle_timeout, loop)
-        except OSError:
-            return  # a reset ends this direction like an EOF
-        if not data:  # EOF, or silent past the idle limit (None)
-            return
-        writer.write(data)
-        try:
-            await writer.drain()
-        except OSError:
-            return  # the other side is gone
+    timer = ReadTimer(loop)
+    try:
+        while True:
+            try:
+                data = await timer.read(reader, READ_SIZE, idle_timeout)
+            except OSError:
+                return  # a reset ends this direction like an EOF
+            if not data:  # EOF, or silent past the idle limit (None)
+                return
+            writer.write(data)
+            try:
+                await writer.drain()
+            except OSError:
+                return  # the other side is gone
+    finally:
+        timer.close()

@@ -10,9 +10,10 @@ import ssl
 import time
 from typing import AsyncIterator, Callable, Deque, List, Optional, Tuple, Union
 
-from chatproxy._h11 import h11
+from chatproxy import _h11
+from chatproxy._h11 import Field, h11
 from chatproxy.config import Target, Timeouts
-from chatproxy.deadlines import read_within
+from chatproxy.deadlines import ReadTimer
 from chatproxy.errors import UpstreamClosed, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 
 log = logging.getLogger("chatproxy.upstream")
@@ -48,7 +49,7 @@ class UpstreamConnection:
         self.closed = False
         self.response_bytes = 0  # any response byte seen makes a retry unsafe
         self._held = b""
-        self._loop = asyncio.get_running_loop()
+        self._timer = ReadTimer(asyncio.get_running_loop())
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self._h11.our_state}/{self._h11.their_state}"
@@ -76,11 +77,11 @@ class UpstreamConnection:
             self._h11.send_failed()
             raise
 
-    async def send_request(self, method: bytes, target: bytes, headers: List[Tuple[bytes, bytes]]) -> None:
+    async def send_request(self, method: bytes, target: bytes, fields: List[Field]) -> None:
         """The head waits for the first body bytes (or the end), so a small request is one write."""
         self.requests += 1
         self.response_bytes = 0
-        await self._send(h11.Request(method=method, target=target, headers=headers), hold=True)
+        await self._send(_h11.request(method, target, fields), hold=True)
 
     async def send_body(self, data: bytes) -> None:
         await self._send(h11.Data(data=data))
@@ -92,7 +93,7 @@ class UpstreamConnection:
 
     async def _read(self) -> bytes:
         try:
-            data = await read_within(self._reader, READ_SIZE, self._timeouts.upstream_read, self._loop)
+            data = await self._timer.read(self._reader, READ_SIZE, self._timeouts.upstream_read)
         except (OSError, ssl.SSLError):
             data = b""  # a reset is an EOF to h11, which knows whether the message was complete
         if data is None:
@@ -117,7 +118,7 @@ class UpstreamConnection:
     async def receive_response(self) -> h11.Response:
         """Wait for the final response head; 1xx (100 Continue, 103 Early Hints) are skipped."""
         head = await self.receive_head()
-        if not isinstance(head, h11.Response):
+        if type(head) is not h11.Response:
             raise UpstreamProtocolError("upstream switched protocols without being asked to")
         return head
 
@@ -125,9 +126,9 @@ class UpstreamConnection:
         """The final response head, or the 101 that switches an upgrade request's protocol."""
         while True:
             event = await self._next_event()
-            if isinstance(event, h11.Response):
+            if type(event) is h11.Response:
                 return event
-            if isinstance(event, h11.InformationalResponse):
+            if type(event) is h11.InformationalResponse:
                 if event.status_code == 101 and self._h11.their_state is h11.SWITCHED_PROTOCOL:
                     return event
                 continue
@@ -149,7 +150,8 @@ class UpstreamConnection:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
                 raise UpstreamProtocolError(f"invalid HTTP from upstream: {exc}") from None
-            if isinstance(event, h11.Data):
+            kind = type(event)  # h11's events are ABCs: isinstance() is slower than this test
+            if kind is h11.Data:
                 pending.append(event.data)
             elif event is h11.NEED_DATA:
                 if pending:
@@ -158,7 +160,7 @@ class UpstreamConnection:
                 if before_wait is not None:
                     before_wait()
                 self._h11.receive_data(await self._read())
-            elif isinstance(event, h11.EndOfMessage):
+            elif kind is h11.EndOfMessage:
                 if pending:
                     yield b"".join(pending)
                 return
@@ -195,6 +197,7 @@ class UpstreamConnection:
         """Abort rather than close politely: a half-read response must not be drained."""
         if not self.closed:
             self.closed = True
+            self._timer.close()
             self._writer.transport.abort()
 
 

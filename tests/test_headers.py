@@ -6,7 +6,9 @@ from typing import List, Tuple
 
 import pytest
 
+from chatproxy import _h11
 from chatproxy import headers as hdr
+from chatproxy._h11 import h11
 
 H = List[Tuple[bytes, bytes]]
 
@@ -267,7 +269,7 @@ def test_client_response_gets_no_host_and_no_framing_added() -> None:
 )
 def test_framing_conflict(headers: H, conflict: bool) -> None:
     """Content-Length together with Transfer-Encoding, whatever their values or case, is a conflict."""
-    assert hdr.framing_conflict(headers) is conflict
+    assert hdr.framing_conflict(hdr.as_fields(headers)) is conflict
 
 
 # -- is_chunked -------------------------------------------------------------------------------
@@ -289,7 +291,7 @@ def test_framing_conflict(headers: H, conflict: bool) -> None:
 )
 def test_is_chunked(headers: H, chunked: bool) -> None:
     """A body is chunked when chunked is the last transfer coding (RFC 9112 §6.3)."""
-    assert hdr.is_chunked(headers) is chunked
+    assert hdr.is_chunked(hdr.as_fields(headers)) is chunked
 
 
 # -- masked -----------------------------------------------------------------------------------
@@ -366,3 +368,52 @@ def test_masked_accepts_any_iterable() -> None:
         ("Cookie", "***"),
         ("Accept", "*/*"),
     ]
+
+
+# -- relayed heads: h11's parsed fields handed back to h11 ------------------------------------
+
+
+def test_this_h11_takes_its_parsed_fields_back_unchecked() -> None:
+    """_h11 builds relayed events from the parsed fields only after a probe at import; if an h11
+    release changed its internals, the probe falls back to the public API, and this says so."""
+    assert _h11.TRUSTED_HEADERS is not None
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_relayed_head_is_the_same_bytes_either_way(trusted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parsed request, rewritten by the header rules, serialises as the public API would serialise it."""
+    if not trusted:
+        monkeypatch.setattr(_h11, "TRUSTED_HEADERS", None)
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:12538\r\nContent-Length: 2\r\n"
+        b"Connection: keep-alive\r\nAccept-Encoding: br, gzip\r\nX-Chatproxy-Tags: a\r\nUser-Agent: t\r\n\r\n{}"
+    )
+    parsed = server.next_event()
+    assert type(parsed) is h11.Request
+    fields = hdr.decodable_codings(
+        hdr.upstream_fields(_h11.fields_of(parsed.headers), hdr.host_field("api.example:443"), chunked=False)
+    )
+    expected = h11.Connection(h11.CLIENT).send(
+        h11.Request(method=b"POST", target=b"/v1/chat/completions", headers=hdr.as_pairs(fields))
+    )
+    sent = h11.Connection(h11.CLIENT).send(_h11.request(b"POST", b"/v1/chat/completions", fields))
+    assert sent == expected
+    assert sent.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.example:443\r\n")
+    assert b"Accept-Encoding: gzip\r\n" in sent and b"Connection" not in sent and b"X-Chatproxy" not in sent
+
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=b"GET", target=b"/", headers=[(b"Host", b"a")]))
+    client.receive_data(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    response = client.next_event()
+    assert type(response) is h11.Response
+    kept = hdr.client_fields(_h11.fields_of(response.headers))
+    answer = h11.Connection(h11.SERVER)
+    answer.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    answer.next_event()
+    public = h11.Connection(h11.SERVER)
+    public.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    public.next_event()
+    assert answer.send(_h11.response(200, kept, b"OK")) == public.send(
+        h11.Response(status_code=200, headers=hdr.as_pairs(kept), reason=b"OK")
+    )

@@ -40,7 +40,7 @@ class Exchange:
 class ExchangeCapture:
     """Collects request and response bytes of one completion exchange; never raises into the relay."""
 
-    def __init__(self, endpoint: str, path: str, request_headers: Sequence[Tuple[bytes, bytes]], max_body: int) -> None:
+    def __init__(self, endpoint: str, path: str, request_fields: Sequence[hdr.Field], max_body: int) -> None:
         self.exchange = Exchange(endpoint, path, b"", time.time())
         self._request = bytearray()
         self._response = bytearray()
@@ -48,13 +48,13 @@ class ExchangeCapture:
         self._decoder: Optional[Union[SSEDecoder, NDJSONDecoder]] = None
         self._inflate: Optional[zlib._Decompress] = None
         self.active = True
-        self._read_controls(request_headers)
+        self._read_controls(request_fields)
 
-    def _read_controls(self, request_headers: Sequence[Tuple[bytes, bytes]]) -> None:
-        session = hdr.get(request_headers, b"x-chatproxy-session")
+    def _read_controls(self, request_fields: Sequence[hdr.Field]) -> None:
+        session = hdr.field(request_fields, b"x-chatproxy-session")
         if session is not None:
             self.exchange.session = session.decode("latin-1").strip()
-        tags = hdr.get(request_headers, b"x-chatproxy-tags")
+        tags = hdr.field(request_fields, b"x-chatproxy-tags")
         if tags:
             self.exchange.tags = tuple(t.strip() for t in tags.decode("utf-8", "replace").split(",") if t.strip())
 
@@ -62,20 +62,20 @@ class ExchangeCapture:
         if self.active:
             self._request += data
 
-    def response_head(self, status: int, response_headers: Sequence[Tuple[bytes, bytes]]) -> None:
+    def response_head(self, status: int, response_fields: Sequence[hdr.Field]) -> None:
         self.exchange.status = status
         self.exchange.request_body = bytes(self._request)
         self._request = bytearray()
         if not 200 <= status < 300:
             self.active = False  # failed exchanges are relayed, never recorded
             return
-        content_type = (hdr.get(response_headers, b"content-type") or b"").lower()
+        content_type = (hdr.field(response_fields, b"content-type") or b"").lower()
         if b"text/event-stream" in content_type:
             self._decoder = SSEDecoder()
         elif b"ndjson" in content_type or b"jsonl" in content_type:  # Ollama's native streams
             self._decoder = NDJSONDecoder()
         self.exchange.stream = self._decoder is not None
-        encoding = (hdr.get(response_headers, b"content-encoding") or b"identity").strip().lower()
+        encoding = (hdr.field(response_fields, b"content-encoding") or b"identity").strip().lower()
         if encoding in (b"gzip", b"x-gzip", b"deflate"):
             # wbits 32+15 reads both gzip and zlib-wrapped deflate.
             self._inflate = zlib.decompressobj(32 + zlib.MAX_WBITS)

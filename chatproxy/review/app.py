@@ -37,6 +37,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+from chatproxy import headers as hdr
 from chatproxy._h11 import h11
 from chatproxy.config import Config, RecordOptions, parse_target
 from chatproxy.relay import Downstream, Relay
@@ -451,7 +452,7 @@ class PageOnlyRelay(Relay):
             status, headers, body = 303, [(b"Location", (PREFIX + "/").encode())], b""
         else:
             status, headers, body = _text(404, "not found: the review page is at " + PREFIX + "/")
-        await downstream.start_response(status, headers + [(b"Content-Length", str(len(body)).encode())], b"")
+        await downstream.start_response(status, hdr.as_fields(headers + [(b"Content-Length", b"%d" % len(body))]), b"")
         if body:
             await downstream.send_data(body)
         await downstream.end_response()

@@ -12,6 +12,7 @@ from typing import List
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chatproxy import headers as hdr
 from chatproxy.recorder.capture import ExchangeCapture
 from chatproxy.recorder.journal import encode_record, parse_journal
 
@@ -101,7 +102,7 @@ payload = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characte
 def captured_events(head: List[tuple], reads: List[bytes]) -> List[bytes]:
     capture = ExchangeCapture("chat.completions", "/v1/chat/completions", [], 10**6)
     capture.request_chunk(b"{}")
-    capture.response_head(200, head)
+    capture.response_head(200, hdr.as_fields(head))
     for read in reads:
         capture.response_chunk(read)
     exchange = capture.finish(True)
