@@ -12,6 +12,9 @@ What runs (all on 127.0.0.1, each in its own process; with `nginx` and `wrk` ins
   default) unless a row says otherwise. A fresh proxy and dataset folder for every measurement.
 - nginx, `worker_processes 1` (one core, like chatproxy; `--nginx-workers auto` to change): a plain
   reverse proxy with upstream keepalive, proxy_buffering and proxy_request_buffering off.
+- scripts/bench_floor.py: the least relay built the way chatproxy is (asyncio streams, h11 on both
+  sides, kept-alive upstream connections) and nothing else, measured at c=32 in the same rounds: what
+  pure-Python HTTP/1.1 costs on this machine, the floor under chatproxy's figures.
 - load: wrk with scripts/bench_wrk.lua (every request a distinct chat, so each one is recorded);
   without wrk, scripts/bench_client.py (asyncio, one process: then the client may be the limit).
 
@@ -21,7 +24,8 @@ figure its lowest and highest over the rounds with what else the machine did mea
 share of all CPUs that other processes took, the share the hypervisor stole, and how long a fixed
 1M-step Python loop took just before each run (a virtual CPU's speed changes over minutes, with
 nothing else running). The figures:
-- requests/s: non-streaming chat completions, closed loop at 1, 32 and 256 keep-alive connections.
+- requests/s: non-streaming chat completions, closed loop at 1, 32 and 256 keep-alive connections;
+  at 32 also as a share of nginx's taken round by round, and the least h11 relay's beside them.
 - added latency p50/p99: chatproxy's (or nginx's) latency percentile minus direct's, one request at a
   time on one keep-alive connection, timed by this script (every sample kept). wrk's own percentiles
   are not used for this: wrk 4 "corrects" its histogram by adding synthetic samples for every reply
@@ -79,6 +83,7 @@ import bench_profile
 from bench_procs import (
     REPO,
     ChatProxy,
+    Floor,
     Nginx,
     Upstream,
     become_subreaper,
@@ -134,6 +139,7 @@ FULL = Settings(
     startups=10,
 )
 NO_RECORD = "no-record"  # chatproxy --no-record, a target of the c=32 cell
+FLOOR = "floor"  # scripts/bench_floor.py, the least h11 relay: a target of the c=32 cell
 LOAD_CELLS = (("c1", 1, False), ("c32", 32, False), ("c256", 256, False), ("stream32", 32, True))
 STREAM_CHUNKS = 200
 REPLY_CHARS = 600
@@ -151,6 +157,7 @@ class Bench:
         self.workdir = workdir
         self.upstream = Upstream(workdir, REPLY_CHARS)
         self.nginx = Nginx(self.upstream, workdir, nginx_workers) if nginx_workers else None
+        self.floor = Floor(self.upstream, workdir)
         self.targets = ["direct", "chatproxy"] + (["nginx"] if self.nginx else [])
         self.raw: Dict[str, Any] = {}
         self.problems: List[str] = []
@@ -159,6 +166,7 @@ class Bench:
     def close(self) -> None:
         if self.nginx:
             self.nginx.stop()
+        self.floor.stop()
         self.upstream.stop()
 
     def fresh_proxy(
@@ -178,6 +186,8 @@ class Bench:
         if target == "nginx":
             assert self.nginx is not None
             return measure(self.nginx.port, None)
+        if target == FLOOR:
+            return measure(self.floor.port, None)
         proxy = self.fresh_proxy(("--no-record",) if target == NO_RECORD else ())
         try:
             return measure(proxy.port, proxy)
@@ -186,7 +196,7 @@ class Bench:
 
     def watched_pids(self, proxy: Optional[ChatProxy]) -> List[int]:
         """The processes a measured run is made of, besides this script and its load generator."""
-        pids = [self.upstream.proc.pid]
+        pids = [self.upstream.proc.pid, self.floor.proc.pid]
         if proxy is not None:
             pids += [proxy.pid, *proxy.recorder_pids()]
         if self.nginx is not None:
@@ -264,7 +274,7 @@ def run_rounds(bench: Bench) -> None:
         order = rotated(bench.targets, number)
         for cell, connections, stream in LOAD_CELLS:
             # c=32 --no-record too, in the same rotation: the recording cost from the very runs of the c=32 row.
-            targets = order if cell != "c32" else rotated(bench.targets + [NO_RECORD], number)
+            targets = order if cell != "c32" else rotated(bench.targets + [NO_RECORD, FLOOR], number)
             for target in targets:
                 progress(f"round {number + 1}: {cell} via {target}")
                 result = bench.with_target(target, cell, measure_load(bench, connections, stream))
@@ -490,6 +500,50 @@ def spread(bench: Bench, key: str, target: str, pick: Callable[[Any], float], sc
     return text
 
 
+def round_ratios(bench: Bench, key: str, target: str, other: str) -> List[float]:
+    """`target`'s req/s over `other`'s, round by round (each round measured both minutes apart at most)."""
+    runs = bench.raw.get(key, {})
+    return [a["rps"] / b["rps"] for a, b in zip(runs.get(target, []), runs.get(other, [])) if b["rps"]]
+
+
+def ratio_note(ratios: List[float]) -> str:
+    if not ratios:
+        return "-"
+    text = f"{load.median(ratios):.1%}"
+    return text + (f" (rounds {min(ratios):.1%}–{max(ratios):.1%})" if len(ratios) > 1 else "")
+
+
+def floor_rows(bench: Bench) -> List[List[str]]:
+    """chatproxy against nginx round by round, and against the least relay h11 and asyncio allow."""
+    if FLOOR not in bench.raw.get("c32", {}):
+        return []
+    versus_nginx = round_ratios(bench, "c32", "chatproxy", "nginx")
+    share = load.median(versus_nginx) * 100 if versus_nginx else None
+    floor_of_nginx = round_ratios(bench, "c32", FLOOR, "nginx")
+    return [
+        [
+            "  c=32 req/s as a share of nginx's, round by round",
+            "",
+            ratio_note(versus_nginx),
+            "",
+            f"the least h11 relay: {ratio_note(floor_of_nginx)} of nginx",
+            "≥ 10%",
+            verdict(bench, "c=32 req/s, % of nginx's in the same round", share, lambda v: v >= 10),
+        ],
+        [
+            "  c=32 req/s of the least h11 relay (bench_floor.py)",
+            "",
+            fmt(med(bench, "c32", FLOOR, lambda r: r["rps"])),
+            "",
+            f"chatproxy {ratio_note(round_ratios(bench, 'c32', 'chatproxy', FLOOR))} of it, --no-record "
+            f"{ratio_note(round_ratios(bench, 'c32', NO_RECORD, FLOOR))}; rounds: "
+            + spread(bench, "c32", FLOOR, lambda r: r["rps"]),
+            "",
+            "",
+        ],
+    ]
+
+
 def verdict(bench: Bench, figure: str, value: Optional[float], ok: Callable[[float], bool]) -> str:
     """ "met" / "NOT met", noted in bench.checks with the unformatted value for --json."""
     met = None if value is None else ok(value)
@@ -547,6 +601,8 @@ def throughput_rows(bench: Bench) -> List[List[str]]:
                 ok,
             ]
         )
+        if cell == "c32":
+            rows += floor_rows(bench)
     opened = {t: med(bench, "c256", t, lambda r: r["upstream_connections"]) for t in bench.targets}
     rows.append(
         [

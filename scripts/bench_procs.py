@@ -23,6 +23,7 @@ _PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
 # Start-up, per-record and shutdown lines; a "stopped:" summary is noise only when it counts no errors.
 _NOISE = re.compile(
     r"listening on http://|^chatproxy: recorded |^chatproxy: stopping:|^chatproxy: stopped: .* 0 errors"
+    r"|\.json is now a folder, one file per \d+ chats$"  # a live dataset past its first 1,000 chats
 )
 
 
@@ -208,6 +209,27 @@ class Upstream:
     def stats(self) -> Dict[str, int]:
         with urllib.request.urlopen(self.url + "/_bench/stats", timeout=10) as answer:
             return json.loads(answer.read())
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.log.close()
+
+
+class Floor:
+    """scripts/bench_floor.py in front of the upstream: the least relay built as chatproxy is."""
+
+    def __init__(self, upstream: Upstream, workdir: Path) -> None:
+        self.log = open(workdir / "floor.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "bench_floor.py"), "--target", upstream.url, "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("listening "):
+            raise RuntimeError(f"bench_floor.py did not start: {line!r}")
+        self.port = int(line.split()[1])
 
     def stop(self) -> None:
         stop_process(self.proc)
