@@ -101,4 +101,10 @@ def route(method: bytes, path: str) -> Optional[str]:
 
 def wire_api(name: str) -> WireAPI:
     """The module that reads the API `name` (imported on first use: the serving side never needs it)."""
-    return cast(WireAPI, importlib.import_module(_MODULES[name]))
+    api = _LOADED.get(name)
+    if api is None:
+        api = _LOADED[name] = cast(WireAPI, importlib.import_module(_MODULES[name]))
+    return api
+
+
+_LOADED: Dict[str, WireAPI] = {}  # import_module costs microseconds even for a module already imported

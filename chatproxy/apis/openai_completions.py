@@ -398,8 +398,34 @@ class StreamAccumulator:
         if not isinstance(chunk, dict):
             return
         self._note_metadata(chunk)
-        for index, raw in _choices_of(chunk):
-            self._add_choice(self._choices.setdefault(index, _ChoiceState()), raw)
+        # _choices_of and _add_choice, written out: a stream is hundreds of chunks, each taken in turn.
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            return
+        states = self._choices
+        for position, raw in enumerate(choices):
+            if not isinstance(raw, dict):
+                continue
+            index = raw.get("index")
+            if not isinstance(index, int) or isinstance(index, bool):
+                index = position
+            state = states.get(index)
+            if state is None:
+                state = states[index] = _ChoiceState()
+            text = raw.get("text")
+            if isinstance(text, str):
+                state.content.append(text)
+            delta = raw.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    state.content.append(content)
+                # The common delta, {"content": ...} or {"role": ..., "content": ...}, holds nothing more.
+                if content is None or not (len(delta) == 1 or (len(delta) == 2 and "role" in delta)):
+                    _add_delta_extras(state, delta)
+            finish_reason = raw.get("finish_reason")
+            if isinstance(finish_reason, str) and finish_reason:
+                state.finish_reason = finish_reason
 
     def choices(self) -> list[tuple[int, dict[str, Any], str | None]]:
         """(index, canonical assistant message, finish_reason) for every choice seen, by index."""
@@ -413,25 +439,13 @@ class StreamAccumulator:
             self._response_id = chunk["id"]
         # With stream_options.include_usage, OpenAI and vLLM send usage in a last chunk with empty
         # choices; some servers also send a running total on every chunk. The last one is the total.
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = chunk["usage"]
-
-    def _add_choice(self, state: _ChoiceState, raw: dict[str, Any]) -> None:
-        text = raw.get("text")
-        if isinstance(text, str):
-            state.content.append(text)
-        delta = raw.get("delta")
-        if isinstance(delta, dict):
-            _add_delta(state, delta)
-        finish_reason = _finish_reason(raw)
-        if finish_reason is not None:
-            state.finish_reason = finish_reason
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
 
 
-def _add_delta(state: _ChoiceState, delta: dict[str, Any]) -> None:
-    content = delta.get("content")
-    if isinstance(content, str):
-        state.content.append(content)
+def _add_delta_extras(state: _ChoiceState, delta: dict[str, Any]) -> None:
+    """What a delta holds besides its content: reasoning, tool call fragments, a legacy function call."""
     reasoning = _first_text(delta, _REASONING_KEYS)
     if reasoning:
         state.reasoning.append(reasoning)

@@ -23,21 +23,65 @@ Of a long message only the head and the tail are searched, where the instruction
 from __future__ import annotations
 
 import re
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 
 def housekeeping_kind(messages: list[dict[str, Any]]) -> str | None:
     """The kind of frontend task these canonical messages carry, or None for an ordinary chat."""
-    probes = _probes(messages)
-    for text in probes:
-        found = [(match.start(), kind) for kind, pattern in _MARKERS for match in [pattern.search(text)] if match]
-        if found:
-            return min(found)[1]  # the marker nearest the start is the instruction; later ones are quoted chat
-    for text in probes:
-        kind = _task_kind(text) or _librechat_kind(text)
-        if kind is not None:
-            return kind
+    probes = [_PROBED.kinds(content) for content in _probes(messages)]
+    for marked, _ in probes:
+        if marked is not None:
+            return marked
+    for _, structured in probes:
+        if structured is not None:
+            return structured
     return None
+
+
+def _kinds(content: object) -> Tuple[Optional[str], Optional[str]]:
+    """What one probed message says: the kind its markers name, and the kind its structure shows."""
+    text = _normalise(content)
+    return _marked_kind(text), _task_kind(text) or _librechat_kind(text)
+
+
+def _marked_kind(text: str) -> str | None:
+    # A match starts with its marker's leading text: where none of those occurs, no marker can match.
+    for lead in _LEADS:
+        if lead in text:
+            break
+    else:
+        return None
+    # One search finds where the first marker starts; of the markers that match there, the kind first in
+    # order of name is taken, as the minimum of (start, kind) over every marker's own search would.
+    first = _ANY_MARKER.search(text)
+    if first is None:
+        return None
+    at = first.start()
+    return min(kind for kind, pattern in _MARKERS if pattern.match(text, at))
+
+
+class ProbeCache:
+    """The kinds of the texts probed last, by their text: a chat's system prompt, and the task prompts a
+    frontend sends word for word, come again and again. Forgotten all at once past LIMIT characters."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self) -> None:
+        self._kinds: Dict[str, Tuple[Optional[str], Optional[str]]] = {}
+        self._chars = 0
+
+    def kinds(self, content: object) -> Tuple[Optional[str], Optional[str]]:
+        if not isinstance(content, str):
+            return _kinds(content)
+        kinds = self._kinds.get(content)
+        if kinds is None:
+            kinds = _kinds(content)
+            if self._chars + len(content) > self.LIMIT:
+                self._kinds.clear()
+                self._chars = 0
+            self._kinds[content] = kinds
+            self._chars += len(content)
+        return kinds
 
 
 # Open WebUI's task templates (backend/open_webui/config.py DEFAULT_*_PROMPT_TEMPLATE) change their wording
@@ -73,15 +117,14 @@ def _task_kind(text: str) -> str | None:
 # lines:" / "New summary:" (summaryPrompts.js) or ask for a "checkpoint" and nothing else (the agents'
 # context compaction, 3.1+); its activity and reasoning labels end their rules with "Output only the label
 # (title, summary) — no quotes" (3.2+).
-_AGENTS_EXCHANGE = re.compile(r"(?:^| )user: ")
 _LABEL_RULE = re.compile(r"output only the (?:label|title|summary) \u2014 no quotes")
 
 
 def _librechat_kind(text: str) -> str | None:
     if "||>response:" in text and ("||>user:" in text or "||>message:" in text):
         return "title"
-    exchange = _AGENTS_EXCHANGE.search(text)
-    if exchange and " ai: " in text[exchange.end() :] and "title" in text[: exchange.start()]:
+    exchange = _agents_exchange(text)
+    if exchange and " ai: " in text[exchange[1] :] and "title" in text[: exchange[0]]:
         return "title"
     if "current summary:" in text and "new summary:" in text[-300:]:
         return "summary"
@@ -92,8 +135,17 @@ def _librechat_kind(text: str) -> str | None:
     return "label" if _LABEL_RULE.search(text) else None
 
 
-def _probes(messages: list[dict[str, Any]]) -> List[str]:
-    """Normalised texts to search: the last user message, the final message, then every system message."""
+def _agents_exchange(text: str) -> Optional[Tuple[int, int]]:
+    """Where the regular expression `(?:^| )user: ` first matches (start, end), or None: str.find is many
+    times faster than a pattern that begins with an alternative."""
+    if text.startswith("user: "):
+        return 0, 6
+    at = text.find(" user: ")
+    return None if at < 0 else (at, at + 7)
+
+
+def _probes(messages: list[dict[str, Any]]) -> List[object]:
+    """The contents to search: the last user message, the final message, then every system message."""
     chosen: List[dict[str, Any]] = []
     users = [message for message in messages if isinstance(message, dict) and message.get("role") == "user"]
     if users:
@@ -105,7 +157,7 @@ def _probes(messages: list[dict[str, Any]]) -> List[str]:
     for message in chosen:
         if id(message) not in seen:
             seen.add(id(message))
-            texts.append(_normalise(message.get("content")))
+            texts.append(message.get("content"))
     return texts
 
 
@@ -123,7 +175,9 @@ def _normalise(content: object) -> str:
         return ""
     if len(content) > _HEAD_CHARS + _TAIL_CHARS:
         content = content[:_HEAD_CHARS] + "\n" + content[-_TAIL_CHARS:]
-    return " ".join(content.translate(_QUOTES).lower().split())
+    if not content.isascii():  # the typographic quotes are not: ASCII text has none to straighten
+        content = content.translate(_QUOTES)
+    return " ".join(content.lower().split())
 
 
 def _marker(kind: str, phrase: str) -> Tuple[str, re.Pattern[str]]:
@@ -207,3 +261,21 @@ _MARKERS = (
     # --- HuggingFace chat-ui: src/lib/server/textGeneration/title.ts (system message).
     _marker("title", r"you are a summarization ai\. you'll never answer a user's question directly"),
 )
+_ANY_MARKER = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _MARKERS))
+
+
+def _lead(pattern: str) -> str:
+    """The literal text every match of `pattern` starts with: up to its first special character, less the
+    character a quantifier makes optional."""
+    lead = ""
+    for char in pattern:
+        if char in "\\.^$*+?{}[]|()":
+            return lead[:-1] if char in "*+?{" else lead
+        lead += char
+    return lead
+
+
+# The first characters of each: short needles are the fastest to look for.
+_LEADS = tuple(dict.fromkeys(_lead(pattern.pattern)[:8] for _, pattern in _MARKERS))
+assert all(_LEADS), "every marker starts with literal text"
+_PROBED = ProbeCache()

@@ -34,19 +34,26 @@ def as_list(value: Any) -> List[Any]:
 
 def neutral(value: str, keep_images: bool = False) -> str:
     """Media placeholders spelled so that no trainer takes them for one (images kept if asked)."""
+    if "<" not in value:
+        return value  # every placeholder starts with "<"
     for token, spelling in UNBACKED.items():
         if not (keep_images and token == IMAGE):
             value = value.replace(token, spelling)
     return value
 
 
+# json.dumps with these options builds an encoder per call: several microseconds, for every record.
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_COMPACT_ASCII = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON, as the journal stores it and the thread tree hashes it."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _COMPACT.encode(value).encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate (from a "\\ud800" escape in the request) has no UTF-8 form: escape it.
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        return _COMPACT_ASCII.encode(value).encode("ascii")
 
 
 # ---------------------------------------------------------------------------------------------------------

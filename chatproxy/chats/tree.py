@@ -50,6 +50,13 @@ def message_key(message: Message) -> bytes:
     message with a separator of its own choosing (a space, a newline or nothing). So the key is taken over
     the text without any whitespace: two turns that differ only in spacing are the same turn.
     """
+    role, content = message.get("role"), message.get("content", "")
+    if type(role) is str and type(content) is str and "tool_calls" not in message and "images" not in message:
+        return _PLAIN_KEYS.key(role, content)
+    return _message_key(message)
+
+
+def _message_key(message: Message) -> bytes:
     parts = [str(message.get("role")), _squeezed(message.get("content", ""))]
     for call in message.get("tool_calls", ()):
         parts.append(f"{call.get('name', '')}\x1f{_squeezed(call.get('arguments', ''))}")
@@ -60,6 +67,42 @@ def message_key(message: Message) -> bytes:
 
 def _squeezed(text: Any) -> str:
     return "".join(text.split()) if isinstance(text, str) else ""
+
+
+# The characters str.split() takes for whitespace among the first 128.
+_ASCII_SPACE = bytes(i for i in range(128) if chr(i).isspace())
+
+
+class PlainKeys:
+    """The keys of messages that are only a role and a text, remembered by that text: every request
+    sends its chat's whole history again, and each of those turns would be hashed again with it. Forgotten
+    all at once past LIMIT characters of text, so the memory stays bounded."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self) -> None:
+        self._keys: Dict[Tuple[str, str], bytes] = {}
+        self._chars = 0
+
+    def key(self, role: str, content: str) -> bytes:
+        """message_key({"role": role, "content": content})."""
+        key = self._keys.get((role, content))
+        if key is None:
+            if content.isascii():
+                squeezed = content.encode("ascii").translate(None, _ASCII_SPACE)
+            else:
+                squeezed = "".join(content.split()).encode("utf-8", "surrogatepass")
+            material = role.encode("utf-8", "surrogatepass") + b"\x1e" + squeezed
+            key = blake2b(material, digest_size=KEY_BYTES).digest()
+            if self._chars + len(content) > self.LIMIT:
+                self._keys.clear()
+                self._chars = 0
+            self._keys[(role, content)] = key
+            self._chars += len(content)
+        return key
+
+
+_PLAIN_KEYS = PlainKeys()
 
 
 def _continues(reply: Message, earlier: Message) -> bool:
@@ -92,6 +135,7 @@ class LinesInMemory:
     def __init__(self) -> None:
         self._lines: List[bytes] = []
         self._tools = ToolsCache()
+        self._records = RecordsCache()
 
     def keep(self, line: bytes, offset: Optional[int] = None) -> int:
         self._lines.append(line)
@@ -102,6 +146,13 @@ class LinesInMemory:
 
     def tools(self, handle: int) -> Optional[List[Any]]:
         return self._tools.get(handle, self.get)
+
+    def record(self, handle: int, keep: bool = True) -> Dict[str, Any]:
+        return self._records.get(handle, self.get, keep)
+
+    def known(self, handle: int, record: Dict[str, Any]) -> None:
+        """`record` is what the line of `handle` decodes to: kept as if decoded (see RecordsCache)."""
+        self._records.put(handle, record, len(self.get(handle)))
 
 
 class ToolsCache:
@@ -121,6 +172,38 @@ class ToolsCache:
         return self._decoded[handle]
 
 
+class RecordsCache:
+    """The records last decoded from their lines (or known without decoding), for the readers that only read
+    them: placing an exchange compares a turn of the record it continues, and the live dataset renders each
+    new conversation, mostly from records placed since its last rewrite. The oldest go first past LIMIT
+    bytes of lines."""
+
+    LIMIT = 2 << 20
+
+    def __init__(self) -> None:
+        self._decoded: Dict[int, Tuple[Dict[str, Any], int]] = {}  # handle -> (record, bytes of its line)
+        self._bytes = 0
+
+    def get(self, handle: int, line: Callable[[int], bytes], keep: bool = True) -> Dict[str, Any]:
+        """The record of `handle`; `keep`: remember it if it had to be decoded. A reader going through more
+        records than the cache holds (a rewrite after a burst) keeps none, or each would push out the next."""
+        known = self._decoded.get(handle)
+        if known is not None:
+            return known[0]
+        data = line(handle)
+        record: Dict[str, Any] = json.loads(data)
+        if keep:
+            self.put(handle, record, len(data))
+        return record
+
+    def put(self, handle: int, record: Dict[str, Any], size: int) -> None:
+        decoded = self._decoded
+        while decoded and self._bytes + size > self.LIMIT:
+            self._bytes -= decoded.pop(next(iter(decoded)))[1]
+        decoded[handle] = (record, size)
+        self._bytes += size
+
+
 class LinesInJournal:
     """Records' lines left in the journal they were read from or written to: 12 bytes per record in
     memory (where the line starts, and its length), read back with `read(offset, length)` when a record
@@ -132,6 +215,7 @@ class LinesInJournal:
         self._lengths = array.array("L")
         self._unwritten: Dict[int, bytes] = {}
         self._tools = ToolsCache()
+        self._records = RecordsCache()
 
     def keep(self, line: bytes, offset: Optional[int] = None) -> int:
         handle = len(self._offsets)
@@ -158,6 +242,13 @@ class LinesInJournal:
 
     def tools(self, handle: int) -> Optional[List[Any]]:
         return self._tools.get(handle, self.get)
+
+    def record(self, handle: int, keep: bool = True) -> Dict[str, Any]:
+        return self._records.get(handle, self.get, keep)
+
+    def known(self, handle: int, record: Dict[str, Any]) -> None:
+        """`record` is what the line of `handle` decodes to: kept as if decoded (see RecordsCache)."""
+        self._records.put(handle, record, len(self.get(handle)))
 
 
 Lines = Union[LinesInMemory, LinesInJournal]
@@ -205,14 +296,15 @@ class Summary:
         self.chains = chains  # the chained hashes, when known (computed from the parent's otherwise)
 
     @classmethod
-    def of(cls, record: Dict[str, Any]) -> Summary:
+    def of(cls, record: Dict[str, Any], keys: Optional[bytes] = None) -> Summary:
+        """`keys`: the messages' keys end to end, when the caller has them already (see Placement)."""
         messages: List[Message] = record["messages"]
         meta = record.get("meta") or {}
         return cls(
             record["id"],
             record.get("parent") or None,
             record.get("base", 0),
-            b"".join(message_key(m) for m in messages),
+            b"".join(message_key(m) for m in messages) if keys is None else keys,
             next((i for i, m in enumerate(messages) if m.get("role") == "user"), None),
             bool(meta.get("complete", True)),
             "tools" in record,
@@ -300,6 +392,31 @@ class Node:
         meta: Dict[str, Any] = json.loads(self.line).get("meta", {})
         return meta
 
+    def shared_record(self, keep: bool = True) -> Dict[str, Any]:
+        """The record decoded from its line, shared through a cache with other readers: never to be changed
+        (see RecordsCache for `keep`)."""
+        return self.lines.record(self.seq - 1, keep)
+
+    def shared_conversation(self, keep: bool = True) -> Tuple[List[Message], Dict[str, Any]]:
+        """The full conversation as iter_messages gives it, and this record (see shared_record), its line
+        decoded once for both: shared through the cache of decoded records, for readers that never change them."""
+        messages: List[Message] = []
+        own: Optional[Dict[str, Any]] = None
+        for node, count in self._segments(self.length):
+            record = node.shared_record(keep)
+            messages += record["messages"][:count]
+            own = record if node is self else None
+        return messages, own if own is not None else self.shared_record(keep)
+
+    def shared_message_at(self, position: int) -> Message:
+        """message_at, the message shared (see shared_record)."""
+        node: Node = self
+        while position < node.base:
+            assert node.parent is not None
+            node = node.parent
+        message: Message = node.shared_record()["messages"][position - node.base]
+        return message
+
     @property
     def chars(self) -> int:
         """Characters of the whole conversation's texts (decodes every record it is made of)."""
@@ -377,11 +494,19 @@ def _superseded(node: Node, continued: bool) -> Optional[Node]:
 class Placement:
     """Where a new exchange goes: stored as `parent[:base] + new`, or nothing new at all."""
 
-    def __init__(self, parent: Optional[Node], base: int, new: List[Message], duplicate: bool = False) -> None:
+    def __init__(
+        self,
+        parent: Optional[Node],
+        base: int,
+        new: List[Message],
+        duplicate: bool = False,
+        keys: Optional[bytes] = None,
+    ) -> None:
         self.parent = parent
         self.base = base
         self.new = new
         self.duplicate = duplicate
+        self.keys = keys  # the message keys of `new`, end to end (for Summary.of), when known
 
 
 class ThreadIndex:
@@ -418,17 +543,19 @@ class ThreadIndex:
         if parent is not None and matched and new_from:
             # The same turn re-sent with other whitespace (a trimmed reply, a continued message joined
             # with the frontend's separator): the record takes the text as the frontend now shows it.
-            recorded, sent = parent.message_at(matched - 1), history[new_from - 1]
+            recorded, sent = parent.shared_message_at(matched - 1), history[new_from - 1]
             before, now = recorded.get("content"), sent.get("content")
             if isinstance(before, str) and isinstance(now, str) and before != now:
                 matched, new_from = matched - 1, new_from - 1
-                history = history[:new_from] + [dict(recorded, content=now)] + history[new_from + 1 :]
-        new_keys = keys[new_from:] + [message_key(reply)]
+                retold = dict(recorded, content=now)
+                history = history[:new_from] + [retold] + history[new_from + 1 :]
+                keys = keys[:new_from] + [message_key(retold)] + keys[new_from + 1 :]
+        new_keys = b"".join(keys[new_from:]) + message_key(reply)
         new = history[new_from:] + [reply]
-        if parent is not None and matched + len(new_keys) <= parent.length:
-            if parent.full_keys(matched + len(new_keys))[matched * KEY_BYTES :] == b"".join(new_keys):
+        if parent is not None and matched + len(new) <= parent.length:
+            if parent.full_keys(matched + len(new))[matched * KEY_BYTES :] == new_keys:
                 return Placement(parent, matched, new, duplicate=True)
-        return Placement(parent, matched, new)
+        return Placement(parent, matched, new, keys=new_keys)
 
     def _extend(self, node: Optional[Node], position: int, keys: List[bytes]) -> Tuple[Optional[Node], int]:
         """Follow `keys` on from `node`'s first `position` messages: the newest record holding the
@@ -487,7 +614,7 @@ class ThreadIndex:
         for node, position in self._places(key):
             hit, matched = self._extend(node, position, [key])
             if hit is not None and matched == position + 1 and hit.length > matched:
-                if _continues(reply, hit.message_at(matched)):
+                if _continues(reply, hit.shared_message_at(matched)):
                     return hit, matched, at + 1
         return None
 
@@ -522,11 +649,19 @@ class ThreadIndex:
         return self.restore(Summary.of(record), line, keep_incomplete, offset)
 
     def restore(
-        self, summary: Summary, line: bytes, keep_incomplete: bool = False, offset: Optional[int] = None
+        self,
+        summary: Summary,
+        line: bytes,
+        keep_incomplete: bool = False,
+        offset: Optional[int] = None,
+        decoded: Optional[Dict[str, Any]] = None,
     ) -> Node:
-        """Insert a record known by its summary (see add)."""
+        """Insert a record known by its summary (see add); `decoded`: what `line` decodes to, when the caller
+        has it (the record it encoded the line from), to save decoding it again."""
         parent = self.nodes.get(summary.parent or "")
         handle = self.lines.keep(line, offset)
+        if decoded is not None:
+            self.lines.known(handle, decoded)
         node = Node(summary, parent, handle + 1, self.lines)
         self.nodes[node.id] = node
         self.dropped = None

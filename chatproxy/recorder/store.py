@@ -315,8 +315,11 @@ class DatasetStore:
         if tools != inherited:
             record["tools"] = tools
         line = encode_record(record)
-        summary = Summary.of(record)
-        node = self.index.restore(summary, line, self.options.keep_incomplete)
+        summary = Summary.of(record, placement.keys)
+        # The live dataset renders the record soon: from the record itself where its line would decode to
+        # the same objects (messages of strings only; its meta is only ever encoded again).
+        decoded = record if _only_strings(placement.new) else None
+        node = self.index.restore(summary, line, self.options.keep_incomplete, decoded=decoded)
         response_id = self._note_response(node, record)
         self._file(node, line)
         self.pending.append((record, line, node, cache_entry(summary, line, response_id, node.chains)))
@@ -398,7 +401,9 @@ class DatasetStore:
         Arrow gives each file its own types, and two files whose metas hold other fields (the usage of
         another API, a template) have types it cannot join; one string column joins any.
         """
-        messages = list(node.iter_messages())
+        # Shared with the index's cache of decoded records: the rendering only reads them. A rewrite renders
+        # each conversation once, so what it decodes is not kept.
+        messages, record = node.shared_conversation(keep=False)
         problem = tool_call_problem(messages)
         item = None if problem else to_sharegpt(messages, node.tools, self.options.reasoning)
         if problem and node.id not in self._left_out:
@@ -409,7 +414,7 @@ class DatasetStore:
         localise_images(item, self._saved_image)
         item.setdefault("tools", "")
         item.setdefault("images", [])
-        meta = dict(node.meta, id=node.id)
+        meta = dict(record.get("meta", {}), id=node.id)
         item["meta"] = encode_json(meta).decode("utf-8", "surrogatepass") if meta_as_text else meta
         return encode_json({key: item[key] for key in ("conversations", "tools", "images", "meta")})
 
@@ -556,6 +561,10 @@ class DatasetStore:
         if self._cache is not None:
             self._cache.close()
         self._lock.release()
+
+
+def _only_strings(messages: List[Dict[str, Any]]) -> bool:
+    return all(type(message) is dict and all(type(v) is str for v in message.values()) for message in messages)
 
 
 def _listdir(folder: Path) -> List[str]:
