@@ -22,6 +22,7 @@ Of a long message only the head and the tail are searched, where the instruction
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -53,7 +54,7 @@ def _marked_kind(text: str) -> str | None:
         return None
     # One search finds where the first marker starts; of the markers that match there, the kind first in
     # order of name is taken, as the minimum of (start, kind) over every marker's own search would.
-    first = _ANY_MARKER.search(text)
+    first = _any_marker().search(text)
     if first is None:
         return None
     at = first.start()
@@ -261,7 +262,12 @@ _MARKERS = (
     # --- HuggingFace chat-ui: src/lib/server/textGeneration/title.ts (system message).
     _marker("title", r"you are a summarization ai\. you'll never answer a user's question directly"),
 )
-_ANY_MARKER = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _MARKERS))
+
+
+@functools.cache
+def _any_marker() -> re.Pattern[str]:
+    """Every marker in one pattern: compiled on first use, not while the recorder starts (it takes ms)."""
+    return re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _MARKERS))
 
 
 def _lead(pattern: str) -> str:
