@@ -32,8 +32,7 @@ def read_stream(events: List[Dict[str, Any]]) -> Reply:
 def accumulate(events: List[Dict[str, Any]]) -> Reply:
     """Chunks of chat and text completions alike, folded into one message per choice."""
     accumulator = StreamAccumulator()
-    for event in events:
-        accumulator.add(event)
+    accumulator.add_all(events)
     choices = [Choice(index, message, reason) for index, message, reason in accumulator.choices()]
     return Reply(choices, accumulator.model, accumulator.response_id, accumulator.usage)
 

@@ -40,7 +40,7 @@ import base64
 import binascii
 import json
 import logging
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Iterable, Tuple
 from urllib.parse import unquote_to_bytes
 
 from chatproxy.chats.messages import AUDIO, FILE, IMAGE, as_text
@@ -103,8 +103,12 @@ def _normalize_message(raw: Any, save_image: ImageSink) -> dict[str, Any] | None
     role = _ROLES.get(role_name) if isinstance(role_name, str) else None
     if role is None:
         return None
+    content = raw.get("content")
+    if len(raw) == 2 and isinstance(content, str):
+        # Only a role and its text, as most of a long chat's history is: nothing else to look for.
+        return {"role": role, "content": content} if content else {"role": role}
     message: dict[str, Any] = {"role": role}
-    _put_content(message, raw.get("content"), save_image)
+    _put_content(message, content, save_image)
     if role == "assistant":
         message.update(_assistant_extras(raw))
     if role == "tool" and as_text(raw.get("tool_call_id")):
@@ -395,53 +399,60 @@ class StreamAccumulator:
 
     def add(self, chunk: Any) -> None:
         """Take one parsed `chat.completion.chunk` or text-completion chunk; anything else is ignored."""
-        if not isinstance(chunk, dict):
-            return
-        self._note_metadata(chunk)
-        # _choices_of and _add_choice, written out: a stream is hundreds of chunks, each taken in turn.
-        choices = chunk.get("choices")
-        if not isinstance(choices, list):
-            return
+        self.add_all((chunk,))
+
+    def add_all(self, chunks: Iterable[Any]) -> None:
+        """add() each chunk in turn. _note_metadata, _choices_of and _add_choice, written out: a stream is
+        hundreds of chunks, each taken in turn."""
         states = self._choices
-        for position, raw in enumerate(choices):
-            if not isinstance(raw, dict):
+        for chunk in chunks:
+            if not isinstance(chunk, dict):
                 continue
-            index = raw.get("index")
-            if not isinstance(index, int) or isinstance(index, bool):
-                index = position
-            state = states.get(index)
-            if state is None:
-                state = states[index] = _ChoiceState()
-            text = raw.get("text")
-            if isinstance(text, str):
-                state.content.append(text)
-            delta = raw.get("delta")
-            if isinstance(delta, dict):
-                content = delta.get("content")
-                if isinstance(content, str):
-                    state.content.append(content)
-                # The common delta, {"content": ...} or {"role": ..., "content": ...}, holds nothing more.
-                if content is None or not (len(delta) == 1 or (len(delta) == 2 and "role" in delta)):
-                    _add_delta_extras(state, delta)
-            finish_reason = raw.get("finish_reason")
-            if isinstance(finish_reason, str) and finish_reason:
-                state.finish_reason = finish_reason
+            if self._model is None or self._response_id is None:
+                self._note_names(chunk)
+            # With stream_options.include_usage, OpenAI and vLLM send usage in a last chunk with empty
+            # choices; some servers also send a running total on every chunk. The last one is the total.
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                self._usage = usage
+            choices = chunk.get("choices")
+            if not isinstance(choices, list):
+                continue
+            for position, raw in enumerate(choices):
+                if not isinstance(raw, dict):
+                    continue
+                index = raw.get("index")
+                if not isinstance(index, int) or isinstance(index, bool):
+                    index = position
+                state = states.get(index)
+                if state is None:
+                    state = states[index] = _ChoiceState()
+                text = raw.get("text")
+                if isinstance(text, str):
+                    state.content.append(text)
+                delta = raw.get("delta")
+                if isinstance(delta, dict):
+                    content = delta.get("content")
+                    if isinstance(content, str):
+                        state.content.append(content)
+                    # The common delta, {"content": ...} or {"role": ..., "content": ...}, holds nothing more.
+                    if content is None or not (len(delta) == 1 or (len(delta) == 2 and "role" in delta)):
+                        _add_delta_extras(state, delta)
+                finish_reason = raw.get("finish_reason")
+                if isinstance(finish_reason, str) and finish_reason:
+                    state.finish_reason = finish_reason
 
     def choices(self) -> list[tuple[int, dict[str, Any], str | None]]:
         """(index, canonical assistant message, finish_reason) for every choice seen, by index."""
         ordered = sorted(self._choices.items())
         return [(index, state.message(), state.finish_reason) for index, state in ordered]
 
-    def _note_metadata(self, chunk: dict[str, Any]) -> None:
+    def _note_names(self, chunk: dict[str, Any]) -> None:
+        """The model and the response id: from the first chunk that names each."""
         if self._model is None and as_text(chunk.get("model")):
             self._model = chunk["model"]
         if self._response_id is None and as_text(chunk.get("id")):
             self._response_id = chunk["id"]
-        # With stream_options.include_usage, OpenAI and vLLM send usage in a last chunk with empty
-        # choices; some servers also send a running total on every chunk. The last one is the total.
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self._usage = usage
 
 
 def _add_delta_extras(state: _ChoiceState, delta: dict[str, Any]) -> None:

@@ -56,6 +56,12 @@ def encode_json(value: Any) -> bytes:
         return _COMPACT_ASCII.encode(value).encode("ascii")
 
 
+def json_text(value: Any) -> str:
+    """Compact JSON as text, non-ASCII kept: a part of what encode_json gives for a value holding this one,
+    as long as the whole has no lone surrogate (`.encode("utf-8")` of the whole then raises)."""
+    return _COMPACT.encode(value)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Tool calls a trainer cannot take
 # ---------------------------------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ class Extracted:
 # A recorded conversation by the id of a response in it, as far as that response (None: never seen).
 Recall = Callable[[str], Optional[List[Message]]]
 
+_DECODER = json.JSONDecoder()  # what json.loads decodes text with, given no options
+
 
 def extract(exchange: Exchange, save_image: ImageSink, recall: Optional[Recall] = None) -> Extracted:
     api = wire_api(exchange.endpoint)
@@ -93,7 +95,7 @@ def _with_open_turn(asked: Request) -> Request:
 
 def _json_object(body: bytes, what: str) -> Dict[str, Any]:
     try:
-        value = json.loads(body)
+        value = _loads(body)
     except (ValueError, RecursionError) as exc:
         raise NotRecordable(f"{what} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
@@ -101,11 +103,19 @@ def _json_object(body: bytes, what: str) -> Dict[str, Any]:
     return value
 
 
+def _loads(data: bytes) -> Any:
+    """json.loads(data), errors included, without its guess at the encoding where the answer is known: bytes
+    that start with "{" or "[" and then no NUL byte are UTF-8 to it."""
+    if type(data) is bytes and data[:1] in (b"{", b"[") and data[1:2] != b"\x00":
+        return _DECODER.decode(data.decode("utf-8", "surrogatepass"))
+    return json.loads(data)
+
+
 def _decode_events(payloads: List[bytes]) -> List[Dict[str, Any]]:
     """All of a stream's JSON decoded in one call; a bad event is skipped, the rest kept."""
     payloads = [p for p in payloads if p.strip() != b"[DONE]"]
     try:
-        chunks = json.loads(b"[" + b",".join(payloads) + b"]")
+        chunks = _loads(b"[" + b",".join(payloads) + b"]")
     except (ValueError, RecursionError):
         chunks = []
         for payload in payloads:

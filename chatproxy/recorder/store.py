@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from chatproxy.apis import RESPONSES
-from chatproxy.chats.messages import encode_json, is_local_image, tool_call_problem
+from chatproxy.chats.messages import encode_json, is_local_image, json_text, tool_call_problem
 from chatproxy.chats.sharegpt import localise_images, to_sharegpt
 from chatproxy.chats.tree import LinesInJournal, Node, Summary, ThreadIndex
 from chatproxy.config import RecordOptions
@@ -57,6 +57,7 @@ SHARD_JOURNAL_BYTES = 2 << 20  # or fewer, once their journal lines reach this (
 # A shard that changes write after write keeps its encoded entries, up to this much for all shards:
 # the shard new chats go to, and the few where chats go on.
 CACHE_BYTES = 8 << 20
+META_TEXTS = 1 << 16  # placed records' meta texts kept for their entries, at most
 SNAPSHOT_BYTES_PER_SECOND = 1 << 20  # large shards are rewritten less often: 20 MB at most every 20 s
 FIRST_SHARD = "000001.json"
 RENDERING = 1  # part of each shard's digest: a change to how entries are written rewrites every shard
@@ -131,6 +132,9 @@ class DatasetStore:
         self._strays: List[str] = []  # files in the live folder that no shard is written to
         self.dirty = False
         self._left_out: Dict[str, bool] = {}  # conversations not shown (said once in the log)
+        # Records placed in this run, not rendered yet: node id -> their meta as JSON text, encoded once for
+        # the journal line and the live dataset's entry.
+        self._meta_texts: Dict[str, str] = {}
         self.last_snapshot = 0.0
         self.snapshot_cost = 0.0  # seconds per byte of the last rewrite
         self.snapshot_size = 0  # bytes of the shards the last rewrite wrote
@@ -314,7 +318,7 @@ class DatasetStore:
         inherited = placement.parent.tools if placement.parent else None
         if tools != inherited:
             record["tools"] = tools
-        line = encode_record(record)
+        line, meta_text = _record_line(record)
         summary = Summary.of(record, placement.keys)
         # The live dataset renders the record soon: from the record itself where its line would decode to
         # the same objects (messages of strings only; its meta is only ever encoded again).
@@ -322,6 +326,10 @@ class DatasetStore:
         node = self.index.restore(summary, line, self.options.keep_incomplete, decoded=decoded)
         response_id = self._note_response(node, record)
         self._file(node, line)
+        if meta_text is not None and node.id in self.index.leaves:
+            if len(self._meta_texts) >= META_TEXTS:
+                self._meta_texts.clear()  # leaves that are never rendered (older branches with --branches last)
+            self._meta_texts[node.id] = meta_text
         self.pending.append((record, line, node, cache_entry(summary, line, response_id, node.chains)))
         return node
 
@@ -341,6 +349,7 @@ class DatasetStore:
         dropped = self.index.dropped
         if dropped is not None:
             del dropped.shard.leaves[dropped.id]
+            self._meta_texts.pop(dropped.id, None)
             self._changed(dropped.shard)
         if node.id in self.index.leaves:
             shard.leaves[node.id] = node
@@ -404,6 +413,7 @@ class DatasetStore:
         # Shared with the index's cache of decoded records: the rendering only reads them. A rewrite renders
         # each conversation once, so what it decodes is not kept.
         messages, record = node.shared_conversation(keep=False)
+        meta_text = self._meta_texts.pop(node.id, None)
         problem = tool_call_problem(messages)
         item = None if problem else to_sharegpt(messages, node.tools, self.options.reasoning)
         if problem and node.id not in self._left_out:
@@ -414,6 +424,21 @@ class DatasetStore:
         localise_images(item, self._saved_image)
         item.setdefault("tools", "")
         item.setdefault("images", [])
+        if meta_text is not None and "id" not in record["meta"]:
+            # The placed meta's text with the id added last, as dict(meta, id=...) places it; the whole is
+            # encoded as encode_json would, unless a lone surrogate sends it to the escaped form.
+            # (The text has no lone surrogate: its journal line needed no escaping.)
+            meta_text = meta_text[:-1] + ',"id":' + json_text(node.id) + "}"
+            if meta_as_text:
+                item["meta"] = meta_text
+                return encode_json({key: item[key] for key in ("conversations", "tools", "images", "meta")})
+            try:
+                parts = ('{"conversations":', json_text(item["conversations"]), ',"tools":', json_text(item["tools"]))
+                return "".join(parts + (',"images":', json_text(item["images"]), ',"meta":', meta_text, "}")).encode(
+                    "utf-8"
+                )
+            except UnicodeEncodeError:
+                pass
         meta = dict(record.get("meta", {}), id=node.id)
         item["meta"] = encode_json(meta).decode("utf-8", "surrogatepass") if meta_as_text else meta
         return encode_json({key: item[key] for key in ("conversations", "tools", "images", "meta")})
@@ -563,8 +588,33 @@ class DatasetStore:
         self._lock.release()
 
 
+def _record_line(record: Dict[str, Any]) -> Tuple[bytes, Optional[str]]:
+    """A new record's journal line (encode_record's bytes), and its meta as JSON text (None: not reusable, the
+    line having needed the escaped form, or the meta being empty). Its keys end with "meta", then "tools"
+    if it has some, as place() builds it."""
+    meta = record["meta"]
+    if not isinstance(meta, dict) or not meta:
+        return encode_record(record), None
+    head = {key: value for key, value in record.items() if key != "meta" and key != "tools"}
+    meta_text = json_text(meta)
+    parts = [json_text(head)[:-1], ',"meta":', meta_text]
+    if "tools" in record:
+        parts += [',"tools":', json_text(record["tools"])]
+    parts.append("}\n")
+    try:
+        return "".join(parts).encode("utf-8"), meta_text
+    except UnicodeEncodeError:  # a lone surrogate: the whole line is escaped
+        return encode_record(record), None
+
+
 def _only_strings(messages: List[Dict[str, Any]]) -> bool:
-    return all(type(message) is dict and all(type(v) is str for v in message.values()) for message in messages)
+    for message in messages:  # loops, not all() over generators: asked for every new record
+        if type(message) is not dict:
+            return False
+        for value in message.values():
+            if type(value) is not str:
+                return False
+    return True
 
 
 def _listdir(folder: Path) -> List[str]:
