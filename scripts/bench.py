@@ -203,6 +203,16 @@ class Bench:
             pids += [self.nginx.proc.pid, *children(self.nginx.proc.pid)]
         return pids
 
+    def relay_pids(self, port: int, proxy: Optional[ChatProxy]) -> Tuple[List[int], List[int]]:
+        """The processes doing the relaying on `port`, and chatproxy's recorder processes."""
+        if proxy is not None:
+            return [proxy.pid], proxy.recorder_pids()
+        if self.nginx is not None and port == self.nginx.port:
+            return [self.nginx.proc.pid, *children(self.nginx.proc.pid)], []
+        if port == self.floor.port:
+            return [self.floor.proc.pid], []
+        return [self.upstream.proc.pid], []
+
     def record(self, key: str, target: str, value: Any) -> None:
         self.raw.setdefault(key, {}).setdefault(target, []).append(value)
 
@@ -218,8 +228,13 @@ def measure_load(bench: Bench, connections: int, stream: bool) -> Callable[[int,
             load.run_load(port, connections, bench.settings.warmup, stream, STREAM_CHUNKS)
         before = bench.upstream.stats()
         watch = CpuWatch(bench.watched_pids(proxy))
+        relay, recorder = bench.relay_pids(port, proxy)
+        spent = [sum(cpu_of(pid) for pid in pids) for pids in (relay, recorder)]
         result = load.run_load(port, connections, bench.settings.seconds, stream, STREAM_CHUNKS)
         result.update(watch.shares())
+        # CPU per request: unlike req/s, it does not move with what else the machine's CPUs were doing.
+        for name, pids, was in (("relay_cpu_us", relay, spent[0]), ("recorder_cpu_us", recorder, spent[1])):
+            result[name] = (sum(cpu_of(pid) for pid in pids) - was) / max(result["requests"], 1) * 1e6
         result["upstream_connections"] = bench.upstream.stats()["connections"] - before["connections"]
         if proxy is not None:
             result.update(kb_fields("rss_kb_after", proxy.memory_kb()))
@@ -520,6 +535,13 @@ def floor_rows(bench: Bench) -> List[List[str]]:
     versus_nginx = round_ratios(bench, "c32", "chatproxy", "nginx")
     share = load.median(versus_nginx) * 100 if versus_nginx else None
     floor_of_nginx = round_ratios(bench, "c32", FLOOR, "nginx")
+    cpu = lambda target, part: med(bench, "c32", target, lambda r: r.get(f"{part}_cpu_us", 0.0))  # noqa: E731
+    runs = bench.raw["c32"]
+    pairs = [
+        (a.get("relay_cpu_us", 0.0), b.get("relay_cpu_us", 0.0))
+        for a, b in zip(runs.get("nginx", []), runs.get(NO_RECORD, []))
+        if b.get("relay_cpu_us")
+    ]
     return [
         [
             "  c=32 req/s as a share of nginx's, round by round",
@@ -529,6 +551,17 @@ def floor_rows(bench: Bench) -> List[List[str]]:
             f"the least h11 relay: {ratio_note(floor_of_nginx)} of nginx",
             "≥ 10%",
             verdict(bench, "c=32 req/s, % of nginx's in the same round", share, lambda v: v >= 10),
+        ],
+        [
+            "  c=32 CPU per request, µs: relay + recorder",
+            "",
+            f"{fmt(cpu(NO_RECORD, 'relay'))} ({fmt(cpu('chatproxy', 'relay'))} + "
+            f"{fmt(cpu('chatproxy', 'recorder'))} recording)",
+            fmt(cpu("nginx", "relay")),
+            f"--no-record (recording on); the least h11 relay {fmt(cpu(FLOOR, 'relay'))}; "
+            f"nginx's over chatproxy's --no-record: {ratio_note([a / b for a, b in pairs])}",
+            "",
+            "",
         ],
         [
             "  c=32 req/s of the least h11 relay (bench_floor.py)",
