@@ -27,6 +27,7 @@ MAX_REQUEST_HEAD = 16 * 1024
 STATUS_PATH = b"/_chatproxy/status"
 CONNECTION_CLOSE: Field = (b"Connection", b"connection", b"close")
 REVIEW_PATH = b"/_chatproxy/review"
+REVIEW_PREFIX = REVIEW_PATH + b"/"
 
 
 @dataclasses.dataclass
@@ -123,7 +124,7 @@ class ClientConnection:
         self._server.count_request()
         try:
             path = request.target.split(b"?", 1)[0]
-            if path.startswith(REVIEW_PATH) and (path == REVIEW_PATH or path.startswith(REVIEW_PATH + b"/")):
+            if path == REVIEW_PATH or path.startswith(REVIEW_PREFIX):
                 await self._answer_review(request)  # the page checks the key itself: browsers send no header
                 return
             request = self._check(request)

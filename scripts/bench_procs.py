@@ -189,51 +189,42 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
         return None
 
 
-class Upstream:
-    """scripts/bench_upstream.py in its own process."""
+class Script:
+    """One of scripts/ run in its own process, listening on the port it prints (`listening PORT`)."""
 
-    def __init__(self, workdir: Path, reply_chars: int) -> None:
-        self.log = open(workdir / "upstream.log", "wb")
+    def __init__(self, workdir: Path, name: str, *args: str) -> None:
+        self.log = open(workdir / name.replace(".py", ".log"), "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "bench_upstream.py"), "--port", "0", "--reply-chars", str(reply_chars)],
-            stdout=subprocess.PIPE,
-            stderr=self.log,
+            [sys.executable, str(SCRIPTS / name), "--port", "0", *args], stdout=subprocess.PIPE, stderr=self.log
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         if not line.startswith("listening "):
-            raise RuntimeError(f"bench_upstream.py did not start: {line!r}")
+            raise RuntimeError(f"{name} did not start: {line!r}")
         self.port = int(line.split()[1])
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.log.close()
+
+
+class Upstream(Script):
+    """scripts/bench_upstream.py: the canned backend."""
+
+    def __init__(self, workdir: Path, reply_chars: int) -> None:
+        super().__init__(workdir, "bench_upstream.py", "--reply-chars", str(reply_chars))
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stats(self) -> Dict[str, int]:
         with urllib.request.urlopen(self.url + "/_bench/stats", timeout=10) as answer:
             return json.loads(answer.read())
 
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.log.close()
 
-
-class Floor:
+class Floor(Script):
     """scripts/bench_floor.py in front of the upstream: the least relay built as chatproxy is."""
 
     def __init__(self, upstream: Upstream, workdir: Path) -> None:
-        self.log = open(workdir / "floor.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "bench_floor.py"), "--target", upstream.url, "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("listening "):
-            raise RuntimeError(f"bench_floor.py did not start: {line!r}")
-        self.port = int(line.split()[1])
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.log.close()
+        super().__init__(workdir, "bench_floor.py", "--target", upstream.url)
 
 
 class ChatProxy:
