@@ -8,7 +8,7 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 
 from chatproxy import __version__, _h11
 from chatproxy import headers as hdr
@@ -211,10 +211,11 @@ class ClientConnection:
                 raise RequestRejected(exc.error_status_hint, f"malformed request body: {exc}") from None
             kind = type(event)
             if kind is h11.Data:
-                self.cycle.body_bytes += len(event.data)
+                chunk = cast(h11.Data, event).data  # type() narrows nothing: h11's events are ABCs
+                self.cycle.body_bytes += len(chunk)
                 if self.cycle.body_bytes > self._config.max_body:
                     raise RequestRejected(413, f"request body larger than --max-body ({self._config.max_body} bytes)")
-                return bytes(event.data)
+                return bytes(chunk)
             if kind is h11.EndOfMessage:
                 self._watch_for_departure()
                 return None
@@ -257,7 +258,7 @@ class ClientConnection:
             self._writer.write(data)
 
     async def _send(self, event: Any, hold: bool = False) -> None:
-        data = self._held + self._h11.send(event)
+        data = self._held + (self._h11.send(event) or b"")  # None only for ConnectionClosed, never sent here
         if hold or not data:  # the end of a Content-Length body is no bytes at all
             self._held = data
             return

@@ -8,7 +8,7 @@ import logging
 import os
 import ssl
 import time
-from typing import AsyncIterator, Callable, Deque, List, Optional, Tuple, Union
+from typing import AsyncIterator, Callable, Deque, List, Optional, Tuple, Union, cast
 
 from chatproxy import _h11
 from chatproxy._h11 import Field, h11
@@ -59,7 +59,7 @@ class UpstreamConnection:
 
     async def _send(self, event: h11._events.Event, hold: bool = False) -> None:
         """Send an event; with `hold`, keep its bytes to go out with the next event's, in one write."""
-        data = self._held + self._h11.send(event)
+        data = self._held + (self._h11.send(event) or b"")  # None only for ConnectionClosed, never sent here
         if hold or not data:
             self._held = data
             return
@@ -108,7 +108,7 @@ class UpstreamConnection:
             except h11.RemoteProtocolError as exc:
                 raise UpstreamProtocolError(f"invalid HTTP from upstream: {exc}") from None
             if event is not h11.NEED_DATA:
-                return event
+                return cast(h11._events.Event, event)  # PAUSED is a client's state only
             data = await self._read()
             if not data and self._h11.their_state is h11.SEND_RESPONSE and self.response_bytes == 0:
                 # httpcore's wording: h11's own state-machine message means nothing to users.
@@ -152,7 +152,7 @@ class UpstreamConnection:
                 raise UpstreamProtocolError(f"invalid HTTP from upstream: {exc}") from None
             kind = type(event)  # h11's events are ABCs: isinstance() is slower than this test
             if kind is h11.Data:
-                pending.append(event.data)
+                pending.append(cast(h11.Data, event).data)
             elif event is h11.NEED_DATA:
                 if pending:
                     yield b"".join(pending)

@@ -108,6 +108,10 @@ class Inbox:
             self._read.extend(self._reader.feed(data))
         return self._hand_out()
 
+    def put_back(self, messages: List[Message]) -> None:
+        """Messages handed out too early, to be handed out again first, in their order."""
+        self._read.extendleft(reversed(messages))
+
     def left(self) -> Tuple[int, int]:
         """Exchanges read from the pipe but never handed out (the disk failed to the end): in all, and
         of those, how many are in the spool."""
@@ -177,9 +181,12 @@ def main(inbox_fd: int = 0, outbox_fd: int = 1) -> None:
 
 
 def _first_message(inbox: Inbox) -> Optional[Dict[str, Any]]:
+    """The settings of "open"; what came with it in the same read waits for the worker's loop."""
     while not inbox.ended:
-        for message in inbox.receive(None):
+        messages = inbox.receive(None)
+        for number, message in enumerate(messages):
             if message[0] == "open":
+                inbox.put_back(messages[number + 1 :])
                 settings: Dict[str, Any] = message[1]
                 return settings
     return None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import fcntl
 import http.client
 import json
@@ -105,12 +107,32 @@ def has_open(pid: int, path: Path) -> bool:
 
 
 def pipe_bytes(pid: int, fd: int) -> int:
-    """Bytes waiting in the pipe that is `pid`'s descriptor `fd`, read without taking any (FIONREAD)."""
-    reader = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+    """Bytes waiting in the pipe (or, under uvloop, the socket pair) that is `pid`'s descriptor `fd`,
+    read without taking any (FIONREAD, which is SIOCINQ on a socket)."""
+    try:
+        reader = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # a socket cannot be opened by its /proc name: borrow the descriptor
+            raise
+        reader = borrowed_fd(pid, fd)
     try:
         return struct.unpack("i", fcntl.ioctl(reader, termios.FIONREAD, b"\0\0\0\0"))[0]
     finally:
         os.close(reader)
+
+
+def borrowed_fd(pid: int, fd: int) -> int:
+    """A duplicate of another process's descriptor (pidfd_getfd, Linux 5.6; the same number on every
+    architecture)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        borrowed = libc.syscall(438, pidfd, fd, 0)
+        if borrowed < 0:
+            raise OSError(ctypes.get_errno(), f"pidfd_getfd of descriptor {fd} of process {pid}")
+        return int(borrowed)
+    finally:
+        os.close(pidfd)
 
 
 def flock_holders(path: Path) -> Set[int]:
@@ -724,3 +746,46 @@ def test_lock_file_names_the_proxy_while_its_recorder_holds_the_lock(upstream, t
         assert lock_path.read_text() == f"{proxy.proc.pid}\n"
         assert proxy.stop() == 0
     assert lock_path.read_text() == ""  # released on a clean stop
+
+
+# -- 6. the pipe's first read ---------------------------------------------------------------------
+
+
+def test_exchanges_that_arrive_in_the_same_read_as_open_are_recorded(tmp_path):
+    """The recorder process reads "open" and the exchanges behind it in one read of its stdin: none of
+    them is lost on the way to the worker's loop (the proxy sends none before "ready" today; nothing
+    else stops a future one, or another caller, from doing so)."""
+    from chatproxy.recorder.capture import Exchange
+    from chatproxy.recorder.pipe import FrameReader, exchange_fields, frame
+    from chatproxy.recorder.process import worker_command
+
+    def exchange(text: str) -> Exchange:
+        request = {"model": "m", "messages": [{"role": "user", "content": text}]}
+        reply = {"model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": text.upper()}}]}
+        return Exchange(
+            "chat.completions",
+            "/v1/chat/completions",
+            json.dumps(request).encode(),
+            time.time(),
+            status=200,
+            response_body=json.dumps(reply).encode(),
+            complete=True,
+        )
+
+    settings = {
+        "folder": tmp_path,
+        "session": "first-read",
+        "options": RecordOptions(),
+        "owner_pid": os.getpid(),
+        "log_level": logging.WARNING,
+        "spool": {"path": tmp_path / "first-read.spool", "recover": False},
+    }
+    texts = ["one", "two", "three"]
+    data = frame(("open", settings)) + b"".join(frame(("exchange", exchange_fields(exchange(t)))) for t in texts)
+    worker = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out, _ = worker.communicate(data, timeout=30)  # one write, then end of input: all of it in one read
+    assert worker.returncode == 0
+    messages = FrameReader().feed(out)
+    assert messages[0][0] == "ready", messages
+    assert messages[-1][0] == "status" and messages[-1][1]["on_disk"] == len(texts), messages[-1]
+    assert user_texts(journal_file(tmp_path, "first-read")) == texts
