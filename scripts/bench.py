@@ -41,6 +41,13 @@ nothing else running). The figures:
 - recording cost: requests/s at 32 connections with recording on (the c=32 row itself) vs
   `--no-record` in the same rounds, taken round by round (each round's pair minutes apart at most),
   and, for information, the added latency and time to first byte of both.
+- paired runs (the verdicts on recording cost and on the share of nginx's req/s, when they ran): c=32
+  runs of chatproxy, --no-record, a recording chatproxy whose recorder process is stopped (SIGSTOP),
+  nginx, the least h11 relay and scripts/bench_floor.py --callbacks (the same relay with no coroutine),
+  one after the other, cycle after cycle (8 cycles of 2 s runs), each ratio taken within a cycle:
+  runs seconds apart, where the rounds' are minutes apart, and a virtual CPU's speed drifts by tens of
+  percent within minutes. The stopped recorder tells what recording costs the relay's own work (the
+  copies, pickling, the pipe) from what a second busy process beside it costs.
 - growth: time per request at 1 connection (wrk's run time / requests) after resuming a session whose
   journal already holds 0 / 1,000 / 20,000 conversations (written in the journal format, resumed with
   `--session`); its start-up time and RSS (proxy + recorder) after the run are shown beside it.
@@ -70,6 +77,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,6 +120,8 @@ class Settings:
     growth_seconds: int
     turns: int
     startups: int
+    cycles: int  # of the paired scenario: each measures every c=32 target once, seconds apart
+    cycle_seconds: int  # each run of a cycle
 
 
 QUICK = Settings(
@@ -125,6 +135,8 @@ QUICK = Settings(
     growth_seconds=1,
     turns=200,
     startups=3,
+    cycles=2,
+    cycle_seconds=1,
 )
 FULL = Settings(
     rounds=3,
@@ -137,9 +149,13 @@ FULL = Settings(
     growth_seconds=5,
     turns=200,
     startups=10,
+    cycles=8,
+    cycle_seconds=2,
 )
 NO_RECORD = "no-record"  # chatproxy --no-record, a target of the c=32 cell
 FLOOR = "floor"  # scripts/bench_floor.py, the least h11 relay: a target of the c=32 cell
+CALLBACKS = "floor-callbacks"  # scripts/bench_floor.py --callbacks: a target of the paired runs
+FROZEN = "frozen-recorder"  # chatproxy recording, its recorder process stopped: a target of the paired runs
 LOAD_CELLS = (("c1", 1, False), ("c32", 32, False), ("c256", 256, False), ("stream32", 32, True))
 STREAM_CHUNKS = 200
 REPLY_CHARS = 600
@@ -158,6 +174,7 @@ class Bench:
         self.upstream = Upstream(workdir, REPLY_CHARS)
         self.nginx = Nginx(self.upstream, workdir, nginx_workers) if nginx_workers else None
         self.floor = Floor(self.upstream, workdir)
+        self.callbacks: Optional[Floor] = None  # started by the paired runs
         self.targets = ["direct", "chatproxy"] + (["nginx"] if self.nginx else [])
         self.raw: Dict[str, Any] = {}
         self.problems: List[str] = []
@@ -167,6 +184,8 @@ class Bench:
         if self.nginx:
             self.nginx.stop()
         self.floor.stop()
+        if self.callbacks is not None:
+            self.callbacks.stop()
         self.upstream.stop()
 
     def fresh_proxy(
@@ -197,6 +216,8 @@ class Bench:
     def watched_pids(self, proxy: Optional[ChatProxy]) -> List[int]:
         """The processes a measured run is made of, besides this script and its load generator."""
         pids = [self.upstream.proc.pid, self.floor.proc.pid]
+        if self.callbacks is not None:
+            pids.append(self.callbacks.proc.pid)
         if proxy is not None:
             pids += [proxy.pid, *proxy.recorder_pids()]
         if self.nginx is not None:
@@ -209,8 +230,9 @@ class Bench:
             return [proxy.pid], proxy.recorder_pids()
         if self.nginx is not None and port == self.nginx.port:
             return [self.nginx.proc.pid, *children(self.nginx.proc.pid)], []
-        if port == self.floor.port:
-            return [self.floor.proc.pid], []
+        for floor in (self.floor, self.callbacks):
+            if floor is not None and port == floor.port:
+                return [floor.proc.pid], []
         return [self.upstream.proc.pid], []
 
     def record(self, key: str, target: str, value: Any) -> None:
@@ -220,17 +242,19 @@ class Bench:
 # -- the scenarios ---------------------------------------------------------------------------------
 
 
-def measure_load(bench: Bench, connections: int, stream: bool) -> Callable[[int, Optional[ChatProxy]], Dict[str, Any]]:
+def measure_load(
+    bench: Bench, connections: int, stream: bool, seconds: Optional[int] = None, warm: bool = True
+) -> Callable[[int, Optional[ChatProxy]], Dict[str, Any]]:
     """A measured closed-loop run; a fresh chatproxy gets a warm-up run first (direct and nginx stay up)."""
 
     def measure(port: int, proxy: Optional[ChatProxy]) -> Dict[str, Any]:
-        if proxy is not None:
+        if proxy is not None and warm:
             load.run_load(port, connections, bench.settings.warmup, stream, STREAM_CHUNKS)
         before = bench.upstream.stats()
         watch = CpuWatch(bench.watched_pids(proxy))
         relay, recorder = bench.relay_pids(port, proxy)
         spent = [sum(cpu_of(pid) for pid in pids) for pids in (relay, recorder)]
-        result = load.run_load(port, connections, bench.settings.seconds, stream, STREAM_CHUNKS)
+        result = load.run_load(port, connections, seconds or bench.settings.seconds, stream, STREAM_CHUNKS)
         result.update(watch.shares())
         # CPU per request: unlike req/s, it does not move with what else the machine's CPUs were doing.
         for name, pids, was in (("relay_cpu_us", relay, spent[0]), ("recorder_cpu_us", recorder, spent[1])):
@@ -316,6 +340,46 @@ def run_recording_cost(bench: Bench) -> None:
                 bench.record("recording_probe", label, measure_probe(bench)(proxy.port, proxy))
             finally:
                 bench.finish(proxy, label)
+
+
+def run_paired(bench: Bench) -> None:
+    """c=32 runs of chatproxy, --no-record, nginx and the least h11 relay, one after the other seconds apart,
+    cycle after cycle. A virtual CPU's speed drifts by tens of percent within a minute: in the rounds, the
+    two runs a ratio compares are minutes apart, here seconds. One proxy of each kind serves every cycle
+    (warmed up once), so the recording one's session grows by each run's chats.
+
+    A third chatproxy records with its recorder process stopped (SIGSTOP) after the warm-up: its relay
+    does all of recording's work (copies, pickling, the pipe) while no second process works beside it.
+    What it hands over waits in its memory (well under --recorder-memory for these runs) and is
+    recorded once the recorder is let go, before the proxy stops."""
+    proxies = {
+        "chatproxy": bench.fresh_proxy(),
+        NO_RECORD: bench.fresh_proxy(("--no-record",)),
+        FROZEN: bench.fresh_proxy(),
+    }
+    ports = {name: proxy.port for name, proxy in proxies.items()}
+    ports[FLOOR] = bench.floor.port
+    bench.callbacks = bench.callbacks or Floor(bench.upstream, bench.workdir, callbacks=True)
+    ports[CALLBACKS] = bench.callbacks.port
+    if bench.nginx is not None:
+        ports["nginx"] = bench.nginx.port
+    frozen = []
+    try:
+        for proxy in proxies.values():
+            load.run_load(proxy.port, 32, bench.settings.warmup)
+        frozen = proxies[FROZEN].recorder_pids()
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        measure = measure_load(bench, 32, False, bench.settings.cycle_seconds, warm=False)
+        for number in range(bench.settings.cycles):
+            for target in rotated(list(ports), number):
+                progress(f"cycle {number + 1}: c32 via {target}")
+                bench.record("paired", target, measure(ports[target], proxies.get(target)))
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        for name, proxy in proxies.items():
+            bench.finish(proxy, f"paired {name}", within=60.0)
 
 
 def run_memory(bench: Bench) -> None:
@@ -521,11 +585,89 @@ def round_ratios(bench: Bench, key: str, target: str, other: str) -> List[float]
     return [a["rps"] / b["rps"] for a, b in zip(runs.get(target, []), runs.get(other, [])) if b["rps"]]
 
 
-def ratio_note(ratios: List[float]) -> str:
+def ratio_note(ratios: List[float], over: str = "rounds") -> str:
     if not ratios:
         return "-"
     text = f"{load.median(ratios):.1%}"
-    return text + (f" (rounds {min(ratios):.1%}–{max(ratios):.1%})" if len(ratios) > 1 else "")
+    return text + (f" ({over} {min(ratios):.1%}–{max(ratios):.1%})" if len(ratios) > 1 else "")
+
+
+def paired(bench: Bench, target: str, other: str) -> List[float]:
+    """`target`'s req/s over `other`'s, cycle by cycle of the paired scenario (seconds apart)."""
+    return round_ratios(bench, "paired", target, other)
+
+
+def verdict_unless_paired(bench: Bench, figure: str, value: Optional[float], ok: Callable[[float], bool]) -> str:
+    """The rounds' verdict, or, when the paired scenario ran, a pointer to its verdict: it judges the same
+    target from runs seconds apart rather than minutes."""
+    if "paired" in bench.raw:
+        return "paired row"
+    return verdict(bench, figure, value, ok)
+
+
+def paired_rows(bench: Bench) -> List[List[str]]:
+    runs = bench.raw["paired"]
+    rps = lambda target: med(bench, "paired", target, lambda r: r["rps"])  # noqa: E731
+    cpu = lambda target, part: med(bench, "paired", target, lambda r: r.get(f"{part}_cpu_us", 0.0))  # noqa: E731
+    costs = [(1 - ratio) * 100 for ratio in paired(bench, "chatproxy", NO_RECORD)]
+    cost = load.median(costs) if costs else None
+    alone = [(1 - ratio) * 100 for ratio in paired(bench, FROZEN, NO_RECORD)]
+    frozen = load.median(alone) if alone else None
+    shares = paired(bench, "chatproxy", "nginx")
+    share = load.median(shares) * 100 if shares else None
+    cycles = len(runs.get("chatproxy", []))
+    return [
+        [
+            "req/s c=32, paired runs seconds apart",
+            "",
+            f"{fmt(rps('chatproxy'))} / {fmt(rps(NO_RECORD))}",
+            fmt(rps("nginx")),
+            f"recording on / --no-record; the least h11 relay {fmt(rps(FLOOR))}; "
+            f"{cycles} cycles of {bench.settings.cycle_seconds} s runs, one proxy of each kind for all",
+            "",
+            "",
+        ],
+        [
+            "  recording cost, cycle by cycle",
+            "",
+            fmt(cost, "%", 1) + (f" (cycles {min(costs):.1f} to {max(costs):.1f}%)" if len(costs) > 1 else ""),
+            "",
+            "req/s recording on against --no-record in the same cycle",
+            "≤ 10% cost",
+            verdict(bench, "recording cost, % of c=32 req/s, paired runs", cost, lambda v: v <= 10),
+        ],
+        [
+            "  of which the relay's side (recorder stopped)",
+            "",
+            fmt(frozen, "%", 1) + (f" (cycles {min(alone):.1f} to {max(alone):.1f}%)" if len(alone) > 1 else ""),
+            "",
+            f"a recording proxy whose recorder process is stopped: {fmt(rps(FROZEN))} req/s against --no-record",
+            "",
+            "",
+        ],
+        [
+            "  share of nginx's req/s, cycle by cycle",
+            "",
+            ratio_note(shares, "cycles"),
+            "",
+            f"--no-record {ratio_note(paired(bench, NO_RECORD, 'nginx'), 'cycles')}; "
+            f"the least h11 relay {ratio_note(paired(bench, FLOOR, 'nginx'), 'cycles')}, "
+            f"with callbacks only {ratio_note(paired(bench, CALLBACKS, 'nginx'), 'cycles')}",
+            "≥ 10%",
+            verdict(bench, "c=32 req/s, % of nginx's, paired runs", share, lambda v: v >= 10),
+        ],
+        [
+            "  CPU per request, µs: relay + recorder",
+            "",
+            f"{fmt(cpu(NO_RECORD, 'relay'))} ({fmt(cpu('chatproxy', 'relay'))} + "
+            f"{fmt(cpu('chatproxy', 'recorder'))} recording)",
+            fmt(cpu("nginx", "relay")),
+            f"--no-record (recording on); recorder stopped {fmt(cpu(FROZEN, 'relay'))}; "
+            f"the least h11 relay {fmt(cpu(FLOOR, 'relay'))}, with callbacks only {fmt(cpu(CALLBACKS, 'relay'))}",
+            "",
+            "",
+        ],
+    ]
 
 
 def floor_rows(bench: Bench) -> List[List[str]]:
@@ -550,7 +692,7 @@ def floor_rows(bench: Bench) -> List[List[str]]:
             "",
             f"the least h11 relay: {ratio_note(floor_of_nginx)} of nginx",
             "≥ 10%",
-            verdict(bench, "c=32 req/s, % of nginx's in the same round", share, lambda v: v >= 10),
+            verdict_unless_paired(bench, "c=32 req/s, % of nginx's in the same round", share, lambda v: v >= 10),
         ],
         [
             "  c=32 CPU per request, µs: relay + recorder",
@@ -787,7 +929,7 @@ def recording_rows(bench: Bench) -> List[List[str]]:
             "",
             notes,
             "≤ 10% cost",
-            verdict(bench, "recording cost, % of c=32 req/s", cost, lambda v: v <= 10),
+            verdict_unless_paired(bench, "recording cost, % of c=32 req/s", cost, lambda v: v <= 10),
         ]
     ]
     for label, field in (
@@ -966,6 +1108,7 @@ def all_rows(bench: Bench) -> List[List[str]]:
         ("probe", latency_rows),
         ("memory", memory_rows),
         ("recording_probe", recording_rows),
+        ("paired", paired_rows),
         ("growth", growth_rows),
         ("long_chat", long_chat_rows),
         ("startup", startup_rows),
@@ -1151,6 +1294,7 @@ SCENARIOS: Dict[str, Callable[[Bench], None]] = {
     "startup": run_startup,
     "rounds": run_rounds,
     "recording": run_recording_cost,
+    "paired": run_paired,
     "memory": run_memory,
     "growth": run_growth,
     "long-chat": run_long_chat,

@@ -192,8 +192,8 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
 class Script:
     """One of scripts/ run in its own process, listening on the port it prints (`listening PORT`)."""
 
-    def __init__(self, workdir: Path, name: str, *args: str) -> None:
-        self.log = open(workdir / name.replace(".py", ".log"), "wb")
+    def __init__(self, workdir: Path, name: str, *args: str, log: str = "") -> None:
+        self.log = open(workdir / (log or name.replace(".py", ".log")), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, str(SCRIPTS / name), "--port", "0", *args], stdout=subprocess.PIPE, stderr=self.log
         )
@@ -221,10 +221,13 @@ class Upstream(Script):
 
 
 class Floor(Script):
-    """scripts/bench_floor.py in front of the upstream: the least relay built as chatproxy is."""
+    """scripts/bench_floor.py in front of the upstream: the least relay built as chatproxy is (with
+    `callbacks`, the least one asyncio and h11 allow, with no coroutine)."""
 
-    def __init__(self, upstream: Upstream, workdir: Path) -> None:
-        super().__init__(workdir, "bench_floor.py", "--target", upstream.url)
+    def __init__(self, upstream: Upstream, workdir: Path, callbacks: bool = False) -> None:
+        extra = ("--callbacks",) if callbacks else ()
+        log = "bench_floor_callbacks.log" if callbacks else ""
+        super().__init__(workdir, "bench_floor.py", "--target", upstream.url, *extra, log=log)
 
 
 class ChatProxy:
