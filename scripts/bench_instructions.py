@@ -10,7 +10,10 @@ are zeroed, a measured run follows, and the instructions the relay's process exe
 divided by the requests the upstream answered in it. Only the relay's own process is counted: with
 recording on, the recorder process is not (it is not traced). Under valgrind a relay runs about 50 times
 slower, so the recorder confirms exchanges in smaller batches than it would at full speed, and the
-chatproxy figure counts more of that hand-off than a real run would. Kernel time (system calls) is not
+chatproxy figure counts more of that hand-off than a real run would. `chatproxy-recorder-stopped` stops
+(SIGSTOP) the recorder process after the warm-up: the relay copies, pickles and queues every exchange as
+usual while nothing is confirmed, so that figure is the relay's side of recording without the reading
+of confirmations. Kernel time (system calls) is not
 counted at all.
 
 The relays: `floor` is scripts/bench_floor.py, the least relay built the way chatproxy is (h11 on both
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,9 +34,9 @@ from pathlib import Path
 from typing import List
 
 import bench_load as load
-from bench_procs import REPO, SCRIPTS, Upstream, free_port, stop_process, wait_until_accepting
+from bench_procs import REPO, SCRIPTS, Upstream, children, free_port, stop_process, wait_until_accepting
 
-RELAYS = ("floor", "chatproxy-no-record", "chatproxy")
+RELAYS = ("floor", "chatproxy-no-record", "chatproxy", "chatproxy-recorder-stopped")
 
 
 def relay_command(name: str, upstream: Upstream, port: int, work: Path) -> List[str]:
@@ -54,9 +58,14 @@ def count(name: str, repo: Path, seconds: int) -> str:
         proc = subprocess.Popen(
             valgrind + relay_command(name, upstream, port, work), cwd=str(repo), env=env, stdout=log, stderr=log
         )
+    stopped: List[int] = []
     try:
         wait_until_accepting(port, proc, 180)
         load.run_load(port, 8, 3)  # warm-up: imports done, pools filled
+        if name == "chatproxy-recorder-stopped":
+            stopped += children(proc.pid)  # the recorder process: the relay hands over, nothing confirms
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
         subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True)
         before = upstream.stats()["requests"]
         load.run_load(port, 8, seconds)
@@ -69,7 +78,9 @@ def count(name: str, repo: Path, seconds: int) -> str:
         total = next(int(line.split()[1]) for line in dump.read_text().splitlines() if line.startswith("summary:"))
         return f"{name:22} {total / max(requests, 1):>12,.0f} instructions/request  ({requests:,} requests)"
     finally:
-        stop_process(proc)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)  # it records what it was handed, and the proxy can stop
+        stop_process(proc, timeout=120)
         upstream.stop()
         shutil.rmtree(work, ignore_errors=True)
 
