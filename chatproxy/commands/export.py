@@ -28,7 +28,7 @@ from chatproxy.commands.common import Parser, UsageError, add_datasets_option, f
 from chatproxy.commands.profiles import PAIR_PROFILES, PROFILES, Profile, Unusable
 from chatproxy.commands.trainer_config import dataset_name, snippets
 from chatproxy.commands.trainer_rules import unsloth_dataset_problems
-from chatproxy.config import ConfigError
+from chatproxy.config import PART_SEPARATOR, ConfigError
 from chatproxy.recorder import durable
 from chatproxy.review import marks as review_marks
 from chatproxy.review.selection import EMPTY, FEATURES, NO_TAGS, Selection, SelectionError, summarize, summary
@@ -441,6 +441,11 @@ def _check_out(options: Options) -> None:
         # SESSION.json is the proxy's live dataset and SESSION.jsonl its journal: never replace either.
         if path.stem in sessions.session_names(options.folder):
             raise UsageError(f"--out {path} would replace a session's own file; choose another name")
+        if PART_SEPARATOR in path.stem:  # no session's name has one: NAME@PART is a part's, now or after a roll
+            raise UsageError(
+                f"--out {path}: a name with {PART_SEPARATOR!r} in the datasets folder is a session part's; "
+                "choose another name"
+            )
         if path.suffix.lower() == sessions.JOURNAL_SUFFIX:
             raise UsageError(
                 f"--out {path}: a .jsonl file in the datasets folder would be read as a session; write it elsewhere"

@@ -551,6 +551,7 @@ def test_progress_shows_on_a_terminal_and_stays_quiet_when_piped(week, capsys, t
         (["monday", "--format", "sharegpt", "--out", "{tmp}/no/such/dir/x.json"], "does not exist"),
         (["monday", "--format", "sharegpt", "--out", "{datasets}/monday.json"], "would replace a session's own file"),
         (["monday", "--format", "openai", "--out", "{datasets}/chats.jsonl"], "would be read as a session"),
+        (["monday", "--format", "sharegpt", "--out", "{datasets}/monday@20261201.json"], "is a session part's"),
         (["monday", "--format", "sharegpt", "--datasets", "{tmp}/nowhere"], "no datasets folder"),
     ],
 )
