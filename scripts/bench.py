@@ -605,10 +605,21 @@ def verdict_unless_paired(bench: Bench, figure: str, value: Optional[float], ok:
     return verdict(bench, figure, value, ok)
 
 
+def cpu_per_request(bench: Bench, key: str) -> Callable[[str, str], Optional[float]]:
+    """The median CPU µs per request of a target's relay or recorder ("relay", "recorder") in `key`'s runs."""
+    return lambda target, part: med(bench, key, target, lambda r: r.get(f"{part}_cpu_us", 0.0))
+
+
+def cpu_cell(cpu: Callable[[str, str], Optional[float]]) -> str:
+    """chatproxy's cell: --no-record's relay, then (recording on) its relay + its recorder."""
+    on = f"{fmt(cpu('chatproxy', 'relay'))} + {fmt(cpu('chatproxy', 'recorder'))} recording"
+    return f"{fmt(cpu(NO_RECORD, 'relay'))} ({on})"
+
+
 def paired_rows(bench: Bench) -> List[List[str]]:
     runs = bench.raw["paired"]
     rps = lambda target: med(bench, "paired", target, lambda r: r["rps"])  # noqa: E731
-    cpu = lambda target, part: med(bench, "paired", target, lambda r: r.get(f"{part}_cpu_us", 0.0))  # noqa: E731
+    cpu = cpu_per_request(bench, "paired")
     costs = [(1 - ratio) * 100 for ratio in paired(bench, "chatproxy", NO_RECORD)]
     cost = load.median(costs) if costs else None
     alone = [(1 - ratio) * 100 for ratio in paired(bench, FROZEN, NO_RECORD)]
@@ -659,8 +670,7 @@ def paired_rows(bench: Bench) -> List[List[str]]:
         [
             "  CPU per request, µs: relay + recorder",
             "",
-            f"{fmt(cpu(NO_RECORD, 'relay'))} ({fmt(cpu('chatproxy', 'relay'))} + "
-            f"{fmt(cpu('chatproxy', 'recorder'))} recording)",
+            cpu_cell(cpu),
             fmt(cpu("nginx", "relay")),
             f"--no-record (recording on); recorder stopped {fmt(cpu(FROZEN, 'relay'))}; "
             f"the least h11 relay {fmt(cpu(FLOOR, 'relay'))}, with callbacks only {fmt(cpu(CALLBACKS, 'relay'))}",
@@ -677,7 +687,7 @@ def floor_rows(bench: Bench) -> List[List[str]]:
     versus_nginx = round_ratios(bench, "c32", "chatproxy", "nginx")
     share = load.median(versus_nginx) * 100 if versus_nginx else None
     floor_of_nginx = round_ratios(bench, "c32", FLOOR, "nginx")
-    cpu = lambda target, part: med(bench, "c32", target, lambda r: r.get(f"{part}_cpu_us", 0.0))  # noqa: E731
+    cpu = cpu_per_request(bench, "c32")
     runs = bench.raw["c32"]
     pairs = [
         (a.get("relay_cpu_us", 0.0), b.get("relay_cpu_us", 0.0))
@@ -697,8 +707,7 @@ def floor_rows(bench: Bench) -> List[List[str]]:
         [
             "  c=32 CPU per request, µs: relay + recorder",
             "",
-            f"{fmt(cpu(NO_RECORD, 'relay'))} ({fmt(cpu('chatproxy', 'relay'))} + "
-            f"{fmt(cpu('chatproxy', 'recorder'))} recording)",
+            cpu_cell(cpu),
             fmt(cpu("nginx", "relay")),
             f"--no-record (recording on); the least h11 relay {fmt(cpu(FLOOR, 'relay'))}; "
             f"nginx's over chatproxy's --no-record: {ratio_note([a / b for a, b in pairs])}",
